@@ -1,0 +1,1 @@
+"""hemp_jax: HEMP (high-order entropy minimization) for neural network compression in JAX."""
