@@ -1,1 +1,32 @@
-"""hemp_jax: HEMP (high-order entropy minimization) for neural network compression in JAX."""
+"""hemp_jax: HEMP (high-order entropy minimization) for neural network compression in JAX.
+
+Notebook use needs only ``import hemp_jax as hj`` and the pure functions below.
+"""
+
+from hemp_jax.quantization import (
+    add_guard_levels,
+    dequantize,
+    lloyd_max_codebook,
+    quantization_mse,
+    quantize,
+    quantize_indices,
+    quantize_ste,
+    uniform_codebook,
+    validate_codebook,
+)
+from hemp_jax.groups import (
+    fit_codebooks,
+    path_name,
+    scan_stream,
+    select_groups,
+    unscan_stream,
+)
+from hemp_jax.entropy import (
+    empirical_entropy,
+    soft_entropy,
+    tent_assign,
+    tree_entropy,
+    tree_group_rates,
+)
+
+__version__ = "0.1.0"

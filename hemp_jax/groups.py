@@ -1,0 +1,165 @@
+"""Parameter groups: which leaves of a params pytree are quantized, their scan order, codebooks.
+
+A *group* is one quantized leaf. ``codebooks`` pytrees have the structure of ``params``
+with a 1-D codebook for every quantized leaf and ``None`` for leaves kept in float.
+
+Scan order (shared by the entropy estimator and the file coder, so that what training
+minimizes is what the file pays): a leaf of rank >= 2 is read output-unit by output-unit,
+i.e. ``moveaxis(x, -1, 0).reshape(-1)``. Flax stores kernels as ``(..., in, out)``
+(dense ``(in, out)``, conv ``(kh, kw, in, out)``), so each output unit's fan-in weights are
+consecutive in the stream, the same order as a flattened PyTorch ``(out, in, kh, kw)``
+weight, which is what the paper's code scans. Leaves of rank 0 or 1 are read in C order.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hemp_jax import quantization as q
+
+__all__ = [
+    "path_name",
+    "scan_stream",
+    "unscan_stream",
+    "select_groups",
+    "fit_codebooks",
+    "codebook_leaves",
+]
+
+
+def path_name(path) -> str:
+  """'/'-joined name of a pytree key path; a trailing NNX ``value`` key is dropped."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(str(k.name))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    else:
+      parts.append(str(getattr(k, "key", k)))
+  if parts and parts[-1] == "value":
+    parts = parts[:-1]
+  return "/".join(parts)
+
+
+def scan_stream(x) -> jax.Array:
+  """The leaf as a 1-D stream in scan order (see the module docstring)."""
+  x = jnp.asarray(x)
+  if x.ndim >= 2:
+    x = jnp.moveaxis(x, -1, 0)
+  return x.reshape(-1)
+
+
+def unscan_stream(stream, shape) -> jax.Array:
+  """Inverse of :func:`scan_stream` for a leaf of the given shape."""
+  stream = jnp.asarray(stream)
+  shape = tuple(shape)
+  if len(shape) >= 2:
+    return jnp.moveaxis(stream.reshape((shape[-1],) + shape[:-1]), 0, -1)
+  return stream.reshape(shape)
+
+
+def _is_float_leaf(x) -> bool:
+  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def select_groups(params, *, min_size: int = 1, include: str | None = None,
+                  exclude: str | None = None) -> Any:
+  """Boolean pytree (like ``params``): True for leaves that are quantized.
+
+  A leaf is selected when it is a floating array with more than ``min_size - 1``
+  elements, its path name (``'/'``-joined keys, e.g. ``"conv1/kernel"``) matches the
+  ``include`` regex (``re.search``; all leaves when None) and does not match ``exclude``.
+
+  Args:
+    params: a params pytree (Linen dict, NNX state, or any pytree of arrays).
+    min_size: smallest number of elements a quantized leaf may have. The paper keeps
+      tensors with at most ``10 * N`` elements in float, i.e. ``min_size = 10 * N + 1``.
+    include: regex on path names of leaves to quantize.
+    exclude: regex on path names of leaves to keep in float.
+
+  Returns:
+    A pytree of Python bools with the structure of ``params``.
+  """
+  inc = re.compile(include) if include else None
+  exc = re.compile(exclude) if exclude else None
+
+  def pick(path, x):
+    if not _is_float_leaf(x) or np.size(x) < max(int(min_size), 1):
+      return False
+    name = path_name(path)
+    if inc is not None and not inc.search(name):
+      return False
+    if exc is not None and exc.search(name):
+      return False
+    return True
+
+  return jax.tree_util.tree_map_with_path(pick, params)
+
+
+def fit_codebooks(params, num_levels: int, *, method: str = "uniform",
+                  guard_levels: bool = True, zero_level: bool = False,
+                  min_size: int | None = None, include: str | None = None,
+                  exclude: str | None = None, mask=None, **fit_kwargs) -> Any:
+  """Fits one codebook per selected leaf; ``None`` for leaves kept in float.
+
+  Args:
+    params: params pytree.
+    num_levels: N, the number of real levels per group.
+    method: "uniform" (:func:`hemp_jax.uniform_codebook`) or "lloyd_max"
+      (:func:`hemp_jax.lloyd_max_codebook`).
+    guard_levels: add the paper's two guard levels (K = N + 2).
+    zero_level: uniform codebooks with an exact 0 level (for pruning).
+    min_size: smallest quantized tensor; default ``10 * num_levels + 1`` (the paper).
+    include, exclude: regexes on leaf path names (see :func:`select_groups`).
+    mask: optional boolean pytree overriding the selection.
+    **fit_kwargs: passed to the codebook fitter (e.g. ``num_iters``, ``method`` of Lloyd
+      as ``lloyd_method``).
+
+  Returns:
+    A pytree like ``params`` with a codebook or ``None`` at every leaf.
+  """
+  if method not in ("uniform", "lloyd_max"):
+    raise ValueError(f"method must be 'uniform' or 'lloyd_max', got {method!r}")
+  if min_size is None:
+    min_size = 10 * int(num_levels) + 1
+  if mask is None:
+    mask = select_groups(params, min_size=min_size, include=include, exclude=exclude)
+
+  def fit(sel, x):
+    if not sel:
+      return None
+    if method == "uniform":
+      return q.uniform_codebook(x, num_levels, zero_level=zero_level, guard_levels=guard_levels)
+    lloyd_kw = dict(fit_kwargs)
+    if "lloyd_method" in lloyd_kw:
+      lloyd_kw["method"] = lloyd_kw.pop("lloyd_method")
+    return q.lloyd_max_codebook(x, num_levels, guard_levels=guard_levels, **lloyd_kw)
+
+  return jax.tree.map(fit, mask, params)
+
+
+def codebook_leaves(codebooks, params) -> tuple[list, list, list[str], Callable]:
+  """Aligns a codebooks tree with params.
+
+  Returns:
+    ``(codebooks, params_leaves, names, unflatten)``: flat lists over the leaves of the
+    ``codebooks`` structure (``None`` entries included), the matching params leaves, their
+    path names, and a function rebuilding a tree of that structure from a flat list.
+  """
+  is_none = lambda x: x is None
+  cb_with_path, treedef = jax.tree_util.tree_flatten_with_path(codebooks, is_leaf=is_none)
+  try:
+    leaves = treedef.flatten_up_to(params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"codebooks and params have different structures: {e}") from None
+  names = [path_name(p) for p, _ in cb_with_path]
+  cbs = [c for _, c in cb_with_path]
+  return cbs, leaves, names, treedef.unflatten
