@@ -30,3 +30,13 @@ from hemp_jax.entropy import (
 )
 
 __version__ = "0.1.0"
+from hemp_jax.groups import fit_codebook
+from hemp_jax.regularizer import (
+    AddEntropyGradState,
+    HempSecondStepState,
+    add_entropy_grad,
+    codebooks_tree,
+    entropy_penalty,
+    hemp_second_step,
+    paper_recipe,
+)

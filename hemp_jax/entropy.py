@@ -282,7 +282,7 @@ def soft_entropy(w, codebook, order: int = 1, tuples: str = "disjoint", rate: st
   w = jnp.asarray(w)
   if not jnp.issubdtype(w.dtype, jnp.floating):
     raise ValueError(f"w must be floating point, got {w.dtype}")
-  if not isinstance(w, jax.core.Tracer) and w.size and not bool(jnp.all(jnp.isfinite(w))):
+  if not q.all_finite(w):
     raise ValueError("w contains NaN or Inf")
   flat = w.reshape(-1)
   _check_group_length(flat.shape[0], order, tuples)
@@ -315,8 +315,9 @@ def empirical_entropy(indices, num_levels: int, order: int = 1, tuples: str = "d
     raise ValueError(f"indices must be integers, got {idx.dtype}")
   flat = idx.reshape(-1).astype(jnp.int32)
   _check_group_length(flat.shape[0], order, tuples)
-  if not isinstance(flat, jax.core.Tracer):
-    lo, hi = int(jnp.min(flat)), int(jnp.max(flat))
+  rng = q.index_range(idx)
+  if rng is not None:
+    lo, hi = rng
     if lo < 0 or hi >= num_levels:
       raise ValueError(f"indices out of range [0, {num_levels}): min {lo}, max {hi}")
   return _single_stream_rate(flat, None, int(num_levels), order, tuples, rate, CHUNK_ENTRIES)

@@ -27,6 +27,7 @@ __all__ = [
     "scan_stream",
     "unscan_stream",
     "select_groups",
+    "fit_codebook",
     "fit_codebooks",
     "codebook_leaves",
 ]
@@ -70,12 +71,22 @@ def _is_float_leaf(x) -> bool:
   return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
 
 
+def _leaf_selected(path, x, min_size, inc, exc) -> bool:
+  if not _is_float_leaf(x) or np.size(x) < max(int(min_size), 1):
+    return False
+  name = path_name(path)
+  if inc is not None and not inc.search(name):
+    return False
+  return not (exc is not None and exc.search(name))
+
+
 def select_groups(params, *, min_size: int = 1, include: str | None = None,
                   exclude: str | None = None) -> Any:
   """Boolean pytree (like ``params``): True for leaves that are quantized.
 
-  A leaf is selected when it is a floating array with more than ``min_size - 1``
-  elements, its path name (``'/'``-joined keys, e.g. ``"conv1/kernel"``) matches the
+  A leaf is selected when it is a floating array with at least ``min_size`` elements,
+  its path name (``'/'``-joined keys, e.g. ``"conv1/kernel"``; a trailing NNX ``value``
+  is dropped, so the same regex works on NNX states and plain dicts) matches the
   ``include`` regex (``re.search``; all leaves when None) and does not match ``exclude``.
 
   Args:
@@ -90,18 +101,23 @@ def select_groups(params, *, min_size: int = 1, include: str | None = None,
   """
   inc = re.compile(include) if include else None
   exc = re.compile(exclude) if exclude else None
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: _leaf_selected(path, x, min_size, inc, exc), params)
 
-  def pick(path, x):
-    if not _is_float_leaf(x) or np.size(x) < max(int(min_size), 1):
-      return False
-    name = path_name(path)
-    if inc is not None and not inc.search(name):
-      return False
-    if exc is not None and exc.search(name):
-      return False
-    return True
 
-  return jax.tree_util.tree_map_with_path(pick, params)
+def fit_codebook(x, num_levels: int, *, method: str = "uniform", guard_levels: bool = True,
+                 zero_level: bool = False, **fit_kwargs) -> jax.Array:
+  """One codebook for one tensor (see :func:`fit_codebooks` for the arguments)."""
+  if method == "uniform":
+    return q.uniform_codebook(x, num_levels, zero_level=zero_level, guard_levels=guard_levels)
+  if method == "lloyd_max":
+    if zero_level:
+      raise ValueError("zero_level is supported by the uniform quantizer only")
+    lloyd_kw = dict(fit_kwargs)
+    if "lloyd_method" in lloyd_kw:
+      lloyd_kw["method"] = lloyd_kw.pop("lloyd_method")
+    return q.lloyd_max_codebook(x, num_levels, guard_levels=guard_levels, **lloyd_kw)
+  raise ValueError(f"method must be 'uniform' or 'lloyd_max', got {method!r}")
 
 
 def fit_codebooks(params, num_levels: int, *, method: str = "uniform",
@@ -119,9 +135,10 @@ def fit_codebooks(params, num_levels: int, *, method: str = "uniform",
     zero_level: uniform codebooks with an exact 0 level (for pruning).
     min_size: smallest quantized tensor; default ``10 * num_levels + 1`` (the paper).
     include, exclude: regexes on leaf path names (see :func:`select_groups`).
-    mask: optional boolean pytree overriding the selection.
-    **fit_kwargs: passed to the codebook fitter (e.g. ``num_iters``, ``method`` of Lloyd
-      as ``lloyd_method``).
+    mask: optional boolean pytree (or callable ``params -> pytree``) overriding the
+      selection.
+    **fit_kwargs: passed to the Lloyd fitter (``num_iters``; ``lloyd_method`` for its
+      ``method``).
 
   Returns:
     A pytree like ``params`` with a codebook or ``None`` at every leaf.
@@ -130,19 +147,12 @@ def fit_codebooks(params, num_levels: int, *, method: str = "uniform",
     raise ValueError(f"method must be 'uniform' or 'lloyd_max', got {method!r}")
   if min_size is None:
     min_size = 10 * int(num_levels) + 1
+  if callable(mask):
+    mask = mask(params)
   if mask is None:
     mask = select_groups(params, min_size=min_size, include=include, exclude=exclude)
-
-  def fit(sel, x):
-    if not sel:
-      return None
-    if method == "uniform":
-      return q.uniform_codebook(x, num_levels, zero_level=zero_level, guard_levels=guard_levels)
-    lloyd_kw = dict(fit_kwargs)
-    if "lloyd_method" in lloyd_kw:
-      lloyd_kw["method"] = lloyd_kw.pop("lloyd_method")
-    return q.lloyd_max_codebook(x, num_levels, guard_levels=guard_levels, **lloyd_kw)
-
+  fit = lambda sel, x: (fit_codebook(x, num_levels, method=method, guard_levels=guard_levels,
+                                     zero_level=zero_level, **fit_kwargs) if sel else None)
   return jax.tree.map(fit, mask, params)
 
 

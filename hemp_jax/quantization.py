@@ -34,6 +34,22 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def all_finite(x) -> bool:
+  """True unless a concrete array holds NaN/Inf (tracers pass: checked eagerly only).
+
+  Computed with numpy so that it also works on concrete arrays captured inside a trace.
+  """
+  return not _is_concrete(x) or bool(np.all(np.isfinite(np.asarray(x))))
+
+
+def index_range(x):
+  """(min, max) of a concrete non-empty integer array, or None (tracer / empty)."""
+  if not _is_concrete(x) or np.size(x) == 0:
+    return None
+  a = np.asarray(x)
+  return int(a.min()), int(a.max())
+
+
 def validate_codebook(codebook) -> None:
   """Raises ``ValueError`` unless ``codebook`` is a valid codebook.
 
@@ -76,13 +92,13 @@ def _check_num_levels(num_levels) -> int:
 
 
 def _check_weights(w, what: str = "weights") -> jax.Array:
+  if not all_finite(w):
+    raise ValueError(f"{what} contain NaN or Inf")
   w = jnp.asarray(w)
   if not jnp.issubdtype(w.dtype, jnp.floating):
     w = w.astype(jnp.float32)
   if w.size == 0:
     raise ValueError(f"{what} are empty: cannot fit a codebook to zero values")
-  if _is_concrete(w) and not bool(jnp.all(jnp.isfinite(w))):
-    raise ValueError(f"{what} contain NaN or Inf")
   return w
 
 
@@ -289,8 +305,9 @@ def dequantize(indices, codebook) -> jax.Array:
   indices = jnp.asarray(indices)
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise ValueError(f"indices must be integers, got {indices.dtype}")
-  if _is_concrete(indices) and indices.size:
-    lo, hi = int(jnp.min(indices)), int(jnp.max(indices))
+  rng = index_range(indices)
+  if rng is not None:
+    lo, hi = rng
     if lo < 0 or hi >= np.shape(codebook)[0]:
       raise ValueError(f"indices out of range [0, {np.shape(codebook)[0]}): min {lo}, max {hi}")
   return jnp.asarray(codebook)[indices]

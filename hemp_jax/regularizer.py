@@ -1,0 +1,341 @@
+"""HEMP as optax gradient transformations, and a pure loss-side penalty.
+
+Two ways to train with the entropy regularizer:
+
+* :func:`add_entropy_grad` — the simple, general mode: adds ``strength * grad H(params)``
+  to the incoming updates, like ``optax.add_decayed_weights`` adds weight decay. Put it
+  before any optimizer in an ``optax.chain``; equivalent to adding ``strength * H`` to the
+  loss (:func:`entropy_penalty`) but without touching the loss function.
+* :func:`hemp_second_step` / :func:`paper_recipe` — the update of the paper's code
+  (DESIGN §2): after the inner optimizer's step (SGD), a second step that is *not* scaled
+  by the learning rate, ``w <- w - S * (lambda_h grad H(w) + lambda_q (w - Q(w)))`` with
+  the sensitivity gate ``S = 1 - |dL/dw| / max|dL/dw|`` per tensor, then ``w`` clipped to
+  the range of the real levels. It wraps the inner optimizer because the gate needs the
+  raw loss gradient while the pull acts on the weights after the inner step.
+
+State layout: codebooks are fitted at ``init`` and stored as a tuple with one entry per
+leaf of ``jax.tree.leaves(params)`` (a codebook, or ``None`` for leaves kept in float).
+A flat tuple, not a tree, because ``nnx.Optimizer`` hands ``init`` a state whose leaves
+are wrapped in ``nnx.Param`` nodes and ``update`` the bare arrays: the leaf order is the
+same, the tree structure is not. :func:`codebooks_tree` rebuilds the pytree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hemp_jax import entropy as ent
+from hemp_jax import groups as grp
+from hemp_jax import quantization as q
+
+NO_PARAMS_MSG = ("HEMP transformations need the current parameters: pass `params` to "
+                 "`init` and to `update(updates, state, params)`.")
+
+__all__ = [
+    "AddEntropyGradState",
+    "HempSecondStepState",
+    "QuantizerConfig",
+    "add_entropy_grad",
+    "entropy_penalty",
+    "hemp_second_step",
+    "paper_recipe",
+    "codebooks_tree",
+    "fit_leaf_codebooks",
+]
+
+
+class QuantizerConfig(NamedTuple):
+  """How codebooks are fitted (see :func:`hemp_jax.fit_codebooks`)."""
+  num_levels: int = 4
+  method: str = "uniform"
+  guard_levels: bool = True
+  zero_level: bool = False
+  min_size: int | None = None
+  include: str | None = None
+  exclude: str | None = None
+
+
+class EntropyConfig(NamedTuple):
+  """Which entropy is estimated (see :func:`hemp_jax.tree_entropy`)."""
+  order: int = 3
+  tuples: str = "disjoint"
+  rate: str = "block"
+  pool: str = "group"
+
+
+class AddEntropyGradState(NamedTuple):
+  """State of :func:`add_entropy_grad`."""
+  count: jax.Array            # updates applied so far (int32)
+  codebooks: tuple            # one codebook or None per params leaf
+  entropy_grad: tuple         # cached grad H per leaf (refresh_every > 1), else ()
+
+
+class HempSecondStepState(NamedTuple):
+  """State of :func:`hemp_second_step`."""
+  count: jax.Array
+  codebooks: tuple
+  entropy_grad: tuple         # cached grad H per leaf (None for float leaves)
+  targets: tuple              # cached Q(w) per leaf (None for float leaves)
+  inner_state: Any
+
+
+def _mask_leaves(mask, params) -> list | None:
+  if mask is None:
+    return None
+  if callable(mask):
+    mask = mask(params)
+  return jax.tree.leaves(mask)
+
+
+def fit_leaf_codebooks(params, quantizer: QuantizerConfig, mask=None, *, order: int = 1,
+                       tuples: str = "disjoint") -> tuple:
+  """Codebooks for every leaf of ``params`` (flat tuple, ``None`` for float leaves).
+
+  Leaves are selected by ``quantizer`` (size threshold, include/exclude regexes on path
+  names) and, if given, by ``mask`` (a boolean pytree like ``params`` or a callable
+  returning one); leaves too short for one tuple of ``order`` stay in float.
+  """
+  min_size = quantizer.min_size
+  if min_size is None:
+    min_size = 10 * quantizer.num_levels + 1
+  min_size = max(min_size, order)
+  selected = jax.tree.leaves(grp.select_groups(params, min_size=min_size,
+                                               include=quantizer.include,
+                                               exclude=quantizer.exclude))
+  extra = _mask_leaves(mask, params)
+  if extra is not None:
+    if len(extra) != len(selected):
+      raise ValueError(f"mask has {len(extra)} leaves but params have {len(selected)}")
+    selected = [a and bool(b) for a, b in zip(selected, extra)]
+  if not any(selected):
+    raise ValueError("no parameter is selected for quantization: check min_size, "
+                     "include/exclude and mask")
+  out = []
+  for sel, x in zip(selected, jax.tree.leaves(params)):
+    out.append(grp.fit_codebook(x, quantizer.num_levels, method=quantizer.method,
+                                guard_levels=quantizer.guard_levels,
+                                zero_level=quantizer.zero_level) if sel else None)
+  return tuple(out)
+
+
+def codebooks_tree(params, codebooks: tuple) -> Any:
+  """Rebuilds a codebooks pytree like ``params`` from a state's flat codebook tuple."""
+  treedef = jax.tree.structure(params)
+  if treedef.num_leaves != len(codebooks):
+    raise ValueError(f"params have {treedef.num_leaves} leaves but the state holds "
+                     f"{len(codebooks)} codebooks: not the params this state was made for")
+  return treedef.unflatten(list(codebooks))
+
+
+def entropy_penalty(params, codebooks, *, strength: float = 1.0, order: int = 3,
+                    tuples: str = "disjoint", rate: str = "block",
+                    pool: str = "group") -> jax.Array:
+  """``strength * H(params)`` in bits per quantized parameter, for adding to a loss.
+
+  ``codebooks`` is a pytree like ``params`` (see :func:`hemp_jax.fit_codebooks`) or the
+  flat tuple held in an optimizer state.
+  """
+  if isinstance(codebooks, tuple) and not hasattr(codebooks, "_fields"):
+    codebooks = codebooks_tree(params, codebooks)
+  return strength * ent.tree_entropy(params, codebooks, order=order, tuples=tuples, rate=rate,
+                                     pool=pool)
+
+
+def _entropy_grad(params, codebooks: tuple, entropy: EntropyConfig) -> tuple:
+  """grad H per leaf (flat tuple; None where the leaf is kept in float)."""
+  # On flat leaf lists: the same code serves Linen dicts, NNX states and wrapped leaves.
+  leaves = jax.tree.leaves(params)
+  g = jax.grad(lambda ls: ent.tree_entropy(ls, list(codebooks), **entropy._asdict()))(leaves)
+  return tuple(gl if cb is not None else None for gl, cb in zip(g, codebooks))
+
+
+def _every(count, period: int | None):
+  return jnp.asarray(False) if not period else (count % period) == 0
+
+
+def _refit(params, codebooks: tuple, quantizer: QuantizerConfig) -> tuple:
+  return tuple(None if cb is None else grp.fit_codebook(
+      x, quantizer.num_levels, method=quantizer.method, guard_levels=quantizer.guard_levels,
+      zero_level=quantizer.zero_level).astype(cb.dtype)
+               for x, cb in zip(jax.tree.leaves(params), codebooks))
+
+
+def _maybe_refit(count, params, codebooks, quantizer, refit_every):
+  if not refit_every:
+    return codebooks
+  return jax.lax.cond((count > 0) & _every(count, refit_every),
+                      lambda: _refit(params, codebooks, quantizer), lambda: codebooks)
+
+
+def add_entropy_grad(strength: float, *, order: int = 3, num_levels: int = 4,
+                     method: str = "uniform", guard_levels: bool = True,
+                     zero_level: bool = False, min_size: int | None = None,
+                     include: str | None = None, exclude: str | None = None,
+                     tuples: str = "disjoint", rate: str = "block", pool: str = "group",
+                     refresh_every: int = 1, refit_every: int | None = None,
+                     mask: Any = None) -> optax.GradientTransformation:
+  """Adds ``strength * grad H(params)`` to the updates (the HEMP regularizer).
+
+  ``H`` is the soft order-n entropy of the quantized leaves, bits per quantized parameter
+  (:func:`hemp_jax.tree_entropy`). Codebooks are fitted from the params at ``init`` and
+  frozen (or refitted every ``refit_every`` steps).
+
+  Args:
+    strength: lambda, the weight of the entropy term.
+    order: tuple length n.
+    num_levels: N real levels per group (K = N + 2 with guard levels).
+    method: codebook fitter, "uniform" or "lloyd_max".
+    guard_levels: the paper's two guard levels.
+    zero_level: uniform codebooks with an exact zero (for pruning).
+    min_size: leaves with fewer elements stay in float (default ``10 N + 1``).
+    include, exclude: regexes on leaf path names.
+    tuples, rate, pool: see :func:`hemp_jax.tree_entropy`.
+    refresh_every: recompute ``grad H`` every this many steps and reuse it in between
+      (the paper: 10); 1 recomputes every step.
+    refit_every: refit the codebooks every this many steps (None: frozen).
+    mask: like ``optax.add_decayed_weights``: a boolean pytree or a callable giving one;
+      only True leaves are regularized (combined with the selection above).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  quantizer = QuantizerConfig(num_levels, method, guard_levels, zero_level, min_size,
+                              include, exclude)
+  entropy = EntropyConfig(order, tuples, rate, pool)
+  ent._check_options(order, tuples, rate)
+  if refresh_every < 1:
+    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+
+  def init_fn(params):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    codebooks = fit_leaf_codebooks(params, quantizer, mask, order=order, tuples=tuples)
+    cached = _entropy_grad(params, codebooks, entropy) if refresh_every > 1 else ()
+    return AddEntropyGradState(jnp.zeros([], jnp.int32), codebooks, cached)
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    codebooks = _maybe_refit(state.count, params, state.codebooks, quantizer, refit_every)
+    if refresh_every > 1:
+      grads = jax.lax.cond(_every(state.count, refresh_every),
+                           lambda: _entropy_grad(params, codebooks, entropy),
+                           lambda: state.entropy_grad)
+      cached = grads
+    else:
+      grads = _entropy_grad(params, codebooks, entropy)
+      cached = ()
+    leaves, treedef = jax.tree.flatten(updates)
+    new = [u if g is None else u + strength * g.astype(u.dtype) for u, g in zip(leaves, grads)]
+    count = optax.safe_int32_increment(state.count)
+    return treedef.unflatten(new), AddEntropyGradState(count, codebooks, cached)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _sensitivity(g):
+  """S = 1 - |g| / max|g| for one tensor (1 everywhere when the gradient is all zero)."""
+  a = jnp.abs(g)
+  m = jnp.max(a)
+  return jnp.where(m > 0, 1.0 - a / jnp.where(m > 0, m, 1.0), 1.0)
+
+
+def _level_range(cb, guard_levels: bool):
+  return (cb[1], cb[-2]) if guard_levels else (cb[0], cb[-1])
+
+
+def hemp_second_step(inner: optax.GradientTransformation, *, lambda_h: float = 1.0,
+                     lambda_q: float = 0.1, order: int = 3, num_levels: int = 4,
+                     method: str = "uniform", guard_levels: bool = True,
+                     zero_level: bool = False, min_size: int | None = None,
+                     include: str | None = None, exclude: str | None = None,
+                     tuples: str = "disjoint", rate: str = "block", pool: str = "group",
+                     refresh_every: int = 10, sensitivity: bool = True,
+                     mask: Any = None) -> optax.GradientTransformation:
+  """The paper's update: ``inner``'s step, then an unscaled, gated entropy/pull step.
+
+  With ``g`` the incoming loss gradient and ``w1 = w + inner(g)``, for every quantized
+  leaf: ``w_new = clip(w1 - S * (lambda_h * grad H + lambda_q * (w1 - Q)), lo, hi)``,
+  ``S = 1 - |g| / max|g|`` per tensor (all ones with ``sensitivity=False``), ``[lo, hi]``
+  the range of the real levels (guards excluded). ``grad H`` and the targets ``Q`` are
+  computed at ``w1`` every ``refresh_every`` steps (the paper: 10) and reused in between.
+  Float leaves get ``inner``'s update only.
+
+  Args:
+    inner: the optimizer of the first step (the paper: SGD, lr 0.1, weight decay 1e-4).
+    lambda_h, lambda_q: weights of the entropy gradient and of the pull to the levels.
+    refresh_every: period of the ``grad H`` / ``Q`` refresh.
+    sensitivity: use the gate ``S``.
+    Other arguments: as in :func:`add_entropy_grad`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose updates already include the clip.
+  """
+  quantizer = QuantizerConfig(num_levels, method, guard_levels, zero_level, min_size,
+                              include, exclude)
+  entropy = EntropyConfig(order, tuples, rate, pool)
+  ent._check_options(order, tuples, rate)
+  if refresh_every < 1:
+    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+
+  def refresh(w1, codebooks):
+    grads = _entropy_grad(w1, codebooks, entropy)
+    targets = tuple(None if cb is None else q.quantize(x, cb)
+                    for x, cb in zip(jax.tree.leaves(w1), codebooks))
+    return grads, targets
+
+  def init_fn(params):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    codebooks = fit_leaf_codebooks(params, quantizer, mask, order=order, tuples=tuples)
+    grads, targets = refresh(params, codebooks)
+    return HempSecondStepState(jnp.zeros([], jnp.int32), codebooks, grads, targets,
+                               inner.init(params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    inner_updates, inner_state = inner.update(updates, state.inner_state, params)
+    w1 = optax.apply_updates(params, inner_updates)
+    grads, targets = jax.lax.cond(_every(state.count, refresh_every),
+                                  lambda: refresh(w1, state.codebooks),
+                                  lambda: (state.entropy_grad, state.targets))
+    w_leaves, treedef = jax.tree.flatten(params)
+    out = []
+    for w, w_1, u, g, cb, gh, tq in zip(w_leaves, jax.tree.leaves(w1),
+                                        jax.tree.leaves(inner_updates),
+                                        jax.tree.leaves(updates), state.codebooks, grads,
+                                        targets):
+      if cb is None:
+        out.append(u)
+        continue
+      gate = _sensitivity(g) if sensitivity else 1.0
+      w2 = w_1 - gate * (lambda_h * gh + lambda_q * (w_1 - tq))
+      lo, hi = _level_range(cb, guard_levels)
+      out.append((jnp.clip(w2, lo, hi) - w).astype(u.dtype))
+    new_state = HempSecondStepState(optax.safe_int32_increment(state.count), state.codebooks,
+                                    grads, targets, inner_state)
+    return treedef.unflatten(out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def paper_recipe(*, learning_rate: float = 0.1, momentum: float = 0.0,
+                 weight_decay: float = 1e-4, lambda_h: float = 1.0, lambda_q: float = 0.1,
+                 order: int = 3, num_levels: int = 4, refresh_every: int = 10,
+                 **kwargs) -> optax.GradientTransformation:
+  """The paper code's training update as one optax transformation.
+
+  ``hemp_second_step(chain(add_decayed_weights(wd), sgd(lr, momentum)), ...)`` with the
+  paper's defaults (lr 0.1, momentum 0, weight decay 1e-4, lambda_H 1, lambda_Q 0.1,
+  order 3, N = 4 plus guard levels, refresh every 10 steps). ``learning_rate`` may be an
+  optax schedule.
+  """
+  inner = optax.chain(optax.add_decayed_weights(weight_decay),
+                      optax.sgd(learning_rate, momentum=momentum or None))
+  return hemp_second_step(inner, lambda_h=lambda_h, lambda_q=lambda_q, order=order,
+                          num_levels=num_levels, refresh_every=refresh_every, **kwargs)

@@ -1,0 +1,244 @@
+"""The optax transformations against direct implementations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import hemp_jax as hj
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"dense1": {"kernel": jnp.asarray(rng.normal(size=(12, 16)), jnp.float32),
+                     "bias": jnp.zeros(16, jnp.float32)},
+          "dense2": {"kernel": jnp.asarray(rng.normal(size=(16, 3)) * 0.3, jnp.float32),
+                     "bias": jnp.zeros(3, jnp.float32)}}
+
+
+def _loss(params, x, y):
+  h = jnp.tanh(x @ params["dense1"]["kernel"] + params["dense1"]["bias"])
+  logits = h @ params["dense2"]["kernel"] + params["dense2"]["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _batch(step):
+  rng = np.random.default_rng(100 + step)
+  return (jnp.asarray(rng.normal(size=(8, 12)), jnp.float32),
+          jnp.asarray(rng.integers(0, 3, size=8)))
+
+
+KW = dict(order=2, num_levels=4, min_size=41)
+
+
+def test_add_entropy_grad_adds_strength_times_grad_h():
+  params = _params()
+  tx = hj.add_entropy_grad(0.5, **KW)
+  state = tx.init(params)
+  cbs = hj.codebooks_tree(params, state.codebooks)
+  assert cbs["dense1"]["bias"] is None and cbs["dense1"]["kernel"].shape == (6,)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  out, state = tx.update(zeros, state, params)
+  expected = jax.grad(lambda p: hj.tree_entropy(p, cbs, order=2))(params)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, 0.5 * b, atol=1e-7)
+  assert int(state.count) == 1
+
+
+@pytest.mark.parametrize("make_opt", [lambda: optax.sgd(0.1), lambda: optax.adam(1e-2)])
+def test_chain_equals_penalty_added_to_loss(make_opt):
+  params0 = _params(1)
+  lam = 0.3
+  tx = optax.chain(hj.add_entropy_grad(lam, **KW), make_opt())
+  state = tx.init(params0)
+  cbs = hj.codebooks_tree(params0, state[0].codebooks)
+
+  @jax.jit
+  def step_tx(p, s, x, y):
+    g = jax.grad(_loss)(p, x, y)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  opt = make_opt()
+  ostate = opt.init(params0)
+
+  @jax.jit
+  def step_penalty(p, s, x, y):
+    g = jax.grad(lambda q: _loss(q, x, y) + hj.entropy_penalty(q, cbs, strength=lam,
+                                                               order=2))(p)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  p1, p2 = params0, params0
+  for i in range(5):
+    x, y = _batch(i)
+    p1, state = step_tx(p1, state, x, y)
+    p2, ostate = step_penalty(p2, ostate, x, y)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  assert not np.allclose(p1["dense1"]["kernel"], params0["dense1"]["kernel"])
+
+
+def test_regularizer_lowers_entropy():
+  params = _params(2)
+  tx = optax.chain(hj.add_entropy_grad(1.0, **KW), optax.sgd(20.0))
+  state = tx.init(params)
+  cbs = hj.codebooks_tree(params, state[0].codebooks)
+  h0 = float(hj.tree_entropy(params, cbs, order=2))
+  step = jax.jit(lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
+      tx.update(jax.tree.map(jnp.zeros_like, p), s, p)))
+  for _ in range(30):
+    params, state = step(params, state)
+  assert float(hj.tree_entropy(params, cbs, order=2)) < 0.8 * h0
+
+
+class _MLP(nnx.Module):
+  def __init__(self, rngs):
+    self.dense1 = nnx.Linear(12, 16, rngs=rngs)
+    self.dense2 = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.dense2(jnp.tanh(self.dense1(x)))
+
+
+def test_works_with_nnx_optimizer_and_matches_plain_dicts():
+  model = _MLP(nnx.Rngs(0))
+  params0 = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  tx = optax.chain(hj.add_entropy_grad(0.2, **KW), optax.sgd(0.1))
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def nnx_step(model, opt, x, y):
+    loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    grads = nnx.grad(loss_fn)(model)
+    opt.update(model, grads)
+
+  def loss_dict(p, x, y):
+    h = jnp.tanh(x @ p["dense1"]["kernel"] + p["dense1"]["bias"])
+    logits = h @ p["dense2"]["kernel"] + p["dense2"]["bias"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  state = tx.init(params0)
+  p = params0
+  for i in range(3):
+    x, y = _batch(i)
+    nnx_step(model, opt, x, y)
+    u, state = tx.update(jax.grad(loss_dict)(p, x, y), state, p)
+    p = optax.apply_updates(p, u)
+  got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(p)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_refresh_every_reuses_cached_gradient():
+  params = _params(3)
+  tx = hj.add_entropy_grad(1.0, refresh_every=3, **KW)
+  state = tx.init(params)
+  cbs = hj.codebooks_tree(params, state.codebooks)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  g0 = jax.grad(lambda p: hj.tree_entropy(p, cbs, order=2))(params)
+  moved = jax.tree.map(lambda x: x * 0.9, params)
+  g_moved = jax.grad(lambda p: hj.tree_entropy(p, cbs, order=2))(moved)
+  out0, state = tx.update(zeros, state, params)      # step 0: refresh at params
+  out1, state = tx.update(zeros, state, moved)       # step 1: cached (params' gradient)
+  out2, state = tx.update(zeros, state, moved)
+  out3, state = tx.update(zeros, state, moved)       # step 3: refresh at moved
+  k = ("dense1", "kernel")
+  np.testing.assert_allclose(out0[k[0]][k[1]], g0[k[0]][k[1]], atol=1e-7)
+  np.testing.assert_allclose(out1[k[0]][k[1]], g0[k[0]][k[1]], atol=1e-7)
+  np.testing.assert_allclose(out2[k[0]][k[1]], g0[k[0]][k[1]], atol=1e-7)
+  np.testing.assert_allclose(out3[k[0]][k[1]], g_moved[k[0]][k[1]], atol=1e-7)
+
+
+def test_refit_every_refits_codebooks():
+  params = _params(4)
+  tx = hj.add_entropy_grad(1.0, refit_every=2, **KW)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  scaled = jax.tree.map(lambda x: 2 * x, params)
+  _, s1 = tx.update(zeros, state, scaled)   # count 0: no refit
+  _, s2 = tx.update(zeros, s1, scaled)      # count 1: no refit
+  _, s3 = tx.update(zeros, s2, scaled)      # count 2: refit from scaled params
+  c0 = state.codebooks[1]   # leaves: dense1/bias, dense1/kernel, dense2/bias, dense2/kernel
+  assert state.codebooks[0] is None
+  np.testing.assert_array_equal(s2.codebooks[1], c0)
+  np.testing.assert_allclose(s3.codebooks[1], 2 * np.asarray(c0), rtol=1e-5)
+
+
+def test_mask_limits_regularized_leaves():
+  params = _params(5)
+  mask = {"dense1": {"kernel": True, "bias": False}, "dense2": {"kernel": False, "bias": False}}
+  tx = hj.add_entropy_grad(1.0, mask=mask, order=2, num_levels=4, min_size=1)
+  state = tx.init(params)
+  out, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  assert np.abs(np.asarray(out["dense1"]["kernel"])).sum() > 0
+  assert np.all(np.asarray(out["dense2"]["kernel"]) == 0)
+  tx2 = hj.add_entropy_grad(1.0, mask=lambda p: mask, order=2, num_levels=4, min_size=1)
+  out2, _ = tx2.update(jax.tree.map(jnp.zeros_like, params), tx2.init(params), params)
+  np.testing.assert_allclose(out2["dense1"]["kernel"], out["dense1"]["kernel"])
+
+
+def test_missing_params_raise():
+  tx = hj.add_entropy_grad(1.0, **KW)
+  with pytest.raises(ValueError, match="params"):
+    tx.init(None)
+  state = tx.init(_params())
+  with pytest.raises(ValueError, match="params"):
+    tx.update(_params(), state)
+  with pytest.raises(ValueError, match="no parameter is selected"):
+    hj.add_entropy_grad(1.0, num_levels=4).init({"b": jnp.zeros(3)})
+
+
+def _direct_paper_update(params, steps, *, lr, wd, lambda_h, lambda_q, order, refresh):
+  """The update rule of DESIGN §2 written out directly, on numpy arrays."""
+  codebooks = hj.fit_codebooks(params, 4, min_size=41)
+  w = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+  names = [("dense1", "kernel"), ("dense2", "kernel")]
+  cached_gh, cached_q = None, None
+  for step in range(steps):
+    x, y = _batch(step)
+    g = jax.grad(_loss)(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), w), x, y)
+    g = jax.tree.map(lambda a: np.asarray(a, np.float64), g)
+    w1 = jax.tree.map(lambda a, b: a - lr * (b + wd * a), w, g)
+    if step % refresh == 0:
+      w1_32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), w1)
+      gh = jax.grad(lambda p: hj.tree_entropy(p, codebooks, order=order))(w1_32)
+      cached_gh = {n: np.asarray(gh[n[0]][n[1]], np.float64) for n in names}
+      cached_q = {n: np.asarray(hj.quantize(w1_32[n[0]][n[1]], codebooks[n[0]][n[1]]),
+                                np.float64) for n in names}
+    for n in names:
+      gn = np.abs(g[n[0]][n[1]])
+      s = 1 - gn / gn.max()
+      a = w1[n[0]][n[1]]
+      a = a - s * (lambda_h * cached_gh[n] + lambda_q * (a - cached_q[n]))
+      cb = np.asarray(codebooks[n[0]][n[1]])
+      w1[n[0]][n[1]] = np.clip(a, cb[1], cb[-2])
+    w = w1
+  return w
+
+
+def test_paper_recipe_matches_direct_update_rule():
+  params = _params(6)
+  kw = dict(lr=0.1, wd=1e-4, lambda_h=1.0, lambda_q=0.1, order=2, refresh=3)
+  tx = hj.paper_recipe(learning_rate=kw["lr"], weight_decay=kw["wd"], lambda_h=1.0,
+                       lambda_q=0.1, order=2, num_levels=4, refresh_every=3, min_size=41)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s, x, y):
+    u, s = tx.update(jax.grad(_loss)(p, x, y), s, p)
+    return optax.apply_updates(p, u), s
+
+  p = params
+  steps = 7
+  for i in range(steps):
+    p, state = step(p, state, *_batch(i))
+  expected = _direct_paper_update(params, steps, **kw)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  # the quantized leaves stay inside the real level range
+  cb = hj.codebooks_tree(params, state.codebooks)["dense1"]["kernel"]
+  k = np.asarray(p["dense1"]["kernel"])
+  assert k.min() >= float(cb[1]) - 1e-7 and k.max() <= float(cb[-2]) + 1e-7
