@@ -40,3 +40,5 @@ from hemp_jax.regularizer import (
     hemp_second_step,
     paper_recipe,
 )
+from hemp_jax import models
+from hemp_jax.models import MODELS, count_params, create_model

@@ -1,0 +1,521 @@
+"""Data-parallel training with HEMP: steps, evaluation, checkpoints, the loop.
+
+The main path is one pure train step compiled with ``jax.jit`` over a 1-D ``("data",)``
+mesh: the train state is replicated, the batch is sharded along its leading axis and the
+compiler inserts the gradient all-reduce, so the same step runs on 1 CPU, N GPUs or a
+TPU slice (:func:`data_parallel_train_step`). :func:`pmap_train_step` is the same step
+under ``jax.pmap`` for users who ask for it; it differentiates the ``pmean`` of the
+per-device loss (under pmap's shard_map lowering the gradient with respect to replicated
+parameters is already summed over devices, DESIGN §4). BatchNorm statistics under pmap
+are per-device; under jit they are over the global batch.
+
+:func:`train_and_evaluate` is the loop behind ``hemp-jax train``: it evaluates the
+continuous and the quantized model every epoch, writes ``metrics.jsonl``, checkpoints
+with orbax at every epoch end, resumes from the last checkpoint, and stops with
+:class:`TrainingDivergedError` on a non-finite loss, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Any, Callable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from hemp_jax import data as data_lib
+from hemp_jax import entropy as ent
+from hemp_jax import groups as grp
+from hemp_jax import models as models_lib
+from hemp_jax import quantization as q
+from hemp_jax import regularizer as reg
+
+__all__ = [
+    "TrainState",
+    "TrainingDivergedError",
+    "make_mesh",
+    "make_optimizer",
+    "create_train_state",
+    "make_train_step",
+    "make_eval_step",
+    "data_parallel_train_step",
+    "pmap_train_step",
+    "quantize_params",
+    "state_codebooks",
+    "exact_entropy",
+    "train_and_evaluate",
+]
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN/Inf; the last good checkpoint is kept."""
+
+
+class TrainState(NamedTuple):
+  """Everything a step changes. ``params``/``model_state`` are pure nested dicts."""
+  step: jax.Array
+  params: Any          # nnx.Param values
+  model_state: Any     # other variables (BatchNorm statistics)
+  opt_state: Any
+
+
+# ------------------------------------------------------------------------------ setup
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """1-D ``("data",)`` mesh over ``devices`` (default: all local devices), Auto axis."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  return jax.sharding.Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
+
+
+def _learning_rate(config, steps_per_epoch: int):
+  opt = config.optimizer
+  if opt.get("schedule", "constant") == "cosine":
+    return optax.cosine_decay_schedule(opt.learning_rate, config.num_epochs * steps_per_epoch)
+  return opt.learning_rate
+
+
+def _quantizer_kwargs(config) -> dict:
+  qc = config.quantizer
+  return dict(num_levels=qc.num_levels, method=qc.method, guard_levels=qc.guard_levels,
+              zero_level=qc.get("zero_level", False), min_size=qc.get("min_size", None),
+              include=qc.get("include", None), exclude=qc.get("exclude", None))
+
+
+def _entropy_kwargs(config) -> dict:
+  h = config.hemp
+  return dict(order=h.order, tuples=h.tuples, rate=h.rate, pool=h.pool)
+
+
+def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """The optax chain described by ``config`` (``optimizer``, ``hemp``, ``quantizer``).
+
+  ``config.hemp.mode``:
+    * ``"none"`` — the plain optimizer (baseline);
+    * ``"grad"`` — ``chain(add_entropy_grad(strength), weight decay, optimizer)``;
+    * ``"paper"`` — :func:`hemp_jax.paper_recipe` (SGD + the gated unscaled step).
+  """
+  opt, h = config.optimizer, config.hemp
+  lr = _learning_rate(config, steps_per_epoch)
+  if h.mode == "paper":
+    return reg.paper_recipe(learning_rate=lr, momentum=opt.get("momentum", 0.0),
+                            weight_decay=opt.weight_decay, lambda_h=h.strength,
+                            lambda_q=h.get("lambda_q", 0.1), refresh_every=h.refresh_every,
+                            sensitivity=h.get("sensitivity", True), **_entropy_kwargs(config),
+                            **_quantizer_kwargs(config))
+  if opt.name == "sgd":
+    base = optax.sgd(lr, momentum=opt.get("momentum", 0.0) or None,
+                     nesterov=opt.get("nesterov", False))
+  elif opt.name == "adam":
+    base = optax.adam(lr)
+  else:
+    raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {opt.name!r}")
+  parts = []
+  if h.mode == "grad":
+    parts.append(reg.add_entropy_grad(h.strength, refresh_every=h.refresh_every,
+                                      refit_every=h.get("refit_every", None),
+                                      **_entropy_kwargs(config), **_quantizer_kwargs(config)))
+  elif h.mode != "none":
+    raise ValueError(f"hemp.mode must be 'none', 'grad' or 'paper', got {h.mode!r}")
+  if opt.weight_decay:
+    parts.append(optax.add_decayed_weights(opt.weight_decay))
+  parts.append(base)
+  return optax.chain(*parts)
+
+
+def create_train_state(config, model: nnx.Module, tx: optax.GradientTransformation):
+  """Splits an NNX model into ``(graphdef, TrainState)`` with pure-dict params."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = nnx.to_pure_dict(params)
+  rest = nnx.to_pure_dict(rest)
+  return graphdef, TrainState(jnp.zeros([], jnp.int32), params, rest, tx.init(params))
+
+
+# ------------------------------------------------------------------------------ steps
+
+
+def _forward(graphdef, params, model_state, images, train: bool):
+  model = nnx.merge(graphdef, params, model_state)
+  logits = model(images, train=train)
+  _, _, new_state = nnx.split(model, nnx.Param, ...)
+  return logits, nnx.to_pure_dict(new_state)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *,
+                    axis_name: str | None = None) -> Callable:
+  """Pure ``step(state, images, labels) -> (state, metrics)``.
+
+  With ``axis_name`` (inside pmap/shard_map) the loss is ``pmean``-ed before
+  differentiation and the metrics and BatchNorm statistics are averaged over devices.
+  """
+
+  def step(state: TrainState, images, labels):
+    def loss_fn(params):
+      logits, new_ms = _forward(graphdef, params, state.model_state, images, True)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      if axis_name is not None:
+        loss = jax.lax.pmean(loss, axis_name)
+      return loss, (logits, new_ms)
+
+    (loss, (logits, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    if axis_name is not None:
+      accuracy = jax.lax.pmean(accuracy, axis_name)
+      new_ms = jax.lax.pmean(new_ms, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = TrainState(state.step + 1, params, new_ms, opt_state)
+    return new, {"loss": loss, "accuracy": accuracy}
+
+  return step
+
+
+def make_eval_step(graphdef) -> Callable:
+  """Pure ``eval(params, model_state, images, labels) -> (correct, loss_sum)``."""
+
+  def evaluate(params, model_state, images, labels):
+    logits, _ = _forward(graphdef, params, model_state, images, False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(jnp.argmax(logits, -1) == labels), jnp.sum(loss)
+
+  return evaluate
+
+
+def data_parallel_train_step(step: Callable, mesh) -> Callable:
+  """``jax.jit`` of ``step`` with the state replicated and the batch sharded on "data"."""
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P("data"))
+  return jax.jit(step, in_shardings=(replicated, batch, batch),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def pmap_train_step(graphdef, tx, devices=None) -> Callable:
+  """The train step under ``jax.pmap``: state replicated (not stacked), batch split.
+
+  Returns ``step(state, images, labels)`` taking a global batch whose leading size is a
+  multiple of the device count; it reshapes the batch to ``(devices, per_device, ...)``.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  inner = jax.pmap(make_train_step(graphdef, tx, axis_name="data"), axis_name="data",
+                   in_axes=(None, 0, 0), out_axes=(None, None), devices=devices)
+  n = len(devices)
+
+  def step(state, images, labels):
+    if images.shape[0] % n:
+      raise ValueError(f"batch size {images.shape[0]} is not a multiple of {n} devices")
+    split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
+    return inner(state, split(images), split(labels))
+
+  return step
+
+
+# ----------------------------------------------------------------- quantized evaluation
+
+
+def state_codebooks(opt_state) -> tuple | None:
+  """The flat codebook tuple held by a HEMP transformation inside ``opt_state``."""
+  if isinstance(opt_state, (reg.AddEntropyGradState, reg.HempSecondStepState)):
+    return opt_state.codebooks
+  if isinstance(opt_state, (tuple, list)):
+    for s in opt_state:
+      found = state_codebooks(s)
+      if found is not None:
+        return found
+  return None
+
+
+def quantize_params(params, codebooks) -> Any:
+  """``params`` with every quantized leaf replaced by its nearest levels."""
+  return jax.tree.map(lambda cb, x: x if cb is None else q.quantize(x, cb), codebooks, params,
+                      is_leaf=lambda x: x is None)
+
+
+def exact_entropy(params, codebooks, *, order: int, tuples: str, rate: str) -> float:
+  """Exact empirical rate of the quantized leaves (index streams in scan order).
+
+  Per-group rates weighted by group size, bits per quantized parameter.
+  """
+  cbs, leaves, _, _ = grp.codebook_leaves(codebooks, params)
+  bits, count = 0.0, 0
+  for cb, x in zip(cbs, leaves):
+    if cb is None:
+      continue
+    idx = q.quantize_indices(grp.scan_stream(x), cb)
+    r = float(ent.empirical_entropy(idx, int(np.shape(cb)[0]), order, tuples, rate))
+    bits += r * int(np.size(x))
+    count += int(np.size(x))
+  return bits / max(count, 1)
+
+
+def eval_codebooks(config, state: TrainState):
+  """Codebooks for quantized evaluation: the HEMP state's, else fitted post-training."""
+  flat = state_codebooks(state.opt_state)
+  if flat is not None:
+    return reg.codebooks_tree(state.params, flat)
+  qc = reg.QuantizerConfig(**_quantizer_kwargs(config))
+  flat = reg.fit_leaf_codebooks(state.params, qc, order=config.hemp.order,
+                                tuples=config.hemp.tuples)
+  return reg.codebooks_tree(state.params, flat)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+class InputPipeline(NamedTuple):
+  """Epoch-indexed batches: ``train(epoch, start_batch)`` and ``eval()`` iterators."""
+  train: Callable[[int, int], Iterator]
+  eval: Callable[[], Iterator]
+  steps_per_epoch: int
+  num_classes: int
+  image_shape: tuple
+
+
+def input_pipeline(config) -> InputPipeline:
+  """Offline datasets (``mnist5k``, ``digits``) or tfds ones (``mnist``, ``cifar10``,
+  ``imagenet2012``, prepared in ``config.data_dir``)."""
+  name = config.dataset
+  info = data_lib.dataset_info(name)
+  bs, seed = config.batch_size, config.seed
+  if name in ("mnist5k", "digits"):
+    ds = data_lib.load_mnist5k() if name == "mnist5k" else data_lib.load_digits_dataset()
+    limit = config.get("max_train_examples", None)
+    tr_x, tr_y = ds.train_images[:limit], ds.train_labels[:limit]
+    train = lambda epoch, start=0: data_lib.iterate_batches(
+        tr_x, tr_y, bs, rng_seed=seed, epoch=epoch, start_batch=start)
+    evaluate = lambda: data_lib.iterate_batches(
+        ds.test_images, ds.test_labels, config.eval_batch_size, rng_seed=seed, epoch=0,
+        shuffle=False, drop_remainder=False)
+    steps = data_lib.num_batches(len(tr_y), bs)
+  else:
+    tr = data_lib.load_tfds(name, info.train_split, batch_size=bs, train=True, seed=seed,
+                            data_dir=config.get("data_dir", None))
+    ev = data_lib.load_tfds(name, info.eval_split, batch_size=config.eval_batch_size,
+                            train=False, seed=seed, data_dir=config.get("data_dir", None))
+    train = lambda epoch, start=0: tr.batches(epoch, start_batch=start)
+    evaluate = lambda: ev.batches(0)
+    steps = len(tr)
+  max_steps = config.get("max_steps_per_epoch", None)
+  if max_steps:
+    steps = min(steps, max_steps)
+  return InputPipeline(train, evaluate, steps, info.num_classes, tuple(info.image_shape))
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def _checkpoint_manager(workdir: str):
+  import orbax.checkpoint as ocp   # imported lazily: slow import
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def _to_saveable(state: TrainState, epoch: int):
+  return {"state": jax.tree.map(np.asarray, state), "epoch": np.asarray(epoch)}
+
+
+def _restore(mngr, state: TrainState):
+  import orbax.checkpoint as ocp
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  target = jax.tree.map(np.asarray, _to_saveable(state, 0))
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
+  return restored["state"], int(restored["epoch"])
+
+
+def _save(mngr, state: TrainState, epoch: int):
+  import orbax.checkpoint as ocp
+  mngr.save(int(state.step), args=ocp.args.StandardSave(_to_saveable(state, epoch)),
+            force=True)
+  mngr.wait_until_finished()
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def _progress(total: int, desc: str, enabled: bool):
+  try:
+    from tqdm.auto import tqdm
+  except ImportError:   # pragma: no cover - tqdm is a dependency
+    return None
+  return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True,
+              file=sys.stderr)
+
+
+def _evaluate(eval_fn, params, model_state, batches) -> float:
+  correct, count = 0, 0
+  for images, labels in batches:
+    c, _ = eval_fn(params, model_state, jnp.asarray(images), jnp.asarray(labels))
+    correct += int(c)
+    count += len(labels)
+  return correct / max(count, 1)
+
+
+def _read_metrics(path: str, upto_epoch: int) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _write_metrics(path: str, rows: list[dict]):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  os.replace(tmp, path)
+
+
+def _finite(tree) -> bool:
+  return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
+def build(config):
+  """Model, optimizer, initial state and data pipeline for ``config``."""
+  pipe = input_pipeline(config)
+  model = models_lib.create_model(config.model, num_classes=pipe.num_classes,
+                                  rngs=nnx.Rngs(config.seed), **config.get("model_kwargs", {}))
+  tx = make_optimizer(config, pipe.steps_per_epoch)
+  graphdef, state = create_train_state(config, model, tx)
+  return graphdef, state, tx, pipe
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir``; returns the summary (also ``summary.json``).
+
+  Files: ``config.json``, ``metrics.jsonl`` (one line per epoch: epoch, train_loss,
+  train_accuracy, test_accuracy, test_accuracy_quantized, entropy_soft, entropy_exact,
+  seconds), ``checkpoints/`` (orbax, last two epochs), ``summary.json``.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  graphdef, state, tx, pipe = build(config)
+  mesh = make_mesh()
+  n_dev = mesh.devices.size
+  if config.batch_size % n_dev:
+    raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
+                     f"{n_dev} local devices")
+  step_fn = make_train_step(graphdef, tx)
+  if config.get("parallel", "jit") == "pmap":
+    train_step = pmap_train_step(graphdef, tx)
+  else:
+    train_step = data_parallel_train_step(step_fn, mesh)
+  eval_fn = jax.jit(make_eval_step(graphdef))
+  hk = _entropy_kwargs(config)
+  soft_entropy = jax.jit(lambda p, cb: ent.tree_entropy(p, cb, **hk))
+
+  mngr = _checkpoint_manager(workdir)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start_epoch = 0
+  restored = _restore(mngr, state)
+  if restored is not None:
+    state, last_epoch = restored
+    state = jax.tree.map(jnp.asarray, state)
+    start_epoch = last_epoch + 1
+    print(f"resumed from checkpoint at epoch {last_epoch} (step {int(state.step)})",
+          file=sys.stderr)
+  rows = _read_metrics(metrics_path, start_epoch - 1)
+  show = config.get("progress", True)
+
+  for epoch in range(start_epoch, config.num_epochs):
+    t0 = time.time()
+    bar = _progress(pipe.steps_per_epoch, f"epoch {epoch + 1}/{config.num_epochs}", show)
+    losses, accs = [], []
+    for i, (images, labels) in enumerate(pipe.train(epoch, 0)):
+      if i >= pipe.steps_per_epoch:
+        break
+      state, m = train_step(state, jnp.asarray(images), jnp.asarray(labels))
+      loss = float(m["loss"])     # syncs every step (CPU collectives, DESIGN §4)
+      if not math.isfinite(loss):
+        if bar is not None:
+          bar.close()
+        last = mngr.latest_step()
+        raise TrainingDivergedError(
+            f"loss became {loss} at epoch {epoch + 1}, batch {i + 1} (step "
+            f"{int(state.step)}); stopped. Last good checkpoint: "
+            f"{'none' if last is None else f'step {last}'} in {workdir}/checkpoints. "
+            "Lower the learning rate or the HEMP strength and resume.")
+      losses.append(loss)
+      accs.append(float(m["accuracy"]))
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accs[-1]:.3f}")
+    codebooks = eval_codebooks(config, state)
+    qparams = quantize_params(state.params, codebooks)
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": float(np.mean(losses)),
+        "train_accuracy": float(np.mean(accs)),
+        "test_accuracy": _evaluate(eval_fn, state.params, state.model_state, pipe.eval()),
+        "test_accuracy_quantized": _evaluate(eval_fn, qparams, state.model_state, pipe.eval()),
+        "entropy_soft": float(soft_entropy(state.params, codebooks)),
+        "entropy_exact": exact_entropy(state.params, codebooks, order=hk["order"],
+                                       tuples=hk["tuples"], rate=hk["rate"]),
+        "seconds": time.time() - t0,
+    }
+    if bar is not None:
+      bar.set_postfix(loss=f"{row['train_loss']:.4f}", test=f"{row['test_accuracy']:.4f}",
+                      q=f"{row['test_accuracy_quantized']:.4f}",
+                      H=f"{row['entropy_exact']:.3f}")
+      bar.close()
+    if show:
+      print(f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  test {row['test_accuracy']:.4f}"
+            f"  quantized {row['test_accuracy_quantized']:.4f}  H soft "
+            f"{row['entropy_soft']:.4f} exact {row['entropy_exact']:.4f} bits/param",
+            file=sys.stderr)
+    if not _finite(state.params):
+      raise TrainingDivergedError(f"parameters became non-finite in epoch {epoch + 1}")
+    rows.append(row)
+    _save(mngr, state, epoch)
+    _write_metrics(metrics_path, rows)
+
+  if not rows:
+    raise ValueError("num_epochs is 0: nothing to train")
+  codebooks = eval_codebooks(config, state)
+  last = rows[-1]
+  summary = {
+      "model": config.model,
+      "dataset": config.dataset,
+      "hemp_mode": config.hemp.mode,
+      "epochs": last["epoch"],
+      "test_accuracy": last["test_accuracy"],
+      "test_accuracy_quantized": last["test_accuracy_quantized"],
+      "entropy_bits_per_param": last["entropy_exact"],
+      "entropy_soft_bits_per_param": last["entropy_soft"],
+      "entropy_order": hk["order"],
+      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state.params))),
+      "num_quantized_params": int(sum(np.size(x) for cb, x in zip(
+          *grp.codebook_leaves(codebooks, state.params)[:2]) if cb is not None)),
+  }
+  _write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _write_json(path: str, obj: dict):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def load_final_state(config, workdir: str):
+  """``(graphdef, TrainState)`` restored from the latest checkpoint in ``workdir``."""
+  graphdef, state, _, _ = build(config)
+  restored = _restore(_checkpoint_manager(workdir), state)
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  return graphdef, jax.tree.map(jnp.asarray, restored[0])
