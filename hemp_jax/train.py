@@ -4,10 +4,13 @@ The main path is one pure train step compiled with ``jax.jit`` over a 1-D ``("da
 mesh: the train state is replicated, the batch is sharded along its leading axis and the
 compiler inserts the gradient all-reduce, so the same step runs on 1 CPU, N GPUs or a
 TPU slice (:func:`data_parallel_train_step`). :func:`pmap_train_step` is the same step
-under ``jax.pmap`` for users who ask for it; it differentiates the ``pmean`` of the
-per-device loss (under pmap's shard_map lowering the gradient with respect to replicated
-parameters is already summed over devices, DESIGN §4). BatchNorm statistics under pmap
-are per-device; under jit they are over the global batch.
+under ``jax.pmap`` for users who ask for it; it averages the per-device gradients with
+``pmean``. (Measured on jax 0.10.2: under ``pmap`` the gradient of a per-device loss is
+per-device, so ``pmean(grads)`` is right and ``grad(pmean(loss))`` is not; it is under a
+hand-written ``shard_map`` with ``check_vma`` that the opposite holds, DESIGN §4. The
+tests compare both paths with a single-device run.) BatchNorm statistics under pmap are
+averaged over devices after a step computed on per-device batches; under jit they are
+over the global batch.
 
 :func:`train_and_evaluate` is the loop behind ``hemp-jax train``: it evaluates the
 continuous and the quantized model every epoch, writes ``metrics.jsonl``, checkpoints
@@ -156,22 +159,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *,
                     axis_name: str | None = None) -> Callable:
   """Pure ``step(state, images, labels) -> (state, metrics)``.
 
-  With ``axis_name`` (inside pmap/shard_map) the loss is ``pmean``-ed before
-  differentiation and the metrics and BatchNorm statistics are averaged over devices.
+  With ``axis_name`` (inside ``pmap``) the gradients, metrics and BatchNorm statistics
+  are averaged over devices with ``pmean``.
   """
 
   def step(state: TrainState, images, labels):
     def loss_fn(params):
       logits, new_ms = _forward(graphdef, params, state.model_state, images, True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      if axis_name is not None:
-        loss = jax.lax.pmean(loss, axis_name)
       return loss, (logits, new_ms)
 
     (loss, (logits, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     if axis_name is not None:
-      accuracy = jax.lax.pmean(accuracy, axis_name)
+      loss, accuracy, grads = jax.lax.pmean((loss, accuracy, grads), axis_name)
       new_ms = jax.lax.pmean(new_ms, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -428,7 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_epoch = last_epoch + 1
     print(f"resumed from checkpoint at epoch {last_epoch} (step {int(state.step)})",
           file=sys.stderr)
-  rows = _read_metrics(metrics_path, start_epoch - 1)
+  rows = _read_metrics(metrics_path, start_epoch)   # rows count epochs from 1
   show = config.get("progress", True)
 
   for epoch in range(start_epoch, config.num_epochs):

@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.eval_batch_size = 500
   c.num_epochs = 30
+  c.max_train_examples = ml_collections.config_dict.placeholder(int)   # None: all 4000
+  c.max_steps_per_epoch = ml_collections.config_dict.placeholder(int)  # None: full epochs
   c.parallel = "jit"             # "jit" (NamedSharding over a ("data",) mesh) or "pmap"
   c.progress = True
 

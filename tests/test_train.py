@@ -1,0 +1,167 @@
+"""Data-parallel steps against single-device ones; checkpoints, resume, NaN stop, CLI."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import hemp_jax as hj
+from hemp_jax import cli, train
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs",
+                              "default.py")
+
+
+class _SmallBN(nnx.Module):
+  """A tiny conv net with BatchNorm, so the model_state path is exercised."""
+
+  def __init__(self, *, num_classes=10, rngs):
+    self.conv = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.fc = nnx.Linear(8 * 8 * 8, num_classes, rngs=rngs)
+
+  def __call__(self, x, *, train=False):
+    x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+    return self.fc(x.reshape(x.shape[0], -1))
+
+
+def _config(**hemp):
+  c = ml_collections.ConfigDict()
+  c.optimizer = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.05, momentum=0.9,
+                                               weight_decay=1e-4, schedule="constant"))
+  c.quantizer = ml_collections.ConfigDict(dict(num_levels=4, method="uniform",
+                                               guard_levels=True, min_size=None))
+  c.hemp = ml_collections.ConfigDict(dict(mode="grad", strength=5.0, order=2,
+                                          tuples="disjoint", rate="block", pool="group",
+                                          refresh_every=1, lambda_q=0.1))
+  c.hemp.update(hemp)
+  c.num_epochs = 1
+  return c
+
+
+def _digits_batches(n_steps, batch=16):
+  ds = hj.data.load_digits_dataset()
+  it = hj.data.iterate_batches(ds.train_images, ds.train_labels, batch, rng_seed=0, epoch=0)
+  return [next(it) for _ in range(n_steps)]
+
+
+def _run(step, state, batches):
+  for images, labels in batches:
+    state, m = step(state, jnp.asarray(images), jnp.asarray(labels))
+    float(m["loss"])      # sync every step: CPU collectives deadlock otherwise
+  return state
+
+
+@pytest.mark.parametrize("mode", ["grad", "paper"])
+def test_jit_mesh_4_devices_equals_1_device(mode):
+  assert jax.device_count() >= 4
+  config = _config(mode=mode)
+  model = _SmallBN(rngs=nnx.Rngs(0))
+  tx = train.make_optimizer(config)
+  graphdef, state0 = train.create_train_state(config, model, tx)
+  step = train.make_train_step(graphdef, tx)
+  batches = _digits_batches(4)
+  one = _run(train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:1])),
+             state0, batches)
+  _, state0b = train.create_train_state(config, _SmallBN(rngs=nnx.Rngs(0)), tx)
+  four = _run(train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:4])),
+              state0b, batches)
+  for a, b in zip(jax.tree.leaves((one.params, one.model_state)),
+                  jax.tree.leaves((four.params, four.model_state))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert int(four.step) == 4
+
+
+def test_pmap_4_devices_equals_1_device():
+  config = _config()
+  model = hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1))
+  tx = train.make_optimizer(config)
+  graphdef, state0 = train.create_train_state(config, model, tx)
+  batches = _digits_batches(4)
+  single = _run(jax.jit(train.make_train_step(graphdef, tx)), state0, batches)
+  _, state0b = train.create_train_state(
+      config, hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1)), tx)
+  pmapped = _run(train.pmap_train_step(graphdef, tx, jax.devices()[:4]), state0b, batches)
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(pmapped.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert not np.allclose(single.params["fc1"]["kernel"], state0.params["fc1"]["kernel"])
+
+
+def _loop_config(workdir_epochs=2, **over):
+  c = _config()
+  c.model = "lenet_300_100"
+  c.model_kwargs = {"in_features": 64}
+  c.dataset = "digits"
+  c.seed = 0
+  c.batch_size = 32
+  c.eval_batch_size = 350
+  c.num_epochs = workdir_epochs
+  c.max_steps_per_epoch = 4
+  c.parallel = "jit"
+  c.progress = False
+  c.update(over)
+  return c
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+  full = _loop_config(3)
+  s_full = train.train_and_evaluate(full, str(tmp_path / "full"))
+  part = _loop_config(1)
+  train.train_and_evaluate(part, str(tmp_path / "resumed"))      # "killed" after epoch 1
+  s_res = train.train_and_evaluate(_loop_config(3), str(tmp_path / "resumed"))
+  _, a = train.load_final_state(full, str(tmp_path / "full"))
+  _, b = train.load_final_state(full, str(tmp_path / "resumed"))
+  assert int(a.step) == int(b.step) == 12
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+  assert s_full["test_accuracy"] == s_res["test_accuracy"]
+  rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+  assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_metrics_and_summary_files(tmp_path):
+  s = train.train_and_evaluate(_loop_config(2), str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert len(rows) == 2
+  for key in ["epoch", "train_loss", "test_accuracy", "test_accuracy_quantized",
+              "entropy_soft", "entropy_exact"]:
+    assert key in rows[0]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary == s
+  for key in ["test_accuracy", "test_accuracy_quantized", "entropy_bits_per_param",
+              "num_params"]:
+    assert key in summary
+  assert summary["num_params"] == 266610 - 784 * 300 + 64 * 300
+  assert 0 < summary["entropy_bits_per_param"] <= np.log2(6)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
+  train.train_and_evaluate(_loop_config(1), str(tmp_path))
+  _, good = train.load_final_state(_loop_config(1), str(tmp_path))
+  bad = _loop_config(3)
+  bad.optimizer.learning_rate = 1e30
+  with pytest.raises(train.TrainingDivergedError, match="Last good checkpoint: step 4"):
+    train.train_and_evaluate(bad, str(tmp_path))
+  _, kept = train.load_final_state(_loop_config(1), str(tmp_path))
+  assert int(kept.step) == 4
+  for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(kept.params)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_cli_train_with_overrides(tmp_path, capsys):
+  rc = cli.main(["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path),
+                 "--config.num_epochs=1", "--config.max_train_examples", "256",
+                 "--config.progress=false", "--config.hemp.order=1",
+                 "--config.eval_batch_size=1000"])
+  assert rc == 0
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["model"] == "lenet5" and summary["entropy_order"] == 1
+  with pytest.raises(SystemExit, match="unknown config field"):
+    cli.main(["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path),
+              "--config.hemp.nope=1"])
