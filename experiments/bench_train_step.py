@@ -1,0 +1,89 @@
+"""Training-step time with and without the HEMP transform, side by side in one run.
+
+Same model, optimizer (SGD + momentum) and batch; the HEMP runs add
+``hj.add_entropy_grad`` in front of it. Prints mean seconds per jit-compiled step
+(compile excluded) and the overhead relative to the plain step.
+
+  python experiments/bench_train_step.py                   # LeNet-5 and ResNet-20
+  python experiments/bench_train_step.py --models lenet5 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from hemp_jax import models, train
+
+SHAPES = {"lenet5": (28, 28, 1), "lenet_300_100": (28, 28, 1), "resnet20": (32, 32, 3),
+          "resnet32": (32, 32, 3)}
+
+
+def _config(mode, order, refresh):
+  c = ml_collections.ConfigDict()
+  c.num_epochs = 1
+  c.optimizer = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.01, momentum=0.9,
+                                               weight_decay=0.0, schedule="constant"))
+  c.quantizer = ml_collections.ConfigDict(dict(num_levels=4, method="uniform",
+                                               guard_levels=True, min_size=None))
+  c.hemp = ml_collections.ConfigDict(dict(mode=mode, strength=1.0, order=order,
+                                          tuples="disjoint", rate="block", pool="group",
+                                          refresh_every=refresh))
+  return c
+
+
+def time_steps(model_name, batch, config, steps, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = SHAPES[model_name]
+  images = jnp.asarray(rng.normal(size=(batch,) + shape), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, size=batch))
+  model = models.create_model(model_name, num_classes=10, rngs=nnx.Rngs(seed))
+  tx = train.make_optimizer(config)
+  graphdef, state = train.create_train_state(config, model, tx)
+  step = jax.jit(train.make_train_step(graphdef, tx), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  state, m = step(state, images, labels)
+  jax.block_until_ready(m["loss"])
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = step(state, images, labels)
+    jax.block_until_ready((state, m))
+    times.append(time.perf_counter() - t0)
+  return float(np.mean(times)), compile_s   # mean: refresh steps count in full
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="lenet5,resnet20")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--orders", default="1,2,3")
+  parser.add_argument("--refresh", default="1,10")
+  parser.add_argument("--steps", type=int, default=30,
+                      help="timed steps per setting (use a multiple of the refresh period)")
+  args = parser.parse_args()
+  print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"{jax.device_count()} device(s), batch {args.batch}, mean of {args.steps} steps")
+  header = f"{'model':10s} {'HEMP':22s} {'ms/step':>9s} {'overhead':>9s} {'compile s':>9s}"
+  print(header)
+  print("-" * len(header))
+  for name in args.models.split(","):
+    base, comp = time_steps(name, args.batch, _config("none", 1, 1), args.steps)
+    print(f"{name:10s} {'none':22s} {base * 1e3:9.2f} {'':>9s} {comp:9.1f}", flush=True)
+    for order in [int(o) for o in args.orders.split(",")]:
+      for refresh in [int(r) for r in args.refresh.split(",")]:
+        t, comp = time_steps(name, args.batch, _config("grad", order, refresh), args.steps)
+        label = f"order {order}, refresh {refresh:>2d}"
+        print(f"{name:10s} {label:22s} {t * 1e3:9.2f} {100 * (t / base - 1):8.1f}% "
+              f"{comp:9.1f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
