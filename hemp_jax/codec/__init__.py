@@ -1,0 +1,36 @@
+"""The ``.hemp`` file format and its context-adaptive entropy coder.
+
+``compress(params, codebooks)`` -> bytes and ``decompress(bytes)`` -> nested dict of numpy
+arrays; :mod:`hemp_jax.codec.format` describes the byte layout and
+:mod:`hemp_jax.codec.coder` the coder (contexts = the estimator's sliding tuples).
+"""
+
+from hemp_jax.codec._wire import FormatError
+from hemp_jax.codec.format import (
+    DEFAULT_MAX_ELEMENTS,
+    FORMAT_VERSION,
+    LeafReport,
+    Report,
+    compress,
+    compress_file,
+    decompress,
+    decompress_file,
+    format_inspection,
+    inspect,
+    load_into,
+)
+
+__all__ = [
+    "FormatError",
+    "FORMAT_VERSION",
+    "DEFAULT_MAX_ELEMENTS",
+    "LeafReport",
+    "Report",
+    "compress",
+    "decompress",
+    "inspect",
+    "format_inspection",
+    "load_into",
+    "compress_file",
+    "decompress_file",
+]

@@ -1,0 +1,757 @@
+"""The ``.hemp`` container: a versioned, self-describing, checksummed params file.
+
+A file holds every leaf of a params pytree: its path, shape and dtype, and either the
+codebook plus the entropy-coded level indices (a *quantized* leaf) or the exact values (a
+*float* leaf: biases, norms, small tensors, integer leaves; lossless, bitwise). Everything
+needed to decode is in the file and counted in its size.
+
+Byte layout (all integers little-endian; ``varint`` = unsigned LEB128)::
+
+    file    := header records
+    header  := "HEMP" u8:version varint:num_leaves leaf* u32:crc32(header bytes before it)
+    leaf    := varint:keep varint:new component{new} u8:type varint:rank varint:dim{rank}
+               varint:record_length
+      keep       number of leading path components shared with the previous leaf
+      component  varint t; t even: a str key of t >> 1 UTF-8 bytes follows;
+                 t odd: an int key, zigzag-decoded from t >> 1
+      type       dtype code (bits 0-3, see _DTYPES) | kind << 4 (0 float, 1 quantized)
+    records := (body u32:crc32(body)){num_leaves}, in leaf order; body has record_length
+               bytes, and the file ends exactly after the last record
+
+    float body      := u8:mode data
+      mode 0 raw        the n values, little-endian
+      mode 1 constant   one value; all n values are bitwise equal to it (n >= 1)
+      mode 2 zlib       zlib stream of the byte planes (byte j of every value, j = 0..)
+    quantized body  := varint:h [bitmap] levels [coder section]
+      h            (K - 2) << 1 | partial, K = codebook size
+      bitmap       only when partial: ceil(K / 8) bytes, bit i (LSB first) = level i used
+      levels       the A used levels, cast to the leaf dtype, little-endian (the decoded
+                   leaf is exactly ``codebook[indices].astype(dtype)``)
+      coder        when n > 0 and A >= 2: the model section and range coder payload of
+                   :mod:`hemp_jax.codec.coder`, over the compact alphabet 0..A-1 (the
+                   used levels in increasing index order). A = 1: no coder section (all
+                   weights equal that level). n = 0: the body is ``h`` alone.
+
+Checksums: CRC-32 (zlib) over the header and over each record body, verified before
+anything in the record is decoded. Every count and length read from a file is bounded
+before use (and by ``max_elements``), so damaged, truncated or foreign input raises
+:class:`FormatError` instead of allocating or looping without bound.
+
+Paths: leaves are named by their pytree key path (dict keys, attribute names, sequence
+indices); a trailing NNX ``value`` attribute is dropped, as in
+:func:`hemp_jax.groups.path_name`. :func:`decompress` returns nested dicts of numpy arrays
+keyed by those components (str keys stay str, int keys (sequence indices, int dict keys)
+stay int; other key types are stored as their ``str``). :func:`load_into` maps the result
+back onto a template pytree (Linen dicts, NNX ``State``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hemp_jax import quantization as q
+from hemp_jax.codec import coder
+from hemp_jax.codec._wire import FormatError, Reader, write_varint
+
+__all__ = [
+    "FormatError",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "DEFAULT_MAX_ELEMENTS",
+    "LeafReport",
+    "Report",
+    "compress",
+    "decompress",
+    "inspect",
+    "format_inspection",
+    "load_into",
+    "compress_file",
+    "decompress_file",
+]
+
+MAGIC = b"HEMP"
+FORMAT_VERSION = 1
+DEFAULT_MAX_ELEMENTS = 1 << 31
+_MAX_RANK = 32
+_MAX_PATH_DEPTH = 64
+_MAX_LEVELS = 1 << 16
+_KIND_FLOAT, _KIND_QUANTIZED = 0, 1
+_FLOAT_RAW, _FLOAT_CONSTANT, _FLOAT_ZLIB = 0, 1, 2
+_FLOAT_MODES = {_FLOAT_RAW: "raw", _FLOAT_CONSTANT: "constant", _FLOAT_ZLIB: "zlib"}
+
+_DTYPES = [np.dtype(d) for d in (
+    np.float32, np.float16, jnp.bfloat16, np.float64,
+    np.int8, np.int16, np.int32, np.int64,
+    np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)]
+_DTYPE_CODE = {d: i for i, d in enumerate(_DTYPES)}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _dtype_code(dtype) -> int:
+  dtype = np.dtype(dtype)
+  if dtype not in _DTYPE_CODE:
+    raise ValueError(f"unsupported leaf dtype {dtype}; supported: "
+                     + ", ".join(str(d) for d in _DTYPES))
+  return _DTYPE_CODE[dtype]
+
+
+def _is_floating(dtype) -> bool:
+  return np.dtype(dtype) in (_DTYPES[0], _DTYPES[1], _DTYPES[2], _DTYPES[3])
+
+
+def _to_le_bytes(a: np.ndarray) -> bytes:
+  a = np.ascontiguousarray(a)
+  size = a.dtype.itemsize
+  if size == 1:
+    return a.view(np.uint8).tobytes()
+  return a.view(f"u{size}").astype(f"<u{size}").tobytes()
+
+
+def _from_le_bytes(data, dtype, count: int) -> np.ndarray:
+  dtype = np.dtype(dtype)
+  size = dtype.itemsize
+  raw = np.frombuffer(bytes(data), np.uint8 if size == 1 else f"<u{size}", count)
+  if size > 1:
+    raw = raw.astype(f"u{size}")
+  out = raw.copy().view(dtype)
+  if dtype == np.bool_ and out.size and raw.max() > 1:
+    raise FormatError("invalid bool value in file")
+  return out
+
+
+def _key_component(k):
+  if isinstance(k, jax.tree_util.DictKey):
+    key = k.key
+  elif isinstance(k, jax.tree_util.GetAttrKey):
+    key = k.name
+  elif isinstance(k, jax.tree_util.SequenceKey):
+    key = k.idx
+  elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+    key = k.key
+  else:
+    key = getattr(k, "key", k)
+  if isinstance(key, (bool, np.bool_)):
+    return str(key)
+  if isinstance(key, (int, np.integer)):
+    return int(key)
+  return str(key)
+
+
+def _components(path) -> tuple:
+  comps = [_key_component(k) for k in path]
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    comps = comps[:-1]
+  return tuple(comps)
+
+
+def _name(comps) -> str:
+  return "/".join(str(c) for c in comps)
+
+
+def _write_component(out: bytearray, c) -> None:
+  if isinstance(c, int):
+    zz = (c << 1) if c >= 0 else ((-c << 1) - 1)
+    write_varint(out, (zz << 1) | 1)
+  else:
+    b = c.encode("utf-8")
+    write_varint(out, len(b) << 1)
+    out += b
+
+
+def _read_component(r: Reader):
+  t = r.varint("path component tag", max_value=1 << 62)
+  if t & 1:
+    zz = t >> 1
+    return (zz >> 1) if not zz & 1 else -((zz + 1) >> 1)
+  raw = r.take(t >> 1, "path component")
+  try:
+    return bytes(raw).decode("utf-8")
+  except UnicodeDecodeError:
+    r.fail("path component is not valid UTF-8")
+
+
+# ------------------------------------------------------------------------ leaf records
+
+
+def _float_body(x: np.ndarray) -> bytes:
+  raw = _to_le_bytes(x)
+  best = bytes([_FLOAT_RAW]) + raw
+  n, size = x.size, x.dtype.itemsize
+  if n >= 1:
+    first = raw[:size]
+    if raw == first * n:
+      return bytes([_FLOAT_CONSTANT]) + first
+  if n * size > 16:
+    planes = np.frombuffer(raw, np.uint8).reshape(n, size).T.tobytes()
+    z = bytes([_FLOAT_ZLIB]) + zlib.compress(planes, 9)
+    if len(z) < len(best):
+      best = z
+  return best
+
+
+def _decode_float(r: Reader, dtype, shape, n: int) -> np.ndarray:
+  mode = r.u8("float record mode")
+  size = dtype.itemsize
+  if mode == _FLOAT_RAW:
+    data = r.take(n * size, "raw values")
+  elif mode == _FLOAT_CONSTANT:
+    if n < 1:
+      r.fail("constant record for an empty leaf")
+    data = bytes(r.take(size, "constant value")) * n
+  elif mode == _FLOAT_ZLIB:
+    d = zlib.decompressobj()
+    try:
+      planes = d.decompress(bytes(r.take(r.remaining, "zlib data")), n * size + 1)
+    except zlib.error as e:
+      r.fail(f"zlib data corrupt: {e}")
+    if len(planes) != n * size or not d.eof or d.unused_data:
+      r.fail("zlib data does not match the leaf size")
+    data = np.frombuffer(planes, np.uint8).reshape(size, n).T.tobytes()
+  else:
+    r.fail(f"unknown float record mode {mode}")
+  r.expect_end("float record")
+  return _from_le_bytes(data, dtype, n).reshape(shape)
+
+
+def _effective_codebook(codebook) -> np.ndarray:
+  """The codebook as jax sees it (float64 becomes float32 unless x64 is enabled)."""
+  return np.asarray(jnp.asarray(codebook))
+
+
+def quantize_indices_np(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+  """:func:`hemp_jax.quantize_indices` without jax dispatch (no per-shape compilation).
+
+  Identical results: nearest level, ties to the lower one, computed in the codebook dtype
+  (``mids = (c[1:] + c[:-1]) / 2``, ``searchsorted(mids, x, side="left")``). Non-finite
+  inputs and codebooks other than float32/float64 go to the jax function itself.
+  """
+  c = np.asarray(codebook)
+  x = np.asarray(x)
+  if c.dtype in (np.dtype(np.float32), np.dtype(np.float64)) and _is_floating(x.dtype):
+    xc = x.astype(c.dtype)
+    if np.isfinite(xc).all():
+      mids = (c[1:] + c[:-1]) / c.dtype.type(2)
+      if mids.size > 64:
+        return np.searchsorted(mids, xc, side="left").astype(np.int32)
+      # searchsorted(side="left") counts the mids strictly below x; for few levels,
+      # counting with whole-array comparisons is several times faster.
+      idx = np.zeros(xc.shape, np.uint8)
+      above = np.empty(xc.shape, bool)
+      for m in mids:
+        np.greater(xc, m, out=above)
+        idx += above
+      return idx.astype(np.int32)
+  return np.asarray(q.quantize_indices(x, c)).reshape(x.shape)
+
+
+def _quantized_body(x: np.ndarray, codebook, max_order: int) -> tuple[bytes, int]:
+  """Body of a quantized leaf, and the coder order used (-1: none)."""
+  q.validate_codebook(codebook)
+  k = int(np.shape(codebook)[0])
+  if k > _MAX_LEVELS:
+    raise ValueError(f"codebooks are limited to {_MAX_LEVELS} levels, got {k}")
+  out = bytearray()
+  if x.size == 0:
+    write_varint(out, (k - 2) << 1)
+    return bytes(out), -1
+  cb = _effective_codebook(codebook)
+  idx = quantize_indices_np(x, cb)
+  used = np.bincount(idx.reshape(-1), minlength=k) > 0
+  levels = cb.astype(x.dtype)
+  partial = not used.all()
+  write_varint(out, ((k - 2) << 1) | int(partial))
+  if partial:
+    out += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
+  out += _to_le_bytes(levels[used])
+  a = int(used.sum())
+  if a < 2:
+    return bytes(out), -1
+  compact = idx if not partial else np.take((np.cumsum(used) - 1).astype(np.int32), idx)
+  coded = coder.encode_symbols(compact, a, max_order=max_order)
+  out += coded.model
+  out += coded.payload
+  return bytes(out), coded.order
+
+
+def _parse_quantized_head(r: Reader, dtype, n: int):
+  """(K, used mask, levels) of a quantized record."""
+  h = r.varint("codebook size", max_value=((_MAX_LEVELS - 2) << 1) | 1)
+  k, partial = (h >> 1) + 2, h & 1
+  if n == 0:
+    r.expect_end("empty quantized record")
+    return k, np.zeros(k, bool), np.zeros(0, dtype)
+  if partial:
+    bits = np.unpackbits(np.frombuffer(bytes(r.take((k + 7) // 8, "used-level bitmap")),
+                                       np.uint8), bitorder="little")
+    used = bits[:k].astype(bool)
+    if bits[k:].any():
+      r.fail("used-level bitmap has bits beyond the codebook size")
+  else:
+    used = np.ones(k, bool)
+  a = int(used.sum())
+  if a == 0:
+    r.fail("quantized record without any used level")
+  levels = _from_le_bytes(r.take(a * dtype.itemsize, "codebook levels"), dtype, a)
+  return k, used, levels
+
+
+def _decode_quantized(r: Reader, dtype, shape, n: int) -> np.ndarray:
+  _, _, levels = _parse_quantized_head(r, dtype, n)
+  if n == 0:
+    return np.zeros(shape, dtype)
+  if levels.size == 1:
+    r.expect_end("constant quantized record")
+    return np.full(shape, levels[0], dtype)
+  symbols = coder.decode_symbols(r, shape, levels.size)
+  return levels[symbols]
+
+
+# ---------------------------------------------------------------------------- flatten
+
+
+@dataclasses.dataclass
+class _Entry:
+  comps: tuple
+  kind: int
+  dtype: np.dtype
+  shape: tuple
+  length: int = 0
+  offset: int = 0
+
+
+def _flatten(params, codebooks):
+  is_none = lambda v: v is None
+  if codebooks is None:
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    pairs = [(p, x, None) for p, x in flat]
+  else:
+    cb_flat, treedef = jax.tree_util.tree_flatten_with_path(codebooks, is_leaf=is_none)
+    try:
+      leaves = treedef.flatten_up_to(params)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"codebooks and params have different structures: {e}") from None
+    pairs = []
+    for (p, cb), x in zip(cb_flat, leaves):
+      if x is None:
+        continue
+      if cb is None:
+        sub, _ = jax.tree_util.tree_flatten_with_path(x)
+        pairs.extend((tuple(p) + tuple(sp), sx, None) for sp, sx in sub)
+      else:
+        pairs.append((p, x, cb))
+  out, seen = [], set()
+  for p, x, cb in pairs:
+    comps = _components(p)
+    if comps in seen:
+      raise ValueError(f"two leaves share the path {_name(comps)!r}")
+    seen.add(comps)
+    arr = np.asarray(x)
+    _dtype_code(arr.dtype)
+    if cb is not None and not _is_floating(arr.dtype):
+      raise ValueError(f"leaf {_name(comps)!r} has a codebook but dtype {arr.dtype}; only "
+                       "float leaves can be quantized")
+    out.append((comps, arr, cb))
+  if len(out) > 1 and any(len(c) == 0 for c, _, _ in out):
+    raise ValueError("a params tree with several leaves needs a path for each")
+  return out
+
+
+# ---------------------------------------------------------------------------- public
+
+
+def compress(params, codebooks=None, *, max_order: int = coder.MAX_ORDER,
+             **quantizer_options) -> bytes:
+  """Encodes a params pytree into ``.hemp`` bytes.
+
+  Args:
+    params: a pytree of arrays (Linen dict, NNX ``State``, nested dicts/lists...). Float
+      leaves are float32, float16, bfloat16 or float64; integer and bool leaves are kept
+      losslessly.
+    codebooks: a pytree like ``params`` with a 1-D codebook per quantized leaf and
+      ``None`` for leaves stored exactly. When None, codebooks are fitted with
+      :func:`hemp_jax.groups.fit_codebooks` with ``quantizer_options``.
+    max_order: the highest context order the coder may try (0..3).
+    **quantizer_options: passed to ``fit_codebooks`` (``num_levels`` is required),
+      e.g. ``num_levels=4, method="lloyd_max", guard_levels=True, min_size=41``.
+
+  Returns:
+    The file contents. A quantized leaf decodes to exactly
+    ``dequantize(quantize_indices(x, cb), cb).astype(x.dtype)``; a float leaf decodes
+    bitwise equal to ``x``.
+  """
+  if codebooks is None:
+    if "num_levels" not in quantizer_options:
+      raise ValueError("compress needs codebooks, or quantizer options with num_levels to "
+                       "fit them (e.g. num_levels=4)")
+    from hemp_jax import groups
+    codebooks = groups.fit_codebooks(params, **quantizer_options)
+  elif quantizer_options:
+    raise ValueError(f"quantizer options {sorted(quantizer_options)} only apply when "
+                     "codebooks is None")
+  if not 0 <= int(max_order) <= coder.MAX_ORDER:
+    raise ValueError(f"max_order must be in 0..{coder.MAX_ORDER}, got {max_order}")
+  leaves = _flatten(params, codebooks)
+
+  header = bytearray(MAGIC)
+  header.append(FORMAT_VERSION)
+  write_varint(header, len(leaves))
+  records = []
+  prev: tuple = ()
+  for comps, arr, cb in leaves:
+    if cb is None:
+      kind, body = _KIND_FLOAT, _float_body(arr)
+    else:
+      kind, (body, _) = _KIND_QUANTIZED, _quantized_body(arr, cb, int(max_order))
+    keep = 0
+    while keep < min(len(prev), len(comps)) and prev[keep] == comps[keep] \
+        and type(prev[keep]) is type(comps[keep]):
+      keep += 1
+    write_varint(header, keep)
+    write_varint(header, len(comps) - keep)
+    for c in comps[keep:]:
+      _write_component(header, c)
+    header.append(_dtype_code(arr.dtype) | (kind << 4))
+    write_varint(header, arr.ndim)
+    for d in arr.shape:
+      write_varint(header, d)
+    write_varint(header, len(body))
+    records.append(body)
+    prev = comps
+  header += zlib.crc32(header).to_bytes(4, "little")
+  out = bytearray(header)
+  for body in records:
+    out += body
+    out += zlib.crc32(body).to_bytes(4, "little")
+  return bytes(out)
+
+
+def _as_buffer(blob) -> bytes:
+  if isinstance(blob, (bytes, bytearray, memoryview)):
+    return bytes(blob)
+  raise FormatError(f"expected bytes, got {type(blob).__name__}")
+
+
+def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
+  r = Reader(buf, what="hemp header")
+  if len(buf) < len(MAGIC) or buf[:len(MAGIC)] != MAGIC:
+    raise FormatError("not a .hemp file (bad magic)")
+  r.pos = len(MAGIC)
+  version = r.u8("format version")
+  if version != FORMAT_VERSION:
+    raise FormatError(f"unsupported .hemp format version {version} (this reader supports "
+                      f"{FORMAT_VERSION})")
+  count = r.varint("number of leaves", max_value=len(buf))
+  entries: list[_Entry] = []
+  prev: tuple = ()
+  total = 0
+  for i in range(count):
+    keep = r.varint(f"leaf {i} path prefix", max_value=len(prev))
+    new = r.varint(f"leaf {i} path length", max_value=_MAX_PATH_DEPTH - keep)
+    comps = prev[:keep] + tuple(_read_component(r) for _ in range(new))
+    typ = r.u8(f"leaf {i} type")
+    code, kind = typ & 15, typ >> 4
+    if code >= len(_DTYPES) or kind > _KIND_QUANTIZED:
+      r.fail(f"leaf {_name(comps)!r}: unknown type byte {typ:#04x}")
+    dtype = _DTYPES[code]
+    if kind == _KIND_QUANTIZED and not _is_floating(dtype):
+      r.fail(f"leaf {_name(comps)!r}: quantized leaf with non-float dtype {dtype}")
+    rank = r.varint(f"leaf {i} rank", max_value=_MAX_RANK)
+    shape = tuple(r.varint(f"leaf {i} dimension", max_value=max_elements)
+                  for _ in range(rank))
+    n = math.prod(shape)
+    total += n
+    if n > max_elements or total > max_elements:
+      r.fail(f"more than max_elements={max_elements} values (leaf {_name(comps)!r})")
+    length = r.varint(f"leaf {i} record length", max_value=len(buf))
+    entries.append(_Entry(comps, kind, dtype, shape, length))
+    prev = comps
+  end = r.pos
+  crc = int.from_bytes(r.take(4, "header checksum"), "little")
+  if zlib.crc32(buf[:end]) != crc:
+    raise FormatError("hemp header: checksum mismatch (file damaged)")
+  pos = r.pos
+  for e in entries:
+    e.offset = pos
+    pos += e.length + 4
+  if pos > len(buf):
+    raise FormatError(f"truncated file: records need {pos} bytes, file has {len(buf)}")
+  if pos < len(buf):
+    raise FormatError(f"{len(buf) - pos} unexpected trailing bytes after the last record")
+  names = set()
+  for e in entries:
+    if e.comps in names:
+      raise FormatError(f"duplicate leaf path {_name(e.comps)!r}")
+    names.add(e.comps)
+  if len(entries) > 1 and any(len(e.comps) == 0 for e in entries):
+    raise FormatError("a leaf without a path in a multi-leaf file")
+  return entries, r.pos
+
+
+def _record_reader(buf: bytes, e: _Entry) -> Reader:
+  what = f"record {_name(e.comps)!r}"
+  end = e.offset + e.length
+  crc = int.from_bytes(buf[end:end + 4], "little")
+  if zlib.crc32(buf[e.offset:end]) != crc:
+    raise FormatError(f"{what}: checksum mismatch (file damaged)")
+  return Reader(buf, e.offset, end, what=what)
+
+
+def _insert(tree: dict, comps: tuple, value) -> None:
+  node = tree
+  for c in comps[:-1]:
+    child = node.setdefault(c, {})
+    if not isinstance(child, dict):
+      raise FormatError(f"leaf path {_name(comps)!r} runs through another leaf")
+    node = child
+  if comps[-1] in node:
+    raise FormatError(f"leaf path {_name(comps)!r} collides with another leaf's path")
+  node[comps[-1]] = value
+
+
+def decompress(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Any:
+  """Decodes ``.hemp`` bytes into nested dicts of numpy arrays.
+
+  Args:
+    blob: the file contents.
+    max_elements: refuse files with more values than this in total (a bound on what a
+      file may make the decoder allocate).
+
+  Returns:
+    Nested dicts keyed by the path components of the compressed pytree (a bare array if
+    the pytree was a single array). Quantized leaves hold their dequantized values in the
+    leaf dtype; float leaves hold the exact original values.
+
+  Raises:
+    FormatError: the input is damaged, truncated, foreign or of an unsupported version.
+  """
+  buf = _as_buffer(blob)
+  try:
+    entries, _ = _parse_header(buf, int(max_elements))
+    tree: dict = {}
+    for e in entries:
+      r = _record_reader(buf, e)
+      n = math.prod(e.shape)
+      if e.kind == _KIND_FLOAT:
+        value = _decode_float(r, e.dtype, e.shape, n)
+      else:
+        value = _decode_quantized(r, e.dtype, e.shape, n)
+      if not e.comps:
+        return value
+      _insert(tree, e.comps, value)
+    return tree
+  except FormatError:
+    raise
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as ex:  # a safety net: any other failure on bad input is a FormatError
+    raise FormatError(f"malformed .hemp file ({type(ex).__name__}: {ex})") from None
+
+
+@dataclasses.dataclass
+class LeafReport:
+  """One leaf of an :func:`inspect` report. Byte counts exclude the leaf's header entry."""
+  path: str
+  shape: tuple
+  dtype: str
+  kind: str                  # "quantized" or "float"
+  num_params: int
+  record_bytes: int          # body + 4-byte checksum
+  levels: int | None = None  # K, the codebook size
+  used_levels: int | None = None
+  order: int | None = None   # context order of the coder (None: nothing coded)
+  codebook_bytes: int = 0    # K header, used-level bitmap, level values
+  table_bytes: int = 0       # coder model section (context tables)
+  payload_bytes: int = 0     # range coder payload (float leaves: the stored values)
+  storage: str = ""          # float leaves: raw / constant / zlib
+
+  @property
+  def bits_per_param(self) -> float:
+    return 8.0 * self.record_bytes / self.num_params if self.num_params else 0.0
+
+
+@dataclasses.dataclass
+class Report:
+  """What :func:`inspect` finds in a file."""
+  version: int
+  file_bytes: int
+  header_bytes: int          # including the header checksum
+  leaves: list
+
+  @property
+  def num_params(self) -> int:
+    return sum(l.num_params for l in self.leaves)
+
+  @property
+  def quantized_params(self) -> int:
+    return sum(l.num_params for l in self.leaves if l.kind == "quantized")
+
+  @property
+  def bits_per_param(self) -> float:
+    return 8.0 * self.file_bytes / self.num_params if self.num_params else 0.0
+
+  def totals(self) -> dict:
+    """Byte totals by part of the file."""
+    return {
+        "file": self.file_bytes,
+        "header": self.header_bytes,
+        "record_checksums": 4 * len(self.leaves),
+        "payload": sum(l.payload_bytes for l in self.leaves if l.kind == "quantized"),
+        "tables": sum(l.table_bytes for l in self.leaves),
+        "codebooks": sum(l.codebook_bytes for l in self.leaves),
+        "float": sum(l.record_bytes - 4 for l in self.leaves if l.kind == "float"),
+    }
+
+
+def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
+  """Structure and size breakdown of a ``.hemp`` file, without decoding the payloads.
+
+  Checksums and structure are verified; raises :class:`FormatError` like
+  :func:`decompress`.
+  """
+  buf = _as_buffer(blob)
+  try:
+    entries, header_end = _parse_header(buf, int(max_elements))
+    leaves = []
+    for e in entries:
+      r = _record_reader(buf, e)
+      n = math.prod(e.shape)
+      rep = LeafReport(path=_name(e.comps), shape=e.shape, dtype=str(e.dtype),
+                       kind="quantized" if e.kind == _KIND_QUANTIZED else "float",
+                       num_params=n, record_bytes=e.length + 4)
+      if e.kind == _KIND_FLOAT:
+        mode = r.u8("float record mode")
+        rep.storage = _FLOAT_MODES.get(mode, f"mode {mode}")
+        rep.payload_bytes = r.remaining
+      else:
+        k, used, levels = _parse_quantized_head(r, e.dtype, n)
+        rep.levels, rep.used_levels = k, int(used.sum())
+        rep.codebook_bytes = r.pos - e.offset
+        if n and levels.size >= 2:
+          info = coder.parse_model(r, e.shape, levels.size)
+          rep.order, rep.table_bytes = info.order, info.model_bytes
+          rep.payload_bytes = r.remaining
+      leaves.append(rep)
+    return Report(version=FORMAT_VERSION, file_bytes=len(buf), header_bytes=header_end,
+                  leaves=leaves)
+  except FormatError:
+    raise
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as ex:
+    raise FormatError(f"malformed .hemp file ({type(ex).__name__}: {ex})") from None
+
+
+def format_inspection(report: Report) -> str:
+  """A human-readable table of an :func:`inspect` report."""
+  rows = [("path", "shape", "dtype", "kind", "K", "used", "order", "payload", "table",
+           "codebook", "record", "bits/param")]
+  for l in report.leaves:
+    quant = l.kind == "quantized"
+    rows.append((
+        l.path or "<root>", "x".join(str(d) for d in l.shape) or "()", l.dtype,
+        l.kind if quant else f"float/{l.storage}",
+        str(l.levels) if quant else "-", str(l.used_levels) if quant else "-",
+        str(l.order) if l.order is not None else "-",
+        str(l.payload_bytes), str(l.table_bytes), str(l.codebook_bytes),
+        str(l.record_bytes), f"{l.bits_per_param:.4f}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = []
+  for j, r in enumerate(rows):
+    lines.append("  ".join(c.ljust(w) if i < 4 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))))
+    if j == 0:
+      lines.append("-" * len(lines[0]))
+  t = report.totals()
+  lines.append("")
+  lines.append(f".hemp v{report.version}: {report.file_bytes} bytes, {report.num_params} "
+               f"params ({report.quantized_params} quantized), "
+               f"{report.bits_per_param:.4f} bits/param")
+  lines.append(f"  header {t['header']} B, record checksums {t['record_checksums']} B, payload "
+               f"{t['payload']} B, tables {t['tables']} B, codebooks {t['codebooks']} B, "
+               f"float values {t['float']} B")
+  return "\n".join(lines)
+
+
+def load_into(template, decoded):
+  """Puts decoded values into a pytree shaped like ``template``.
+
+  Leaves are matched by path name (:func:`hemp_jax.groups.path_name`: '/'-joined keys,
+  trailing NNX ``value`` dropped), so a Linen params dict, an NNX ``State`` or its pure
+  dict all work as templates.
+
+  Args:
+    template: a params pytree with the target structure, shapes and dtypes.
+    decoded: the output of :func:`decompress`.
+
+  Returns:
+    A pytree with the structure of ``template`` holding the decoded numpy arrays.
+
+  Raises:
+    ValueError: naming the first leaf that is missing from ``decoded``, extra in it, or
+      has a different shape or dtype.
+  """
+  from hemp_jax.groups import path_name
+  dec_flat, _ = jax.tree_util.tree_flatten_with_path(decoded)
+  by_name = {}
+  for p, v in dec_flat:
+    by_name[path_name(p)] = v
+  t_flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+  values, seen = [], set()
+  for p, t in t_flat:
+    name = path_name(p)
+    if name not in by_name:
+      raise ValueError(f"leaf {name!r} of the template is missing from the decoded params")
+    v = by_name[name]
+    seen.add(name)
+    t_shape, v_shape = tuple(np.shape(t)), tuple(np.shape(v))
+    if t_shape != v_shape:
+      raise ValueError(f"leaf {name!r}: shape mismatch, template {t_shape} vs decoded "
+                       f"{v_shape}")
+    t_dtype = getattr(t, "dtype", None)
+    if t_dtype is not None and np.dtype(t_dtype) != np.asarray(v).dtype:
+      raise ValueError(f"leaf {name!r}: dtype mismatch, template {np.dtype(t_dtype)} vs "
+                       f"decoded {np.asarray(v).dtype}")
+    values.append(v)
+  for p, _ in dec_flat:
+    name = path_name(p)
+    if name not in seen:
+      raise ValueError(f"decoded leaf {name!r} has no counterpart in the template")
+  return treedef.unflatten(values)
+
+
+def compress_file(params, path, **options) -> int:
+  """Writes :func:`compress` ``(params, **options)`` to ``path`` (atomically).
+
+  Returns:
+    The number of bytes written.
+  """
+  blob = compress(params, **options)
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=".hemp-", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(blob)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return len(blob)
+
+
+def decompress_file(path, **options):
+  """Reads a ``.hemp`` file and :func:`decompress` es it."""
+  with open(os.fspath(path), "rb") as f:
+    return decompress(f.read(), **options)

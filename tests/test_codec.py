@@ -1,0 +1,462 @@
+"""Tests of the .hemp container and its context-adaptive coder."""
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from hemp_jax import entropy, groups
+from hemp_jax import quantization as q
+from hemp_jax.codec import coder
+from hemp_jax.codec import format as fmt
+from hemp_jax.codec import (FormatError, compress, compress_file, decompress, decompress_file,
+                            format_inspection, inspect, load_into)
+from hemp_jax.codec._wire import Reader
+
+BF16 = np.dtype(jnp.bfloat16)
+FLOAT_DTYPES = [np.dtype(np.float32), BF16, np.dtype(np.float16), np.dtype(np.float64)]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def reference(x, cb):
+  """What a quantized leaf must decode to, computed without the codec (numpy)."""
+  x = np.asarray(x)
+  c = np.asarray(jnp.asarray(cb))
+  mids = (c[1:] + c[:-1]) / c.dtype.type(2)
+  idx = np.searchsorted(mids, x.astype(c.dtype), side="left")
+  return c[idx].astype(x.dtype)
+
+
+def flat(tree):
+  return {groups.path_name(p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def flat_cbs(codebooks):
+  leaves = jax.tree_util.tree_flatten_with_path(codebooks, is_leaf=lambda v: v is None)[0]
+  return {groups.path_name(p): v for p, v in leaves}
+
+
+def assert_roundtrip(params, codebooks, **kw):
+  blob = compress(params, codebooks, **kw)
+  out = decompress(blob)
+  got = flat(out)
+  want = flat(params)
+  cbs = flat_cbs(codebooks)
+  assert set(got) == set(want)
+  for name, x in want.items():
+    x = np.asarray(x)
+    y = got[name]
+    assert y.dtype == x.dtype and y.shape == x.shape, name
+    cb = cbs.get(name)
+    expect = x if cb is None else reference(x, cb)
+    # bitwise equality (NaN payloads, -0.0 included)
+    assert expect.tobytes() == y.tobytes(), name
+  return blob
+
+
+def markov_indices(rng, shape, k, stay=0.9, skew=3.0):
+  """Index matrix in the coder's (L, C) view with correlated columns."""
+  rows, cols = coder.matrix_view(shape)
+  p = np.exp(-skew * np.abs(np.arange(k) - k // 2))
+  p /= p.sum()
+  x = np.empty((rows, cols), np.int32)
+  x[0] = rng.choice(k, cols, p=p)
+  for r in range(1, rows):
+    keep = rng.random(cols) < stay
+    x[r] = np.where(keep, x[r - 1], rng.choice(k, cols, p=p))
+  return x.reshape(shape)
+
+
+def weights_on_levels(rng, idx, cb, dtype=np.float32):
+  cb = np.asarray(cb, np.float32)
+  return cb[idx].astype(dtype)
+
+
+# ---------------------------------------------------------------- quantizer agreement
+
+
+def test_numpy_quantizer_matches_jax():
+  """The codec's numpy quantizer = hemp_jax.quantize_indices, and its level casts =
+  dequantize(...).astype(dtype). One jax call per K (each new shape compiles)."""
+  rng = np.random.default_rng(0)
+  for k in (3, 18, 258):
+    cb = jnp.asarray(np.sort(rng.standard_normal(k)) * 0.7, jnp.float32)
+    c = np.asarray(cb)
+    mids = (c[1:] + c[:-1]) / 2
+    base = np.concatenate([rng.standard_normal(2000) * 2, c, mids, -c, [0.0, -0.0, 1e-40],
+                           np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf)])
+    per_dtype = [base.astype(d) for d in FLOAT_DTYPES]
+    # jax casts every leaf dtype to the codebook dtype first; these casts are exact for
+    # bf16/f16 and round-to-nearest-even for f64 in numpy and jax alike
+    x32 = np.concatenate([v.astype(np.float32) for v in per_dtype])
+    want = np.split(np.asarray(q.quantize_indices(x32, cb)), len(FLOAT_DTYPES))
+    for v, w in zip(per_dtype, want):
+      np.testing.assert_array_equal(fmt.quantize_indices_np(v, c), w)
+  levels = jnp.asarray(np.linspace(-1.3, 2.9, 40) ** 3, jnp.float32)
+  for dtype in FLOAT_DTYPES[:3]:
+    np.testing.assert_array_equal(np.asarray(levels).astype(dtype).view(np.uint8),
+                                  np.asarray(levels.astype(dtype)).view(np.uint8))
+
+
+def test_non_finite_weights_follow_jax():
+  cb = jnp.asarray([-1.0, 0.0, 1.0], jnp.float32)
+  x = np.array([np.nan, np.inf, -np.inf, 0.3, -0.7, 2.0], np.float32)
+  blob = compress({"w": x}, {"w": cb})
+  want = np.asarray(q.dequantize(q.quantize_indices(x, cb), cb))
+  np.testing.assert_array_equal(decompress(blob)["w"], want)
+
+
+# -------------------------------------------------------------------- the matrix view
+
+
+def test_scan_order_is_matrix_transpose():
+  x = np.arange(3 * 4 * 5 * 6).reshape(3, 4, 5, 6)
+  rows, cols = coder.matrix_view(x.shape)
+  assert (rows, cols) == (60, 6)
+  np.testing.assert_array_equal(np.asarray(groups.scan_stream(x)),
+                                x.reshape(rows, cols).T.reshape(-1))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_contexts_are_the_estimators_tuples(order):
+  """Context counts = sliding (order+1)-tuple counts of the scan stream, minus the column
+  boundaries; the coded size tracks empirical_entropy(order+1, sliding, conditional)."""
+  rng = np.random.default_rng(order)
+  k = 5
+  shape = (40, 64)
+  x = markov_indices(rng, shape, k)
+  rows, cols = coder.matrix_view(shape)
+  counts = coder.context_counts(x.reshape(rows, cols), k, order, pad=0)
+  # rebuild from scan-stream tuples that stay inside one output unit
+  stream = np.asarray(groups.scan_stream(x))
+  want = np.zeros_like(counts)
+  for c in range(cols):
+    col = stream[c * rows:(c + 1) * rows]
+    padded = np.concatenate([np.zeros(order, col.dtype), col])
+    for r in range(rows):
+      ctx = sum(int(padded[order + r - j]) * k ** (j - 1) for j in range(1, order + 1))
+      want[ctx, col[r]] += 1
+  np.testing.assert_array_equal(counts, want)
+
+  coded = coder.encode_symbols(x, k, max_order=order)
+  h = float(entropy.empirical_entropy(stream, k, order=order + 1, tuples="sliding",
+                                      rate="conditional"))
+  bound = h * x.size / 8
+  assert coded.order == order or len(coded.payload) <= bound * 1.02 + 64
+  if coded.order == order:
+    # boundary effects: C start contexts out of L*C symbols, plus table quantization
+    assert abs(len(coded.payload) - bound) <= 0.05 * bound + 16
+
+
+def test_coder_reaches_entropy_on_large_stream():
+  rng = np.random.default_rng(3)
+  shape = (3, 3, 64, 128)
+  k = 6
+  x = markov_indices(rng, shape, k, stay=0.8)
+  coded = coder.encode_symbols(x, k)
+  assert coded.order >= 1
+  stream = np.asarray(groups.scan_stream(x))
+  h = float(entropy.empirical_entropy(stream, k, order=coded.order + 1, tuples="sliding",
+                                      rate="conditional"))
+  bound = h * x.size / 8
+  assert len(coded.payload) <= 1.01 * bound + 8
+  y = coder.decode_symbols(Reader(coded.model + coded.payload), shape, k)
+  np.testing.assert_array_equal(x, y)
+
+
+def test_order_selection_prefers_context_on_correlated_data():
+  rng = np.random.default_rng(4)
+  corr = markov_indices(rng, (200, 64), 4, stay=0.95)
+  iid = rng.integers(0, 4, (200, 64))
+  assert coder.encode_symbols(corr, 4).order >= 1
+  assert coder.encode_symbols(iid, 4).order == 0
+
+
+def test_segments_of_tall_thin_matrices():
+  assert coder.segments(500, 10) == 1          # too short to cut
+  assert coder.segments(4096, 512) == 1        # wide enough
+  assert coder.segments(50000, 8) == 25        # 25 segments of 2000 rows -> (2000, 200)
+  assert coder.coded_view((50000, 8)) == (2000, 200, 25)
+  rng = np.random.default_rng(11)
+  x = markov_indices(rng, (5120, 4), 5, stay=0.9)
+  assert coder.coded_view(x.shape)[2] > 1
+  coded = coder.encode_symbols(x, 5)
+  assert coded.order >= 1
+  np.testing.assert_array_equal(
+      coder.decode_symbols(Reader(coded.model + coded.payload), x.shape, 5), x)
+
+
+@pytest.mark.parametrize("shape,k,expect", [
+    ((100,), 4, [0]), ((), 4, [0]), ((50, 4), 4, [0]), ((1, 64), 4, [0]),
+    ((5120, 4), 4, [0, 1, 2, 3]),
+    ((10, 16), 4, [0, 1, 2, 3]), ((10, 16), 17, [0, 1, 2]), ((10, 16), 64, [0, 1, 2]),
+    ((10, 16), 65, [0])])
+def test_allowed_orders(shape, k, expect):
+  assert coder.allowed_orders(shape, k) == expect
+
+
+def test_orders_roundtrip_exactly():
+  rng = np.random.default_rng(5)
+  for shape, k in [((30, 8), 2), ((12, 16), 3), ((5, 5, 6, 16), 6), ((64, 33), 17),
+                   ((40, 9), 64), ((20, 12), 200), ((7,), 3)]:
+    x = markov_indices(rng, shape, k, stay=0.7)
+    for m in range(4):
+      coded = coder.encode_symbols(x, k, max_order=m)
+      assert coded.order <= m
+      y = coder.decode_symbols(Reader(coded.model + coded.payload), shape, k)
+      np.testing.assert_array_equal(x, y)
+
+
+def test_rare_symbols_and_extreme_skew():
+  # one symbol in a million-to-one minority, in contexts with huge counts
+  x = np.zeros((400, 512), np.int32)
+  x[123, 45] = 3
+  x[399, 511] = 1
+  for m in range(3):
+    coded = coder.encode_symbols(x, 4, max_order=m)
+    y = coder.decode_symbols(Reader(coded.model + coded.payload), x.shape, 4)
+    np.testing.assert_array_equal(x, y)
+    assert len(coded.payload) < 32
+
+
+# ------------------------------------------------------------------------ round trips
+
+
+def test_roundtrip_mixed_tree():
+  rng = np.random.default_rng(6)
+  cb4 = jnp.asarray([-0.2, -0.1, 0.0, 0.1, 0.2, 0.3], jnp.float32)
+  idx = markov_indices(rng, (5, 5, 6, 16), 6)
+  params = {
+      "conv": {"kernel": weights_on_levels(rng, idx, cb4) + 0.01 * rng.standard_normal(
+          idx.shape).astype(np.float32), "bias": rng.standard_normal(16).astype(np.float32)},
+      "dense": {"kernel": rng.standard_normal((64, 10)).astype(BF16),
+                "bias": np.zeros(10, np.float32)},
+      "half": rng.standard_normal((20, 20)).astype(np.float16),
+      "double": rng.standard_normal((9, 11)),
+      "scalar": np.float32(3.5),
+      "qscalar": np.float32(-0.1),
+      "empty": np.zeros((0, 7), np.float32),
+      "qempty": np.zeros((4, 0), BF16),
+      "const": np.full((8, 8), 0.25, np.float32),
+      "steps": np.arange(12, dtype=np.int32),
+      "mask": np.array([True, False, True]),
+      "layers": [{"w": rng.standard_normal((30, 8)).astype(np.float32)},
+                 {"w": rng.standard_normal((8, 8)).astype(np.float32)}],
+  }
+  codebooks = jax.tree.map(lambda _: None, params)
+  codebooks["conv"]["kernel"] = cb4
+  codebooks["dense"]["kernel"] = np.linspace(-2, 2, 8).astype(np.float32)
+  codebooks["half"] = np.array([-3, -1.5, -0.4, 0.0, 0.3, 1.6, 3.1], np.float32)
+  codebooks["double"] = np.linspace(-3, 3, 16)     # a float64 codebook
+  codebooks["qscalar"] = cb4
+  codebooks["qempty"] = cb4
+  codebooks["const"] = np.array([0.0, 0.25, 0.5, 0.75], np.float32)
+  codebooks["layers"][0]["w"] = np.array([-1.0, 0.0, 1.0], np.float32)
+  blob = assert_roundtrip(params, codebooks)
+  out = decompress(blob)
+  assert isinstance(out["layers"], dict) and set(out["layers"]) == {0, 1}
+  rep = inspect(blob)
+  by = {l.path: l for l in rep.leaves}
+  assert by["const"].used_levels == 1 and by["const"].order is None
+  assert by["conv/kernel"].kind == "quantized" and by["conv/kernel"].levels == 6
+  assert by["conv/bias"].kind == "float"
+  assert by["dense/bias"].storage == "constant"
+  assert rep.file_bytes == len(blob) == sum(l.record_bytes for l in rep.leaves) \
+      + rep.header_bytes
+  text = format_inspection(rep)
+  assert "conv/kernel" in text and "bits/param" in text and str(len(blob)) in text
+
+
+def test_fit_codebooks_path_and_nnx_state():
+  from flax import nnx
+
+  class Tiny(nnx.Module):
+    def __init__(self, rngs):
+      self.fc1 = nnx.Linear(16, 16, rngs=rngs)   # one kernel shape: one codebook compile
+      self.fc2 = nnx.Linear(16, 16, rngs=rngs)
+
+  state = nnx.state(Tiny(nnx.Rngs(0)), nnx.Param)
+  blob = compress(state, num_levels=4, min_size=41)
+  decoded = decompress(blob)
+  assert set(decoded) == {"fc1", "fc2"} and set(decoded["fc1"]) == {"kernel", "bias"}
+  restored = load_into(state, decoded)
+  assert isinstance(restored, type(state))
+  cbs = flat_cbs(groups.fit_codebooks(state, 4, min_size=41))
+  for name, v in flat(restored).items():
+    x = np.asarray(flat(state)[name])
+    expect = x if cbs[name] is None else reference(x, cbs[name])
+    np.testing.assert_array_equal(np.asarray(v), expect)
+  # pure dict template works too
+  load_into(nnx.to_pure_dict(state), decoded)
+
+
+def test_constant_and_single_level_leaves_cost_no_payload():
+  x = np.full((64, 32), 0.5, np.float32)
+  cb = q.uniform_codebook(x, 4)
+  blob = assert_roundtrip({"w": x}, {"w": cb})
+  leaf = inspect(blob).leaves[0]
+  assert leaf.used_levels == 1 and leaf.payload_bytes == 0
+  assert len(blob) < 40
+
+
+def test_bare_array_and_max_order():
+  rng = np.random.default_rng(7)
+  idx = markov_indices(rng, (64, 16), 4)
+  cb = jnp.asarray([-1.0, 0.0, 1.0, 2.0], jnp.float32)
+  x = weights_on_levels(rng, idx, cb)
+  out = decompress(compress(x, cb, max_order=0))
+  np.testing.assert_array_equal(out, reference(x, cb))
+  assert inspect(compress(x, cb, max_order=0)).leaves[0].order == 0
+  assert inspect(compress(x, cb)).leaves[0].order >= 1
+
+
+def test_compress_argument_errors():
+  x = {"w": np.ones((4, 4), np.float32)}
+  with pytest.raises(ValueError, match="num_levels"):
+    compress(x)
+  with pytest.raises(ValueError, match="only apply"):
+    compress(x, {"w": None}, num_levels=4)
+  with pytest.raises(ValueError, match="only float"):
+    compress({"w": np.ones(4, np.int32)}, {"w": jnp.asarray([0.0, 1.0])})
+  with pytest.raises(ValueError, match="dtype"):
+    compress({"w": np.ones(4, np.complex64)}, {"w": None})
+  with pytest.raises(ValueError):
+    compress(x, {"w": jnp.asarray([1.0, 0.0])})   # unsorted codebook
+
+
+def test_files(tmp_path):
+  rng = np.random.default_rng(8)
+  params = {"a": rng.standard_normal((50, 20)).astype(np.float32),
+            "b": rng.standard_normal(20).astype(np.float32)}
+  path = tmp_path / "m.hemp"
+  n = compress_file(params, path, num_levels=4)
+  assert path.stat().st_size == n
+  out = decompress_file(path)
+  np.testing.assert_array_equal(out["b"], params["b"])
+  (tmp_path / "bad.hemp").write_bytes(b"PK\x03\x04 not a hemp file")
+  with pytest.raises(FormatError, match="magic"):
+    decompress_file(tmp_path / "bad.hemp")
+
+
+def test_load_into_mismatches():
+  decoded = {"a": {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}}
+  ok = {"a": {"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32)}}
+  out = load_into(ok, decoded)
+  assert out["a"]["w"] is decoded["a"]["w"]
+  with pytest.raises(ValueError, match="'a/c'.*missing"):
+    load_into({"a": {"w": ok["a"]["w"], "b": ok["a"]["b"], "c": np.ones(1)}}, decoded)
+  with pytest.raises(ValueError, match="'a/b'.*no counterpart"):
+    load_into({"a": {"w": ok["a"]["w"]}}, decoded)
+  with pytest.raises(ValueError, match="'a/w'.*shape"):
+    load_into({"a": {"w": np.ones((3, 2), np.float32), "b": ok["a"]["b"]}}, decoded)
+  with pytest.raises(ValueError, match="'a/b'.*dtype"):
+    load_into({"a": {"w": ok["a"]["w"], "b": np.ones(3, BF16)}}, decoded)
+
+
+def test_basic_format_errors():
+  blob = compress({"w": np.ones((4, 4), np.float32)}, {"w": None})
+  for bad, msg in [(b"", "magic"), (b"HEM", "magic"), (b"\x7fELF" + blob[4:], "magic"),
+                   (blob[:4] + bytes([9]) + blob[5:], "version"), (blob[:-1], "checksum|trunc"),
+                   (blob + b"\x00", "trailing|checksum"), (blob[:20], "trunc|checksum")]:
+    with pytest.raises(FormatError, match=msg):
+      decompress(bad)
+    with pytest.raises(FormatError):
+      inspect(bad)
+  with pytest.raises(FormatError):
+    decompress("not bytes")
+  assert issubclass(FormatError, ValueError)
+
+
+def test_max_elements_bound():
+  blob = compress({"w": np.zeros((1000, 1000), np.float32)}, {"w": None})
+  assert len(blob) < 100   # constant record
+  with pytest.raises(FormatError, match="max_elements"):
+    decompress(blob, max_elements=10 ** 5)
+  assert decompress(blob)["w"].shape == (1000, 1000)
+
+
+# ------------------------------------------------------------------ property tests
+
+
+SHAPES = [(), (0,), (1,), (7,), (3, 4), (0, 5), (2, 0, 3), (16, 12), (40, 9), (5, 5, 2, 8),
+          (3, 3, 4, 16), (60, 16), (1, 33)]
+
+
+@st.composite
+def leaves(draw):
+  shape = draw(st.sampled_from(SHAPES))
+  dtype = draw(st.sampled_from([np.dtype(np.float32), BF16, np.dtype(np.float16)]))
+  n = math.prod(shape)
+  seed = draw(st.integers(0, 2 ** 32 - 1))
+  rng = np.random.default_rng(seed)
+  quantized = draw(st.booleans())
+  kind = draw(st.sampled_from(["gauss", "skewed", "uniform", "constant", "markov"]))
+  k = draw(st.sampled_from([2, 3, 4, 6, 11, 18, 34, 66, 130, 258]))
+  cb = np.sort(rng.standard_normal(k)).astype(np.float32)
+  cb = np.unique(cb)
+  if cb.size < 2:
+    cb = np.array([0.0, 1.0], np.float32)
+  k = cb.size
+  if kind == "gauss":
+    x = rng.standard_normal(shape) * 2
+  elif kind == "constant":
+    x = np.full(shape, rng.standard_normal())
+  else:
+    if kind == "uniform":
+      idx = rng.integers(0, k, shape)
+    elif kind == "skewed":
+      p = 0.5 ** np.arange(k)
+      idx = rng.choice(k, shape, p=p / p.sum())
+    else:
+      idx = markov_indices(rng, shape, k) if len(shape) >= 2 and n else rng.integers(
+          0, k, shape)
+    x = cb[idx] + rng.uniform(-0.3, 0.3, shape) * np.min(np.diff(cb))
+  x = np.asarray(x).astype(dtype)
+  return x, (cb if quantized else None)
+
+
+@st.composite
+def trees(draw):
+  count = draw(st.integers(1, 5))
+  params, cbs = {}, {}
+  for i in range(count):
+    x, cb = draw(leaves())
+    group = f"layer{draw(st.integers(0, 2))}"
+    params.setdefault(group, {})[f"p{i}"] = x
+    cbs.setdefault(group, {})[f"p{i}"] = cb
+  return params, cbs
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(trees(), st.integers(0, 3))
+def test_property_roundtrip(tree, max_order):
+  params, cbs = tree
+  blob = assert_roundtrip(params, cbs, max_order=max_order)
+  rep = inspect(blob)
+  assert rep.file_bytes == len(blob)
+  assert rep.num_params == sum(np.size(v) for v in flat(params).values())
+
+
+def test_throughput_smoke():
+  """A 1M-parameter layer encodes and decodes well within a second each (loose bound
+  for a shared 2-core machine; the benchmark measures properly)."""
+  rng = np.random.default_rng(9)
+  k = 6
+  idx = markov_indices(rng, (1024, 1024), k, stay=0.6)
+  cb = jnp.asarray(np.linspace(-1, 1, k), jnp.float32)
+  x = np.asarray(cb)[idx]
+  t = time.perf_counter()
+  blob = compress({"w": x}, {"w": cb})
+  t_enc = time.perf_counter() - t
+  t = time.perf_counter()
+  decompress(blob)
+  t_dec = time.perf_counter() - t
+  assert t_enc < 3.0 and t_dec < 3.0, (t_enc, t_dec)
