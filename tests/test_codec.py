@@ -270,6 +270,9 @@ def test_roundtrip_mixed_tree():
   assert by["dense/bias"].storage == "constant"
   assert rep.file_bytes == len(blob) == sum(l.record_bytes for l in rep.leaves) \
       + rep.header_bytes
+  import json
+  d = json.loads(json.dumps(rep.as_dict()))
+  assert d["file_bytes"] == len(blob) and len(d["leaves"]) == len(rep.leaves)
   text = format_inspection(rep)
   assert "conv/kernel" in text and "bits/param" in text and str(len(blob)) in text
 

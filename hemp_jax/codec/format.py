@@ -314,7 +314,7 @@ def _decode_quantized(r: Reader, dtype, shape, n: int) -> np.ndarray:
     r.expect_end("constant quantized record")
     return np.full(shape, levels[0], dtype)
   symbols = coder.decode_symbols(r, shape, levels.size)
-  return levels[symbols]
+  return np.take(levels, symbols)
 
 
 # ---------------------------------------------------------------------------- flatten
@@ -599,6 +599,20 @@ class Report:
   @property
   def bits_per_param(self) -> float:
     return 8.0 * self.file_bytes / self.num_params if self.num_params else 0.0
+
+  def as_dict(self) -> dict:
+    """A JSON-friendly dict: totals, and every leaf with its bits/param."""
+    leaves = []
+    for l in self.leaves:
+      d = dataclasses.asdict(l)
+      d["shape"] = list(l.shape)
+      d["bits_per_param"] = l.bits_per_param
+      leaves.append(d)
+    return {"version": self.version, "file_bytes": self.file_bytes,
+            "header_bytes": self.header_bytes, "num_params": self.num_params,
+            "quantized_params": self.quantized_params,
+            "bits_per_param": self.bits_per_param, "totals": self.totals(),
+            "leaves": leaves}
 
   def totals(self) -> dict:
     """Byte totals by part of the file."""
