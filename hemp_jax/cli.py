@@ -1,7 +1,8 @@
 """The ``hemp-jax`` command line.
 
 ``hemp-jax train --config experiments/configs/default.py --workdir runs/default
-[--config.key=value ...]``. A config file is a Python file with ``get_config()``
+[--config.key=value ...]``; ``hemp-jax compress --workdir DIR``, ``hemp-jax decompress
+FILE``, ``hemp-jax evaluate FILE --config CONFIG``, ``hemp-jax inspect FILE``. A config file is a Python file with ``get_config()``
 (optionally ``get_config(arg)``, selected as ``file.py:arg``) returning an
 ``ml_collections.ConfigDict``; ``--config.a.b=value`` overrides a field, the value parsed
 as the type the field already has.
@@ -97,6 +98,69 @@ def _cmd_train(args, rest):
   return 0
 
 
+def _workdir_config(workdir: str, rest) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise SystemExit(f"{path} not found: is {workdir!r} a `hemp-jax train` work directory?")
+  with open(path) as f:
+    return apply_overrides(ml_collections.ConfigDict(json.load(f)), rest)
+
+
+def _cmd_compress(args, rest):
+  config = _workdir_config(args.workdir, rest)
+  from hemp_jax import codec, train
+  _, state = train.load_final_state(config, args.workdir)
+  out = args.output or os.path.join(args.workdir, "model.hemp")
+  size = train.write_model_file(out, state, train.eval_codebooks(config, state))
+  with open(out, "rb") as f:
+    print(codec.format_inspection(codec.inspect(f.read())))
+  print(f"wrote {out}: {size} bytes")
+  return 0
+
+
+def _cmd_decompress(args, rest):
+  from hemp_jax import codec, groups
+  import jax
+  import numpy as np
+  try:
+    tree = codec.decompress_file(args.file)
+  except codec.FormatError as e:
+    print(f"error: {args.file}: {e}", file=sys.stderr)
+    return 2
+  flat = {groups.path_name(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  out = args.output or os.path.splitext(args.file)[0] + ".npz"
+  np.savez(out, **flat)
+  print(f"wrote {out}: {len(flat)} arrays ('/'-joined paths as keys)")
+  return 0
+
+
+def _cmd_evaluate(args, rest):
+  config = apply_overrides(load_config(args.config), rest)
+  from hemp_jax import codec, train
+  try:
+    accuracy = train.evaluate_model_file(config, args.file)
+  except codec.FormatError as e:
+    print(f"error: {args.file}: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps({"file": args.file, "file_bytes": os.path.getsize(args.file),
+                    "test_accuracy_decoded": accuracy}, indent=2))
+  return 0
+
+
+def _cmd_inspect(args, rest):
+  from hemp_jax import codec
+  try:
+    with open(args.file, "rb") as f:
+      report = codec.inspect(f.read())
+  except codec.FormatError as e:
+    print(f"error: {args.file}: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(report.as_dict(), indent=2) if args.json
+        else codec.format_inspection(report))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="hemp-jax", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +168,61 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", required=True, help="config file (file.py or file.py:arg)")
   p.add_argument("--workdir", required=True, help="output directory (resumed if it exists)")
   p.set_defaults(func=_cmd_train, takes_overrides=True)
+  p = sub.add_parser("compress", help="write the .hemp file of a trained work directory")
+  p.add_argument("--workdir", required=True, help="a `hemp-jax train` work directory")
+  p.add_argument("-o", "--output", help="output file (default <workdir>/model.hemp)")
+  p.set_defaults(func=_cmd_compress, takes_overrides=True)
+  p = sub.add_parser("decompress", help="decode a .hemp file into an .npz of arrays")
+  p.add_argument("file")
+  p.add_argument("-o", "--output", help="output .npz (default: next to the file)")
+  p.set_defaults(func=_cmd_decompress)
+  p = sub.add_parser("evaluate", help="test accuracy of the model decoded from a .hemp file")
+  p.add_argument("file")
+  p.add_argument("--config", required=True, help="the config the model was trained with")
+  p.set_defaults(func=_cmd_evaluate, takes_overrides=True)
+  p = sub.add_parser("inspect", help="per-leaf sizes, bits/param and coder of a .hemp file")
+  p.add_argument("file")
+  p.add_argument("--json", action="store_true", help="machine-readable output")
+  p.set_defaults(func=_cmd_inspect)
+  p = sub.add_parser("sweep", help="run a resumable rate-accuracy sweep (finished points "
+                     "are not recomputed)")
+  p.add_argument("sweep", help="sweep file with get_sweep() (file.py or file.py:arg)")
+  p.add_argument("--results", required=True, help="results dir (points/*.json; commit it)")
+  p.add_argument("--scratch", required=True, help="scratch dir (float params, .hemp files)")
+  p.add_argument("--only", nargs="*", default=None, help="point ids or id prefixes to run")
+  p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+  p.set_defaults(func=_cmd_sweep)
+  p = sub.add_parser("report", help="markdown table and PNG plots of a sweep's results")
+  p.add_argument("results", help="results dir of `hemp-jax sweep`")
+  p.add_argument("--out", default=None, help="output dir (default: the results dir)")
+  p.add_argument("--tolerance", type=float, default=0.01,
+                 help="accuracy tolerance for 'equal accuracy' (fraction, default 0.01)")
+  p.set_defaults(func=_cmd_report)
   return parser
+
+
+def _cmd_sweep(args, rest):
+  from hemp_jax import sweep
+  try:
+    spec = sweep.load_sweep(args.sweep)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  recs = sweep.run_sweep(spec, args.results, args.scratch, progress=not args.no_progress,
+                         only=args.only)
+  print(f"{len(recs)} finished points in {args.results}")
+  return 0
+
+
+def _cmd_report(args, rest):
+  from hemp_jax import report
+  try:
+    path = report.write_report(args.results, args.out, tolerance=args.tolerance)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(path)
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:

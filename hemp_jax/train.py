@@ -109,14 +109,15 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
     * ``"grad"`` — ``chain(add_entropy_grad(strength), weight decay, optimizer)``;
     * ``"paper"`` — :func:`hemp_jax.paper_recipe` (SGD + the gated unscaled step).
   """
+  from hemp_jax import pruning   # config.pruning: optional wrapper (issue #5)
   opt, h = config.optimizer, config.hemp
   lr = _learning_rate(config, steps_per_epoch)
   if h.mode == "paper":
-    return reg.paper_recipe(learning_rate=lr, momentum=opt.get("momentum", 0.0),
+    return pruning.pruning_from_config(config, reg.paper_recipe(learning_rate=lr, momentum=opt.get("momentum", 0.0),
                             weight_decay=opt.weight_decay, lambda_h=h.strength,
                             lambda_q=h.get("lambda_q", 0.1), refresh_every=h.refresh_every,
                             sensitivity=h.get("sensitivity", True), **_entropy_kwargs(config),
-                            **_quantizer_kwargs(config))
+                            **_quantizer_kwargs(config)), steps_per_epoch)
   if opt.name == "sgd":
     base = optax.sgd(lr, momentum=opt.get("momentum", 0.0) or None,
                      nesterov=opt.get("nesterov", False))
@@ -134,7 +135,8 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
   if opt.weight_decay:
     parts.append(optax.add_decayed_weights(opt.weight_decay))
   parts.append(base)
-  return optax.chain(*parts)
+  # config.pruning (optional): magnitude/sensitivity pruning wrapping the chain.
+  return pruning.pruning_from_config(config, optax.chain(*parts), steps_per_epoch)
 
 
 def create_train_state(config, model: nnx.Module, tx: optax.GradientTransformation):
@@ -155,16 +157,31 @@ def _forward(graphdef, params, model_state, images, train: bool):
   return logits, nnx.to_pure_dict(new_state)
 
 
+def _quantized_forward_params(params, opt_state):
+  """Quantized leaves replaced by their straight-through quantization (QAT)."""
+  flat = state_codebooks(opt_state)
+  if flat is None:
+    raise ValueError("quantization-aware steps need a HEMP transformation in the optimizer "
+                     "(its codebooks); hemp.mode is 'none'")
+  leaves, treedef = jax.tree.flatten(params)
+  return treedef.unflatten([x if cb is None else q.quantize_ste(x, cb)
+                            for x, cb in zip(leaves, flat)])
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, *,
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, quantized_forward: bool = False) -> Callable:
   """Pure ``step(state, images, labels) -> (state, metrics)``.
 
   With ``axis_name`` (inside ``pmap``) the gradients, metrics and BatchNorm statistics
-  are averaged over devices with ``pmean``.
+  are averaged over devices with ``pmean``. With ``quantized_forward`` the task loss is
+  computed on the quantized network (straight-through gradients to the continuous
+  weights, codebooks from the HEMP state): quantization-aware fine-tuning.
   """
 
   def step(state: TrainState, images, labels):
     def loss_fn(params):
+      if quantized_forward:
+        params = _quantized_forward_params(params, state.opt_state)
       logits, new_ms = _forward(graphdef, params, state.model_state, images, True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, (logits, new_ms)
@@ -201,14 +218,15 @@ def data_parallel_train_step(step: Callable, mesh) -> Callable:
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def pmap_train_step(graphdef, tx, devices=None) -> Callable:
+def pmap_train_step(graphdef, tx, devices=None, *, quantized_forward: bool = False) -> Callable:
   """The train step under ``jax.pmap``: state replicated (not stacked), batch split.
 
   Returns ``step(state, images, labels)`` taking a global batch whose leading size is a
   multiple of the device count; it reshapes the batch to ``(devices, per_device, ...)``.
   """
   devices = list(jax.local_devices() if devices is None else devices)
-  inner = jax.pmap(make_train_step(graphdef, tx, axis_name="data"), axis_name="data",
+  inner = jax.pmap(make_train_step(graphdef, tx, axis_name="data",
+                                   quantized_forward=quantized_forward), axis_name="data",
                    in_axes=(None, 0, 0), out_axes=(None, None), devices=devices)
   n = len(devices)
 
@@ -299,10 +317,16 @@ def input_pipeline(config) -> InputPipeline:
         shuffle=False, drop_remainder=False)
     steps = data_lib.num_batches(len(tr_y), bs)
   else:
-    tr = data_lib.load_tfds(name, info.train_split, batch_size=bs, train=True, seed=seed,
-                            data_dir=config.get("data_dir", None))
-    ev = data_lib.load_tfds(name, info.eval_split, batch_size=config.eval_batch_size,
-                            train=False, seed=seed, data_dir=config.get("data_dir", None))
+    import contextlib
+    from hemp_jax import experiment   # config.mock_data: random TFDS examples (smoke runs)
+    size = {"image_size": config.image_size} if config.get("image_size", None) else {}
+    with (experiment.mock_tfds() if config.get("mock_data", False) else contextlib.nullcontext()):
+      tr = data_lib.load_tfds(name, info.train_split, batch_size=bs, train=True, seed=seed,
+                              data_dir=config.get("data_dir", None), **size)
+      ev = data_lib.load_tfds(name, info.eval_split, batch_size=config.eval_batch_size,
+                              train=False, seed=seed, data_dir=config.get("data_dir", None),
+                              **size)
+    info = info._replace(image_shape=tuple(tr.image_shape))
     train = lambda epoch, start=0: tr.batches(epoch, start_batch=start)
     evaluate = lambda: ev.batches(0)
     steps = len(tr)
@@ -389,6 +413,9 @@ def build(config):
   pipe = input_pipeline(config)
   model = models_lib.create_model(config.model, num_classes=pipe.num_classes,
                                   rngs=nnx.Rngs(config.seed), **config.get("model_kwargs", {}))
+  if config.get("init_checkpoint", None):   # fine-tuning (issue #5): before tx.init
+    from hemp_jax import experiment
+    experiment.load_init_checkpoint(model, config.init_checkpoint)
   tx = make_optimizer(config, pipe.steps_per_epoch)
   graphdef, state = create_train_state(config, model, tx)
   return graphdef, state, tx, pipe
@@ -410,11 +437,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.batch_size % n_dev:
     raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                      f"{n_dev} local devices")
-  step_fn = make_train_step(graphdef, tx)
+  qat_epochs = config.get("qat_epochs", 0) or 0
+  if qat_epochs and config.hemp.mode == "none":
+    raise ValueError("qat_epochs needs hemp.mode 'grad' or 'paper' (codebooks in the state)")
   if config.get("parallel", "jit") == "pmap":
-    train_step = pmap_train_step(graphdef, tx)
+    train_steps = [pmap_train_step(graphdef, tx, quantized_forward=qf) for qf in (False, True)]
   else:
-    train_step = data_parallel_train_step(step_fn, mesh)
+    train_steps = [data_parallel_train_step(
+        make_train_step(graphdef, tx, quantized_forward=qf), mesh) for qf in (False, True)]
   eval_fn = jax.jit(make_eval_step(graphdef))
   hk = _entropy_kwargs(config)
   soft_entropy = jax.jit(lambda p, cb: ent.tree_entropy(p, cb, **hk))
@@ -436,6 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t0 = time.time()
     bar = _progress(pipe.steps_per_epoch, f"epoch {epoch + 1}/{config.num_epochs}", show)
     losses, accs = [], []
+    train_step = train_steps[epoch >= config.num_epochs - qat_epochs]
     for i, (images, labels) in enumerate(pipe.train(epoch, 0)):
       if i >= pipe.steps_per_epoch:
         break
@@ -488,6 +519,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError("num_epochs is 0: nothing to train")
   codebooks = eval_codebooks(config, state)
   last = rows[-1]
+  model_path = os.path.join(workdir, "model.hemp")
+  file_bytes = write_model_file(model_path, state, codebooks)
+  decoded = read_model_file(model_path, state)
+  test_accuracy_decoded = _evaluate(eval_fn, decoded.params, decoded.model_state, pipe.eval())
+  num_values = int(sum(np.size(x) for x in jax.tree.leaves((state.params,
+                                                             state.model_state))))
   summary = {
       "model": config.model,
       "dataset": config.dataset,
@@ -501,9 +538,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state.params))),
       "num_quantized_params": int(sum(np.size(x) for cb, x in zip(
           *grp.codebook_leaves(codebooks, state.params)[:2]) if cb is not None)),
+      "file": model_path,
+      "file_bytes": file_bytes,
+      "bits_per_param_file": 8.0 * file_bytes / num_values,
+      "compression_ratio": 4.0 * num_values / file_bytes,
+      "test_accuracy_decoded": test_accuracy_decoded,
   }
   _write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _model_file_tree(state: TrainState) -> dict:
+  return {"params": state.params, "model_state": state.model_state}
+
+
+def write_model_file(path: str, state: TrainState, codebooks) -> int:
+  """Writes the ``.hemp`` file of a trained model: quantized params (``codebooks``; None
+  leaves stay float) and the other model variables (BatchNorm statistics) in float.
+
+  Returns:
+    The file size in bytes.
+  """
+  from hemp_jax import codec
+  tree = jax.tree.map(np.asarray, _model_file_tree(state))
+  cbs = {"params": codebooks,
+         "model_state": jax.tree.map(lambda _: None, tree["model_state"])}
+  return codec.compress_file(tree, path, codebooks=cbs)
+
+
+def read_model_file(path: str, template: TrainState) -> TrainState:
+  """Decodes a ``.hemp`` model file into ``template``'s structure (params, model_state).
+
+  Raises:
+    hemp_jax.codec.FormatError: damaged or foreign file.
+    ValueError: the file's leaves do not match the model (names the first mismatch).
+  """
+  from hemp_jax import codec
+  tree = codec.load_into(_model_file_tree(template), codec.decompress_file(path))
+  tree = jax.tree.map(jnp.asarray, tree)
+  return template._replace(params=tree["params"], model_state=tree["model_state"])
+
+
+def evaluate_model_file(config, path: str) -> float:
+  """Test accuracy of the model decoded from a ``.hemp`` file (model/data from config)."""
+  graphdef, state, _, pipe = build(config)
+  decoded = read_model_file(path, state)
+  eval_fn = jax.jit(make_eval_step(graphdef))
+  return _evaluate(eval_fn, decoded.params, decoded.model_state, pipe.eval())
 
 
 def _write_json(path: str, obj: dict):

@@ -139,6 +139,34 @@ def test_metrics_and_summary_files(tmp_path):
     assert key in summary
   assert summary["num_params"] == 266610 - 784 * 300 + 64 * 300
   assert 0 < summary["entropy_bits_per_param"] <= np.log2(6)
+  # the .hemp file: real size, decodes to the quantized model
+  assert summary["file_bytes"] == os.path.getsize(tmp_path / "model.hemp")
+  assert summary["compression_ratio"] == pytest.approx(4 * summary["num_params"]
+                                                       / summary["file_bytes"])
+  assert summary["test_accuracy_decoded"] == summary["test_accuracy_quantized"]
+  _, state = train.load_final_state(_loop_config(2), str(tmp_path))
+  decoded = train.read_model_file(str(tmp_path / "model.hemp"), state)
+  expected = train.quantize_params(state.params, train.eval_codebooks(_loop_config(2), state))
+  for a, b in zip(jax.tree.leaves(decoded.params), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cli_compress_inspect_decompress_evaluate(tmp_path, capsys):
+  summary = train.train_and_evaluate(_loop_config(1), str(tmp_path))
+  assert train.evaluate_model_file(_loop_config(1), str(tmp_path / "model.hemp")) == \
+      summary["test_accuracy_decoded"]
+  out = tmp_path / "again.hemp"
+  assert cli.main(["compress", "--workdir", str(tmp_path), "-o", str(out)]) == 0
+  assert out.read_bytes() == (tmp_path / "model.hemp").read_bytes()
+  assert cli.main(["inspect", str(out)]) == 0
+  assert "fc1/kernel" in capsys.readouterr().out
+  assert cli.main(["decompress", str(out), "-o", str(tmp_path / "p.npz")]) == 0
+  arrays = np.load(tmp_path / "p.npz")
+  assert arrays["params/fc1/kernel"].shape == (64, 300)
+  damaged = tmp_path / "bad.hemp"
+  damaged.write_bytes(out.read_bytes()[:-7])
+  assert cli.main(["inspect", str(damaged)]) == 2
+  assert "error" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):

@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 30
   c.max_train_examples = ml_collections.config_dict.placeholder(int)   # None: all 4000
   c.max_steps_per_epoch = ml_collections.config_dict.placeholder(int)  # None: full epochs
+  c.qat_epochs = 0                # last epochs: task loss on the quantized net (STE)
   c.parallel = "jit"             # "jit" (NamedSharding over a ("data",) mesh) or "pmap"
   c.progress = True
 
