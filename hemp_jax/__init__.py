@@ -42,3 +42,12 @@ from hemp_jax.regularizer import (
 )
 from hemp_jax import models
 from hemp_jax.models import MODELS, count_params, create_model
+from hemp_jax import codec
+from hemp_jax.codec import (
+    FormatError,
+    compress,
+    decompress,
+    format_inspection,
+    load_into,
+)
+from hemp_jax.codec import inspect as inspect_compressed
