@@ -51,3 +51,5 @@ from hemp_jax.codec import (
     load_into,
 )
 from hemp_jax.codec import inspect as inspect_compressed
+from hemp_jax import pruning
+from hemp_jax.pruning import PruneState, leaf_sparsity, prune, sparsity_schedule

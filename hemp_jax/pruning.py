@@ -175,7 +175,8 @@ def pruning_from_config(config, inner: optax.GradientTransformation,
 
   ``config.pruning``: ``method`` ("none" | "magnitude" | "sensitivity"), ``sparsity``,
   ``begin_epoch``, ``end_epoch`` (fractions allowed; the ramp in epochs, ``end_epoch``
-  None: 3/4 of ``num_epochs``), ``frequency`` (steps), ``min_size``, ``grad_decay``.
+  None: 3/4 of ``num_epochs``), ``frequency`` (steps), ``min_size``, ``grad_decay``,
+  optional ``include`` / ``exclude`` regexes on leaf path names.
   """
   pc = config.get("pruning", None)
   if pc is None or pc.get("method", "none") in ("none", None):
@@ -187,4 +188,5 @@ def pruning_from_config(config, inner: optax.GradientTransformation,
   end = max(begin, int(round(end_epoch * steps_per_epoch)))
   return prune(inner, sparsity=pc.sparsity, method=pc.method, begin_step=begin, end_step=end,
                frequency=pc.get("frequency", 10), min_size=pc.get("min_size", 100),
+               include=pc.get("include", None), exclude=pc.get("exclude", None),
                grad_decay=pc.get("grad_decay", 0.9))
