@@ -1,11 +1,13 @@
 """Training-step time with and without the HEMP transform, side by side in one run.
 
 Same model, optimizer (SGD + momentum) and batch; the HEMP runs add
-``hj.add_entropy_grad`` in front of it. Prints mean seconds per jit-compiled step
-(compile excluded) and the overhead relative to the plain step.
+``hj.add_entropy_grad`` in front of it. All settings of a model are compiled first, then
+timed in interleaved rounds (every step synced), so that load on a shared machine hits
+them alike; prints the median round's seconds per step (compile excluded) and the
+overhead relative to the plain step.
 
   python experiments/bench_train_step.py                   # LeNet-5 and ResNet-20
-  python experiments/bench_train_step.py --models lenet5 --steps 20
+  python experiments/bench_train_step.py --models lenet5 --rounds 5
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def _config(mode, order, refresh):
   return c
 
 
-def time_steps(model_name, batch, config, steps, seed=0):
+def make_runner(model_name, batch, config, seed=0):
+  """Compiles one setting; returns ``run(k) -> seconds for k steps`` and compile seconds."""
   rng = np.random.default_rng(seed)
   shape = SHAPES[model_name]
   images = jnp.asarray(rng.normal(size=(batch,) + shape), jnp.float32)
@@ -47,17 +50,20 @@ def time_steps(model_name, batch, config, steps, seed=0):
   tx = train.make_optimizer(config)
   graphdef, state = train.create_train_state(config, model, tx)
   step = jax.jit(train.make_train_step(graphdef, tx), donate_argnums=(0,))
+  holder = {"state": state}
   t0 = time.perf_counter()
-  state, m = step(state, images, labels)
+  holder["state"], m = step(holder["state"], images, labels)
   jax.block_until_ready(m["loss"])
   compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(steps):
+
+  def run(k):
     t0 = time.perf_counter()
-    state, m = step(state, images, labels)
-    jax.block_until_ready((state, m))
-    times.append(time.perf_counter() - t0)
-  return float(np.mean(times)), compile_s   # mean: refresh steps count in full
+    for _ in range(k):
+      holder["state"], m = step(holder["state"], images, labels)
+      jax.block_until_ready(m["loss"])
+    return time.perf_counter() - t0
+
+  return run, compile_s
 
 
 def main():
@@ -66,23 +72,33 @@ def main():
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--orders", default="1,2,3")
   parser.add_argument("--refresh", default="1,10")
-  parser.add_argument("--steps", type=int, default=30,
-                      help="timed steps per setting (use a multiple of the refresh period)")
+  parser.add_argument("--steps", type=int, default=10,
+                      help="steps per setting per round (a multiple of the refresh period)")
+  parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{jax.device_count()} device(s), batch {args.batch}, mean of {args.steps} steps")
+        f"{jax.device_count()} device(s), batch {args.batch}; settings timed in "
+        f"{args.rounds} interleaved rounds of {args.steps} steps (median round, per step), "
+        "so machine-load drift hits all settings alike")
   header = f"{'model':10s} {'HEMP':22s} {'ms/step':>9s} {'overhead':>9s} {'compile s':>9s}"
-  print(header)
-  print("-" * len(header))
   for name in args.models.split(","):
-    base, comp = time_steps(name, args.batch, _config("none", 1, 1), args.steps)
-    print(f"{name:10s} {'none':22s} {base * 1e3:9.2f} {'':>9s} {comp:9.1f}", flush=True)
+    settings = [("none", _config("none", 1, 1))]
     for order in [int(o) for o in args.orders.split(",")]:
       for refresh in [int(r) for r in args.refresh.split(",")]:
-        t, comp = time_steps(name, args.batch, _config("grad", order, refresh), args.steps)
-        label = f"order {order}, refresh {refresh:>2d}"
-        print(f"{name:10s} {label:22s} {t * 1e3:9.2f} {100 * (t / base - 1):8.1f}% "
-              f"{comp:9.1f}", flush=True)
+        settings.append((f"order {order}, refresh {refresh:>2d}",
+                         _config("grad", order, refresh)))
+    runners = [(label,) + make_runner(name, args.batch, cfg) for label, cfg in settings]
+    times = {label: [] for label, _, _ in runners}
+    for _ in range(args.rounds):
+      for label, run, _ in runners:
+        times[label].append(run(args.steps) / args.steps)
+    print(header)
+    print("-" * len(header))
+    base = float(np.median(times["none"]))
+    for label, _, comp in runners:
+      t = float(np.median(times[label]))
+      over = "" if label == "none" else f"{100 * (t / base - 1):8.1f}%"
+      print(f"{name:10s} {label:22s} {t * 1e3:9.2f} {over:>9s} {comp:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Default job: LeNet-5 on the offline MNIST-5k split, trained with HEMP (order 3).
 
 Runs on CPU in a few minutes: ``hemp-jax train --config experiments/configs/default.py
---workdir runs/default``. Override any field, e.g. ``--config.hemp.mode=none`` for the
-no-regularizer baseline or ``--config.num_epochs=5``.
+--workdir runs/default``. 24 epochs of Adam (cosine schedule) with ``add_entropy_grad``
+(lambda 5, order 3, N = 4 uniform levels + 2 guards); the last 8 epochs compute the task
+loss on the quantized network (straight-through), so the quantized model keeps the
+accuracy. Override any field, e.g. ``--config.hemp.mode=none --config.qat_epochs=0`` for
+the no-regularizer baseline or ``--config.num_epochs=5``.
 """
 
 import ml_collections
@@ -15,10 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 128
   c.eval_batch_size = 500
-  c.num_epochs = 30
+  c.num_epochs = 24
   c.max_train_examples = ml_collections.config_dict.placeholder(int)   # None: all 4000
   c.max_steps_per_epoch = ml_collections.config_dict.placeholder(int)  # None: full epochs
-  c.qat_epochs = 0                # last epochs: task loss on the quantized net (STE)
+  c.qat_epochs = 8                # last epochs: task loss on the quantized net (STE)
   c.parallel = "jit"             # "jit" (NamedSharding over a ("data",) mesh) or "pmap"
   c.progress = True
 
@@ -38,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.hemp = ml_collections.ConfigDict()
   c.hemp.mode = "grad"            # "none" | "grad" (add_entropy_grad) | "paper"
-  c.hemp.strength = 30.0
+  c.hemp.strength = 5.0
   c.hemp.order = 3
   c.hemp.tuples = "disjoint"
   c.hemp.rate = "block"
