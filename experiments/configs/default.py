@@ -2,7 +2,7 @@
 
 Runs on CPU in a few minutes: ``hemp-jax train --config experiments/configs/default.py
 --workdir runs/default``. 24 epochs of Adam (cosine schedule) with ``add_entropy_grad``
-(lambda 5, order 3, N = 4 uniform levels + 2 guards); the last 8 epochs compute the task
+(lambda 7, order 3, N = 4 uniform levels + 2 guards); the last 8 epochs compute the task
 loss on the quantized network (straight-through), so the quantized model keeps the
 accuracy. Override any field, e.g. ``--config.hemp.mode=none --config.qat_epochs=0`` for
 the no-regularizer baseline or ``--config.num_epochs=5``.
@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.hemp = ml_collections.ConfigDict()
   c.hemp.mode = "grad"            # "none" | "grad" (add_entropy_grad) | "paper"
-  c.hemp.strength = 5.0
+  c.hemp.strength = 7.0
   c.hemp.order = 3
   c.hemp.tuples = "disjoint"
   c.hemp.rate = "block"
