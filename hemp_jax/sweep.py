@@ -342,6 +342,10 @@ def run_sweep(sweep: Sweep, results_dir: str, scratch_dir: str, *, progress: boo
     bar = tqdm(total=len(order), initial=len(order) - len(todo), desc=sweep.name,
                unit="pt", dynamic_ncols=True, file=sys.stderr)
   for p in todo:
+    if os.path.exists(done_path(p)):   # finished meanwhile by another sweep process
+      if bar is not None:
+        bar.update(1)
+      continue
     if bar is not None:
       bar.set_postfix_str(p.id)
     if p.init is not None and not os.path.exists(

@@ -5,7 +5,8 @@ experiments/configs/<file>.py[:variant]``), so this helper is loaded by path too
 (:func:`load_base`). Variants are comma-separated tokens after the colon:
 
 * ``grad`` (default) — the simple mode: ``lambda * H`` added through ``add_entropy_grad``
-  in front of the config's optimizer;
+  in front of the config's optimizer, the last ``qat_epochs`` epochs quantization-aware
+  (task loss on the quantized network, straight-through);
 * ``paper`` — the paper's recipe (DESIGN §2): SGD lr 0.1, weight decay 1e-4, the gated
   unscaled second step with lambda_H = 1, lambda_Q = 0.1, refresh every 10 batches;
 * ``none`` — no regularizer (baseline: the same quantizer and coder);
@@ -77,8 +78,10 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None, *, smoke_datase
     raise ValueError(f"unknown config variant(s) {bad}; known: {sorted(known)}")
   if "paper" in tokens:
     paper_recipe(c)
+    c.qat_epochs = 0          # the paper's recipe has no quantization-aware epochs
   elif "none" in tokens:
     c.hemp.mode = "none"
+    c.qat_epochs = 0          # needs the HEMP state's codebooks
   if "prune" in tokens or "prune_sens" in tokens:
     c.pruning.method = "sensitivity" if "prune_sens" in tokens else "magnitude"
     c.quantizer.method = "uniform"

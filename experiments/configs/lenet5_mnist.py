@@ -32,6 +32,7 @@ def get_config(arg: str | None = None):
   c.hemp.mode = "grad"
   c.hemp.strength = 30.0
   c.hemp.order = 3
+  c.qat_epochs = 6   # last epochs quantization-aware (straight-through)
   tokens = [t for t in (arg or "").split(",") if t]
   if "offline" in tokens:
     c.dataset = "mnist5k"

@@ -42,6 +42,7 @@ def get_config(arg: str | None = None):
   c.hemp.mode = "grad"
   c.hemp.strength = 10.0
   c.hemp.order = 3
+  c.qat_epochs = 20   # last epochs quantization-aware (straight-through)
   c.hemp.refresh_every = 10
   c = base.apply_variant(c, arg, smoke_dataset="cifar10", smoke_mock=True)
   if "smoke" in (arg or ""):

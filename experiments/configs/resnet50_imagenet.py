@@ -47,6 +47,7 @@ def get_config(arg: str | None = None):
   c.hemp.mode = "grad"
   c.hemp.strength = 10.0
   c.hemp.order = 3
+  c.qat_epochs = 2   # last epochs quantization-aware (straight-through)
   c.hemp.refresh_every = 10
   c.quantizer.min_size = 1000   # keep BatchNorm/bias vectors in float
   c = base.apply_variant(c, arg, smoke_dataset="imagenet2012", smoke_mock=True)

@@ -26,11 +26,13 @@ def _config(name, arg):
   return module.get_config(arg)
 
 
-def _points(Point, model_file, tag, *, pre_epochs, ft_epochs, strengths, smoke=False, full=True):
+def _points(Point, model_file, tag, *, pre_epochs, ft_epochs, strengths, smoke=False, full=True,
+            extra_n8=()):
   pts = []
   base = _config(model_file, "offline,smoke" if smoke else "offline")
   base.progress = False
   base.hemp.refresh_every = 4
+  base.qat_epochs = 0          # pinned (default.py's default may change); see qat() below
 
   def cfg(mode="none", epochs=ft_epochs, **kw):
     c = base.copy_and_resolve_references()
@@ -146,6 +148,9 @@ def _points(Point, model_file, tag, *, pre_epochs, ft_epochs, strengths, smoke=F
   pts.append(hemp(3, 5.0, quantizer__num_levels=8))
   for order in (1, 2, 4):
     pts.append(hemp(order, mid, quantizer__num_levels=8))
+  for s_ in extra_n8:   # finer strengths around the knee (LeNet-5)
+    pts.append(hemp(3, s_, quantizer__num_levels=8))
+    pts.append(qat(hemp(3, s_, quantizer__num_levels=8)))
   pts.append(prune2("magnitude", 0.9, 8))
   pts.append(prune2("magnitude", 0.9, 8, mid))
   pts.append(hemp(3, hi, quantizer__num_levels=8))
@@ -178,7 +183,7 @@ def get_sweep(arg=None):
       p.config.eval_batch_size = 200
     return Sweep("tiny", pts, "test sweep: digits, LeNet-300-100, a few steps")
   pts = _points(Point, "lenet5_mnist", "lenet5", pre_epochs=10, ft_epochs=4,
-                strengths=(3.0, 10.0, 30.0), full=False)
+                strengths=(3.0, 10.0, 30.0), full=False, extra_n8=(7.0,))
   pts += _points(Point, "lenet300_mnist", "lenet300", pre_epochs=15, ft_epochs=8,
                  strengths=(3.0, 10.0, 30.0), full=False)
   return Sweep("mnist5k_offline", pts, __doc__.splitlines()[0])
