@@ -13,7 +13,8 @@ A sweep is a list of :class:`Point` s (see ``experiments/sweeps/*.py``: a Python
 Every point then quantizes its params with the codebooks of the run (the HEMP state's, or
 fitted post-training), writes ``<scratch>/<id>/model.hemp`` with :mod:`hemp_jax.codec`,
 decodes the file, loads it into the model and evaluates it: the recorded accuracy is the
-decoded file's and the size is the file's length. The paper's own size measure is recorded
+decoded file's and the size is the file's length. (The file holds the params; BatchNorm
+statistics, which the LeNets of the offline sweep do not have, are taken from the run.) The paper's own size measure is recorded
 alongside: the uint8 level-index streams under LZMA2 (``lzma_index_bytes``, no codebooks,
 no float leaves) and an LZMA2 archive of everything the file holds (``lzma_file_bytes``).
 
