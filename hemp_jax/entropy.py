@@ -10,8 +10,11 @@ adds the product of its members' tent weights to each of its at most ``2^n`` cel
 the work is ``O(M 2^n)`` plus the cells; the ``K^n`` outer product is never built.
 
 * Dense path (``K^n <= DENSE_MAX_CELLS``): scatter-add into a ``K^n`` table, in chunks of
-  ``CHUNK_ENTRIES`` (tuple, corner) entries under ``lax.scan`` with rematerialization, so
-  memory stays bounded for layers of tens of millions of weights, gradients included.
+  ``CHUNK_ENTRIES`` (tuple, corner) entries taken straight from the weight stream (tent,
+  corner weights and scatter per chunk), so memory stays bounded for layers of tens of
+  millions of weights, gradients included. While the table is small each tuple adds one
+  2^n-wide row at its base cell (one scatter index per tuple, not 2^n); the gradient is
+  hand-written, chunk by chunk (see :func:`_soft_table`).
 * Sparse path (more cells): the (tuple, corner) entries are sorted by their n-tuple of
   level indices and summed per run of equal keys; exact, memory ``O(M 2^n)``.
 
@@ -22,9 +25,11 @@ conditional entropy of a symbol given its n-1 predecessors: what an order-(n-1) 
 coder pays per symbol. On weights that all sit on levels, the soft value equals the exact
 empirical value of the index stream (:func:`empirical_entropy`).
 
-Gradients: autodiff through the tent is exact (piecewise linear in w). At ``p = 0`` the
-term ``-p log p`` is given derivative 0 (its one-sided derivative is infinite); this only
-matters for weights exactly on a level boundary.
+Gradients: exact (the estimator is piecewise linear in w through the tent); the dense
+path's hand-written gradient equals autodiff's, including ``jnp.clip``'s 1/2 for a weight
+exactly on a level. At ``p = 0`` the term ``-p log p`` is given derivative 0 (its
+one-sided derivative is infinite); this only matters for weights exactly on a level
+boundary.
 """
 
 from __future__ import annotations
@@ -50,6 +55,14 @@ __all__ = [
 
 DENSE_MAX_CELLS = 1 << 22
 CHUNK_ENTRIES = 1 << 21
+# Row-scatter histogram (see _soft_table): used while its (K^n, 2^n) accumulator has at
+# most this many entries and K^n <= _ROW_MAX_CELLS_PER_TUPLE * T.
+_ROW_MAX_ENTRIES = 1 << 22
+_ROW_MAX_CELLS_PER_TUPLE = 8
+# Orders up to this get the corner-weight gradient by unrolled column contractions.
+_CORNER_GRAD_UNROLL = 6
+# tent_assign picks levels by an unrolled compare/select chain up to this K.
+_SELECT_MAX_LEVELS = 32
 _TUPLE_MODES = ("disjoint", "sliding")
 _RATES = ("block", "conditional")
 _POOLS = ("group", "global")
@@ -93,11 +106,29 @@ def tent_assign(w, codebook):
   """
   c = jnp.asarray(codebook)
   w = jnp.asarray(w).astype(c.dtype)
-  num = c.shape[0]
-  k = jnp.clip(jnp.searchsorted(c, w, side="right") - 1, 0, num - 2).astype(jnp.int32)
-  lo = c[k]
-  t = jnp.clip((w - lo) / (c[k + 1] - lo), 0.0, 1.0)
+  k, lo, hi = _tent_levels(w, c)
+  t = jnp.clip((w - lo) / (hi - lo), 0.0, 1.0)
   return k, t
+
+
+def _tent_levels(w, c):
+  """``k = clip(searchsorted(c, w, "right") - 1, 0, K-2)``, ``c[k]`` and ``c[k+1]``."""
+  num = c.shape[0]
+  if num > _SELECT_MAX_LEVELS:
+    k = jnp.searchsorted(c, w, side="right", method="scan_unrolled") - 1
+    k = jnp.clip(k, 0, num - 2).astype(jnp.int32)
+    return k, c[k], c[k + 1]
+  # k = #{j in 1..K-2 : c_j <= w}, with c_k and c_{k+1} picked by the same comparisons:
+  # one fused elementwise pass, no binary-search loop and no gathers (slow on CPU).
+  k = jnp.zeros(w.shape, jnp.int32)
+  lo = jnp.broadcast_to(c[0], w.shape)
+  hi = jnp.broadcast_to(c[1], w.shape)
+  for j in range(1, num - 1):
+    above = w >= c[j]
+    k = k + above.astype(jnp.int32)
+    lo = jnp.where(above, c[j], lo)
+    hi = jnp.where(above, c[j + 1], hi)
+  return k, lo, hi
 
 
 # ----------------------------------------------------------------------------- tuples
@@ -113,62 +144,301 @@ def _tuples(x, order: int, tuples: str):
   return jnp.stack([x[i:i + num] for i in range(order)], axis=-1), jnp.arange(num)
 
 
-def _corner_weights(t):
-  """(T, n) tent weights -> (T, 2^n) products; corner c takes bit m of c for member m."""
-  w = jnp.ones(t.shape[:1] + (1,), t.dtype)
-  for m in range(t.shape[1]):
-    tm = t[:, m:m + 1]
-    w = jnp.concatenate([w * (1 - tm), w * tm], axis=1)
-  return w
-
-
 def _corner_bits(order: int) -> np.ndarray:
   """(2^n, n) 0/1 offsets of each corner, matching :func:`_corner_weights`."""
   c = np.arange(1 << order)[:, None]
   return ((c >> np.arange(order)[None, :]) & 1).astype(np.int32)
 
 
+def _radix(num_levels: int, order: int) -> np.ndarray:
+  return np.array([num_levels ** (order - 1 - m) for m in range(order)], np.int32)
+
+
 def _cell_ids(k, num_levels: int):
   """(T, n) level indices -> (T,) dense cell ids (row-major over the n-tuple)."""
-  order = k.shape[1]
-  radix = np.array([num_levels ** (order - 1 - m) for m in range(order)], np.int32)
-  return k @ radix
+  radix = _radix(num_levels, k.shape[1]).tolist()
+  ids = k[:, 0] * radix[0]
+  for m in range(1, k.shape[1]):  # elementwise: an integer matmul is slow on CPU
+    ids = ids + k[:, m] * radix[m]
+  return ids
 
 
-def _dense_hist_chunk(k, t, mask, num_levels: int, hard: bool):
-  """Histogram of one chunk of tuples. ``t is None`` (hard) means one-hot at ``k``."""
-  cells = num_levels ** k.shape[1]
-  base = _cell_ids(k, num_levels)
-  if hard:
-    return jnp.zeros(cells, mask.dtype).at[base].add(mask, mode="drop")
-  radix = np.array([num_levels ** (k.shape[1] - 1 - m) for m in range(k.shape[1])], np.int32)
-  offsets = jnp.asarray(_corner_bits(k.shape[1]) @ radix)
-  ids = base[:, None] + offsets[None, :]
-  wts = _corner_weights(t) * mask[:, None]
-  return jnp.zeros(cells, wts.dtype).at[ids.reshape(-1)].add(wts.reshape(-1), mode="drop")
+def _corner_offsets(num_levels: int, order: int) -> np.ndarray:
+  """(2^n,) cell-id offset of each corner from the tuple's base cell."""
+  return _corner_bits(order) @ _radix(num_levels, order)
 
 
-def _dense_hist(k, t, mask, num_levels: int, hard: bool, chunk_entries: int):
-  """Dense order-n histogram of (T, n) tuples, chunked to bound memory."""
-  num, order = k.shape
-  per = 1 if hard else 1 << order
-  chunk = max(1, chunk_entries // per)
-  if num <= chunk:
-    return _dense_hist_chunk(k, t, mask, num_levels, hard)
-  steps = -(-num // chunk)
-  pad = steps * chunk - num
-  k = jnp.pad(k, ((0, pad), (0, 0))).reshape(steps, chunk, order)
-  mask = jnp.pad(mask, (0, pad)).reshape(steps, chunk)
-  cells = num_levels ** order
-  if hard:
-    xs = (k, mask)
-    body = lambda h, x: (h + _dense_hist_chunk(x[0], None, x[1], num_levels, True), None)
+def _corner_products(t, mask):
+  """(T, n) tent weights, (T,) mask or None -> (T, 2^n) corner weights (a broadcast
+  product, no concatenation: XLA CPU runs minor-axis concatenates slowly)."""
+  order = t.shape[1]
+  bits = _corner_bits(order).astype(bool)
+  w = None if mask is None else mask[:, None]
+  for m in range(order):
+    tm = t[:, m:m + 1]
+    f = jnp.where(jnp.asarray(bits[:, m])[None, :], tm, 1 - tm)
+    w = f if w is None else w * f
+  return w
+
+
+def _corner_grad(g, t, mask):
+  """Cotangent of :func:`_corner_products`: (T, 2^n) g -> (T, n) dt and (T,) dmask.
+
+  ``dt_m = mask * sum_c g_c (+-1) prod_{m' != m} f_m'(c)``. Up to order
+  ``_CORNER_GRAD_UNROLL`` the columns of g are contracted with the other members' (1 - t,
+  t) factors one member at a time (O(n 2^n) flops per tuple, elementwise on (T,) columns,
+  one fused loop); above it, by broadcast products and a reduction over corners.
+  """
+  order = t.shape[1]
+  if order <= _CORNER_GRAD_UNROLL:
+    cols = [g[:, c] for c in range(1 << order)]
+    dt = []
+    for m in range(order):
+      lo, hi = _contract_columns(cols, t, keep=m)
+      dt.append(hi - lo)
+    dmask = _contract_columns(cols, t, keep=None)[0]
   else:
-    t = jnp.pad(t, ((0, pad), (0, 0))).reshape(steps, chunk, order)
-    xs = (k, t, mask)
-    body = lambda h, x: (h + _dense_hist_chunk(x[0], x[1], x[2], num_levels, False), None)
-  hist, _ = jax.lax.scan(jax.checkpoint(body), jnp.zeros(cells, mask.dtype), xs)
+    bits = _corner_bits(order).astype(bool)
+    fs = [jnp.where(jnp.asarray(bits[:, m])[None, :], t[:, m:m + 1], 1 - t[:, m:m + 1])
+          for m in range(order)]
+    dt = []
+    for m in range(order):
+      rest = g * jnp.where(jnp.asarray(bits[:, m])[None, :], 1.0, -1.0).astype(g.dtype)
+      for j in range(order):
+        if j != m:
+          rest = rest * fs[j]
+      dt.append(rest.sum(axis=1))
+    allf = g
+    for f in fs:
+      allf = allf * f
+    dmask = allf.sum(axis=1)
+  dt = jnp.stack(dt, axis=1)
+  if mask is not None:
+    dt = dt * mask[:, None]
+  return dt, dmask
+
+
+def _contract_columns(cols, t, keep):
+  """Contracts ``cols`` (index c = sum_m bit_m 2^m) with (1 - t_m, t_m) for all m != keep.
+
+  Returns ``[column for bit keep = 0, column for bit keep = 1]``, or ``[column]`` if
+  ``keep`` is None.
+  """
+  members = list(range(t.shape[1]))     # members[i] is bit i of the current column index
+  for m in reversed(range(t.shape[1])):
+    if m == keep:
+      continue
+    i = members.index(m)
+    stride = 1 << i
+    tm = t[:, m]
+    cols = [cols[c] * (1 - tm) + cols[c | stride] * tm
+            for c in range(len(cols)) if not c & stride]
+    members.pop(i)
+  return cols
+
+
+@jax.custom_vjp
+def _corner_weights(t, mask):
+  """(T, n) tent weights, (T,) mask -> (T, 2^n) products ``mask * prod_m f_m(c)``;
+  corner c takes bit m of c for member m (f = t for bit 1, 1 - t for bit 0)."""
+  return _corner_products(t, mask)
+
+
+def _corner_weights_fwd(t, mask):
+  return _corner_products(t, mask), (t, mask)
+
+
+def _corner_weights_bwd(res, g):
+  return _corner_grad(g, *res)
+
+
+_corner_weights.defvjp(_corner_weights_fwd, _corner_weights_bwd)
+
+
+def _use_rows(num_levels: int, order: int, num_tuples: int) -> bool:
+  cells = num_levels ** order
+  return (cells << order <= _ROW_MAX_ENTRIES
+          and cells <= _ROW_MAX_CELLS_PER_TUPLE * max(num_tuples, 1))
+
+
+def _windows(x, start, count: int, order: int, tuples: str):
+  """(count, n) members of tuples ``start .. start + count - 1`` of stream ``x``.
+
+  ``start`` may be traced (a loop index); only a slice of ``x`` is read.
+  """
+  if tuples == "disjoint":
+    seg = jax.lax.dynamic_slice_in_dim(x, start * order, count * order)
+    return seg.reshape(count, order)
+  seg = jax.lax.dynamic_slice_in_dim(x, start, count + order - 1)
+  return jnp.stack([seg[m:m + count] for m in range(order)], axis=1)
+
+
+def _window_mask(start, count: int, valid_len, order: int, tuples: str, dtype):
+  """(count,) 1/0: does the tuple end within ``valid_len``? None if all do."""
+  if valid_len is None:
+    return None
+  pos = (start + jnp.arange(count)) * (order if tuples == "disjoint" else 1)
+  return (pos + order <= valid_len).astype(dtype)
+
+
+def _soft_part_table(w, c, valid_len, start, count, num_levels, order, tuples, rows):
+  """Table of tuples ``start .. start + count - 1``: (K^n, 2^n) rows or (K^n,) cells."""
+  ww = _windows(w, start, count, order, tuples)
+  k, lo, hi = _tent_levels(ww, c)
+  t = jnp.clip((ww - lo) / (hi - lo), 0.0, 1.0)
+  wts = _corner_products(t, _window_mask(start, count, valid_len, order, tuples, w.dtype))
+  base = _cell_ids(k, num_levels)
+  cells = num_levels ** order
+  if rows:
+    return jnp.zeros((cells, 1 << order), w.dtype).at[base].add(wts, mode="drop")
+  ids = base[:, None] + jnp.asarray(_corner_offsets(num_levels, order))[None, :]
+  return jnp.zeros(cells, w.dtype).at[ids.reshape(-1)].add(wts.reshape(-1), mode="drop")
+
+
+def _part_grads(g, w, c, valid_len, start, count, num_levels, order, tuples, rows,
+                want_c: bool):
+  """Cotangents of one part of :func:`_soft_table` for its (count, n) tuple members.
+
+  Returns ``(dw, dc)``: (count, n) w.r.t. the members' weights, and (K,) w.r.t. the
+  codebook (None unless ``want_c``). The tent's derivative is the one autodiff gives
+  :func:`tent_assign`: ``jnp.clip`` passes 1 inside (0, 1), 1/2 exactly at 0 or 1 (ties
+  of max/min split evenly) and 0 outside.
+  """
+  ww = _windows(w, start, count, order, tuples)
+  k, lo, hi = _tent_levels(ww, c)
+  width = hi - lo
+  raw = (ww - lo) / width
+  t = jnp.clip(raw, 0.0, 1.0)
+  base = _cell_ids(k, num_levels)
+  if rows:
+    gc = g[base]
+  else:
+    gc = g[base[:, None] + jnp.asarray(_corner_offsets(num_levels, order))[None, :]]
+  mask = _window_mask(start, count, valid_len, order, tuples, w.dtype)
+  dt, _ = _corner_grad(gc, t, mask)
+  clip_d = jnp.where((raw > 0) & (raw < 1), 1.0,
+                     jnp.where((raw == 0) | (raw == 1), 0.5, 0.0)).astype(w.dtype)
+  draw = dt * clip_d / width                       # d/dw of (w - lo) / (hi - lo)
+  if not want_c:
+    return draw, None
+  kk = k.reshape(-1)
+  dc = jnp.zeros(c.shape, c.dtype)
+  dc = dc.at[kk].add((draw * (raw - 1)).reshape(-1))    # d/dlo = (raw - 1) / width
+  dc = dc.at[kk + 1].add((-draw * raw).reshape(-1))      # d/dhi = -raw / width
+  return draw, dc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _soft_table(w, c, valid_len, num_levels, order, tuples, chunk, rows):
+  """Soft order-n table of the weight stream ``w`` under codebook ``c``.
+
+  With ``rows``: the (K^n, 2^n) table ``A[b, c]`` = summed corner-c weights of the tuples
+  whose base cell (lower levels) is b, one 2^n-wide scatter-add row per tuple, folded
+  into the histogram by :func:`_rows_to_hist`; else the (K^n,) histogram, one scalar
+  scatter-add per (tuple, corner). ``valid_len`` (None: all) masks tuples that reach
+  past it.
+
+  Tuples are taken ``chunk`` at a time straight from ``w``: tent, corner weights and
+  scatter of a chunk happen together, so nothing of size M or T 2^n is ever built and
+  the stream is read once. The gradient is written by hand, chunk by chunk the same way
+  (it is exact, the same as autodiff's): gather each tuple's 2^n cotangents at its base
+  cell, contract them with the other members' (1 - t, t) factors (:func:`_corner_grad`)
+  and apply the tent's derivative. It needs no forward recomputation and none of the
+  transposes of concatenations and rematerialized loops that make autodiff of this
+  several times slower on CPU.
+  """
+  return _soft_table_impl(w, c, valid_len, num_levels, order, tuples, chunk, rows)
+
+
+def _parts(num: int, chunk: int):
+  """Static split of ``num`` tuples into ``steps`` full chunks and a remainder."""
+  steps, rem = divmod(num, chunk)
+  if steps <= 1 and (steps == 0 or rem == 0):
+    return 0, num                     # one part: no loop
+  return steps, rem
+
+
+def _soft_table_impl(w, c, valid_len, num_levels, order, tuples, chunk, rows):
+  num = _num_tuples(w.shape[0], order, tuples)
+  part = lambda start, count: _soft_part_table(w, c, valid_len, start, count, num_levels,
+                                               order, tuples, rows)
+  steps, rem = _parts(num, chunk)
+  if not steps:
+    return part(0, rem)
+  cells = num_levels ** order
+  init = jnp.zeros((cells, 1 << order) if rows else (cells,), w.dtype)
+  table = jax.lax.fori_loop(0, steps, lambda i, acc: acc + part(i * chunk, chunk), init)
+  return table + part(steps * chunk, rem) if rem else table
+
+
+def _soft_table_fwd(w, c, valid_len, num_levels, order, tuples, chunk, rows):
+  table = _soft_table_impl(w.value, c.value, getattr(valid_len, "value", valid_len),
+                           num_levels, order, tuples, chunk, rows)
+  # Residuals carry whether the codebook is differentiated: its cotangent is a scatter
+  # over all M weights, skipped when nobody asks for it.
+  return table, (w.value, c.value, getattr(valid_len, "value", valid_len), c.perturbed)
+
+
+def _soft_table_bwd(num_levels, order, tuples, chunk, rows, res, g):
+  w, c, valid_len, want_c = res
+  length = w.shape[0]
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return (jnp.zeros_like(w), jnp.zeros_like(c) if want_c else None, None)
+  # Write the table's cotangent to a buffer: XLA CPU would otherwise fuse its computation
+  # (a log and a division per cell, from the entropy) into the gathers below and redo it
+  # per gathered entry, T 2^n times instead of K^n; lax.optimization_barrier does not
+  # prevent that on CPU, but a scatter is never fused into its consumer.
+  g = jnp.zeros_like(g).at[jnp.arange(g.shape[0])].set(
+      g, indices_are_sorted=True, unique_indices=True)
+  num = _num_tuples(length, order, tuples)
+  grads = lambda start, count: _part_grads(g, w, c, valid_len, start, count, num_levels,
+                                           order, tuples, rows, want_c)
+
+  def add_part(dw, dc, start, count):
+    dmem, dcp = grads(start, count)
+    if tuples == "disjoint":
+      dw = jax.lax.dynamic_update_slice_in_dim(dw, dmem.reshape(-1), start * order, 0)
+    else:   # windows overlap: weight start + j + m gets member m of tuple start + j
+      span = count + order - 1
+      add = sum(jnp.pad(dmem[:, m], (m, order - 1 - m)) for m in range(order))
+      cur = jax.lax.dynamic_slice_in_dim(dw, start, span)
+      dw = jax.lax.dynamic_update_slice_in_dim(dw, cur + add, start, 0)
+    return dw, (dc + dcp if want_c else dc)
+
+  dw = jnp.zeros_like(w)
+  dc = jnp.zeros_like(c) if want_c else None
+  steps, rem = _parts(num, chunk)
+  if steps:
+    dw, dc = jax.lax.fori_loop(
+        0, steps, lambda i, a: add_part(a[0], a[1], i * chunk, chunk), (dw, dc))
+  if rem:
+    dw, dc = add_part(dw, dc, steps * chunk, rem)
+  return dw, dc, None
+
+
+_soft_table.defvjp(_soft_table_fwd, _soft_table_bwd, symbolic_zeros=True)
+
+
+def _rows_to_hist(table, num_levels: int, order: int):
+  """(K^n, 2^n) per-base corner sums -> (K^n,) histogram: ``hist[b + off_c] += A[b, c]``.
+
+  Every base cell has all level indices <= K-2, so ``b + off_c`` stays in the table and
+  the entries shifted out at the top are zeros.
+  """
+  hist = None
+  for c, off in enumerate(_corner_offsets(num_levels, order).tolist()):
+    col = jax.lax.pad(table[:, c], jnp.zeros((), table.dtype), [(off, -off, 0)])
+    hist = col if hist is None else hist + col
   return hist
+
+
+def _soft_stream_hist(w, c, valid_len, num_levels, order, tuples, chunk_entries):
+  """Dense soft order-n histogram (K^n,) of a weight stream; ``valid_len`` None: all."""
+  num = _num_tuples(w.shape[0], order, tuples)
+  rows = _use_rows(num_levels, order, num)
+  table = _soft_table(w, c, valid_len, num_levels, order, tuples,
+                      max(1, chunk_entries >> order), rows)
+  return _rows_to_hist(table, num_levels, order) if rows else table
 
 
 def _sparse_entries(k, t, mask, hard: bool):
@@ -177,7 +447,7 @@ def _sparse_entries(k, t, mask, hard: bool):
     return k, mask
   bits = jnp.asarray(_corner_bits(k.shape[1]))
   keys = (k[:, None, :] + bits[None, :, :]).reshape(-1, k.shape[1])
-  wts = (_corner_weights(t) * mask[:, None]).reshape(-1)
+  wts = _corner_weights(t, mask).reshape(-1)
   return keys, wts
 
 
@@ -232,29 +502,40 @@ def _stream_tuples(k, t, valid_len, order: int, tuples: str):
   return kt, tt, mask
 
 
-def _stream_hist(k, t, valid_len, num_levels, order, tuples, chunk_entries):
-  kt, tt, mask = _stream_tuples(k, t, valid_len, order, tuples)
-  return _dense_hist(kt, tt, mask, num_levels, t is None, chunk_entries)
+def _stream_hist(x, codebook, valid_len, num_levels, order, tuples, chunk_entries):
+  """Dense order-n histogram (K^n,) of a (possibly padded) stream: soft on weights ``x``
+  under ``codebook``, or hard on level indices ``x`` (``codebook`` None)."""
+  if codebook is not None:
+    if isinstance(valid_len, (int, np.integer)) and valid_len >= x.shape[0]:
+      valid_len = None
+    return _soft_stream_hist(x, codebook, valid_len, num_levels, order, tuples,
+                             chunk_entries)
+  kt, _, mask = _stream_tuples(x, None, valid_len, order, tuples)
+  return jnp.zeros(num_levels ** order, mask.dtype).at[_cell_ids(kt, num_levels)].add(
+      mask, mode="drop")
 
 
-def _stream_entries(k, t, valid_len, order, tuples):
+def _stream_entries(x, codebook, valid_len, order, tuples):
+  """Sparse (keys, weights) entries of a stream, soft or hard as in :func:`_stream_hist`."""
+  k, t = (x, None) if codebook is None else tent_assign(x, codebook)
   kt, tt, mask = _stream_tuples(k, t, valid_len, order, tuples)
   return _sparse_entries(kt, tt, mask, t is None)
 
 
-def _single_stream_rate(k, t, num_levels, order, tuples, rate, chunk_entries):
-  return _single_stream_rate_jit(k, t, num_levels, order, tuples, rate, chunk_entries,
+def _single_stream_rate(x, codebook, num_levels, order, tuples, rate, chunk_entries):
+  return _single_stream_rate_jit(x, codebook, num_levels, order, tuples, rate, chunk_entries,
                                  _use_dense(num_levels, order))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
-def _single_stream_rate_jit(k, t, num_levels, order, tuples, rate, chunk_entries, dense):
-  length = k.shape[0]
+def _single_stream_rate_jit(x, codebook, num_levels, order, tuples, rate, chunk_entries,
+                            dense):
+  length = x.shape[0]
   total = _num_tuples(length, order, tuples)
   if dense:
-    hist = _stream_hist(k, t, length, num_levels, order, tuples, chunk_entries)
+    hist = _stream_hist(x, codebook, length, num_levels, order, tuples, chunk_entries)
     return _rate_from_dense(hist, total, num_levels, order, rate)
-  keys, wts = _stream_entries(k, t, length, order, tuples)
+  keys, wts = _stream_entries(x, codebook, length, order, tuples)
   return _rate_from_entries(keys, wts, total, order, rate)
 
 
@@ -284,11 +565,10 @@ def soft_entropy(w, codebook, order: int = 1, tuples: str = "disjoint", rate: st
     raise ValueError(f"w must be floating point, got {w.dtype}")
   if not q.all_finite(w):
     raise ValueError("w contains NaN or Inf")
-  flat = w.reshape(-1)
+  c = jnp.asarray(codebook)
+  flat = w.reshape(-1).astype(c.dtype)
   _check_group_length(flat.shape[0], order, tuples)
-  k, t = tent_assign(flat, codebook)
-  num_levels = np.shape(codebook)[0]
-  return _single_stream_rate(k, t, num_levels, order, tuples, rate, chunk_entries)
+  return _single_stream_rate(flat, c, c.shape[0], order, tuples, rate, chunk_entries)
 
 
 def empirical_entropy(indices, num_levels: int, order: int = 1, tuples: str = "disjoint",
@@ -362,17 +642,18 @@ def _plan(codebooks, params, order, tuples):
 
 
 def _bucket_inputs(groups, bucket):
-  """Stacked padded streams (G, L) of tent (k, t) and valid lengths (G,)."""
-  ks, ts, lens = [], [], []
+  """Stacked padded weight streams (G, L), codebooks (G, K) and valid lengths (G,)."""
+  streams, cbs, lens = [], [], []
   for i in bucket.members:
     _, cb, x, size = groups[i]
-    stream = grp.scan_stream(x).astype(jnp.asarray(cb).dtype)
-    stream = jnp.pad(stream, (0, bucket.length - size), constant_values=jnp.asarray(cb)[0])
-    k, t = tent_assign(stream, cb)
-    ks.append(k)
-    ts.append(t)
+    cb = jnp.asarray(cb)
+    stream = grp.scan_stream(x).astype(cb.dtype)
+    streams.append(jnp.pad(stream, (0, bucket.length - size), constant_values=cb[0]))
+    cbs.append(cb)
     lens.append(size)
-  return jnp.stack(ks), jnp.stack(ts), jnp.asarray(lens, jnp.int32)
+  dtype = jnp.result_type(*cbs)
+  return (jnp.stack(streams).astype(dtype), jnp.stack(cbs).astype(dtype),
+          jnp.asarray(lens, jnp.int32))
 
 
 def tree_group_rates(params, codebooks, *, order: int = 1, tuples: str = "disjoint",
@@ -399,16 +680,16 @@ def _tree_group_rates_jit(params, codebooks, order, tuples, rate, chunk_entries,
   groups, buckets = _plan(codebooks, params, order, tuples)
   rates = [None] * len(groups)
   for b in buckets:
-    ks, ts, lens = _bucket_inputs(groups, b)
+    xs, cbs, lens = _bucket_inputs(groups, b)
     totals = jnp.asarray([_num_tuples(groups[i][3], order, tuples) for i in b.members])
     if _use_dense(b.num_levels, order, max_cells):
-      fn = lambda k, t, n, tot, b=b: _rate_from_dense(
-          _stream_hist(k, t, n, b.num_levels, order, tuples, chunk_entries), tot,
+      fn = lambda x, cb, n, tot, b=b: _rate_from_dense(
+          _stream_hist(x, cb, n, b.num_levels, order, tuples, chunk_entries), tot,
           b.num_levels, order, rate)
     else:
-      fn = lambda k, t, n, tot: _rate_from_entries(
-          *_stream_entries(k, t, n, order, tuples), tot, order, rate)
-    r = jax.vmap(fn)(ks, ts, lens, totals.astype(ts.dtype))
+      fn = lambda x, cb, n, tot: _rate_from_entries(
+          *_stream_entries(x, cb, n, order, tuples), tot, order, rate)
+    r = jax.vmap(fn)(xs, cbs, lens, totals.astype(xs.dtype))
     for j, i in enumerate(b.members):
       rates[i] = r[j]
   return jnp.stack(rates)
@@ -458,15 +739,16 @@ def _tree_entropy_jit(params, codebooks, order, tuples, rate, pool, chunk_entrie
   if _use_dense(num_levels, order, max_cells):
     hist = 0.0
     for b in buckets:
-      ks, ts, lens = _bucket_inputs(groups, b)
-      h = jax.vmap(lambda k, t, n: _stream_hist(k, t, n, num_levels, order, tuples,
-                                                chunk_entries))(ks, ts, lens)
+      xs, cbs, lens = _bucket_inputs(groups, b)
+      h = jax.vmap(lambda x, cb, n: _stream_hist(x, cb, n, num_levels, order, tuples,
+                                                 chunk_entries))(xs, cbs, lens)
       hist = hist + h.sum(axis=0)
     return _rate_from_dense(hist, total, num_levels, order, rate)
   keys, wts = [], []
   for b in buckets:
-    ks, ts, lens = _bucket_inputs(groups, b)
-    kk, ww = jax.vmap(lambda k, t, n: _stream_entries(k, t, n, order, tuples))(ks, ts, lens)
+    xs, cbs, lens = _bucket_inputs(groups, b)
+    kk, ww = jax.vmap(lambda x, cb, n: _stream_entries(x, cb, n, order, tuples))(
+        xs, cbs, lens)
     keys.append(kk.reshape(-1, order))
     wts.append(ww.reshape(-1))
   return _rate_from_entries(jnp.concatenate(keys), jnp.concatenate(wts), total, order, rate)
