@@ -50,6 +50,7 @@ import hemp_jax as hj  # noqa: E402
 RESNET18_PARAMS = 11_689_512  # "11.7M": the parameter count of ResNet-18
 DENSE_CHUNK_ENTRIES = 1 << 15  # default (tuple, cell) products per dense scan step
 VALUE_RTOL = 1e-4
+GROWTH_TOL = 2.2
 
 
 # ------------------------------------------------------------------ dense baseline
@@ -133,11 +134,20 @@ def _compile(fn, w):
   return exe, time.perf_counter() - t0, exe.as_text()
 
 
-def _time(exe, w, repeats: int, warmup: bool = True, stat=np.median):
-  """Median seconds of ``repeats`` calls (after one untimed warm-up); the last output."""
+TIME_BUDGET_S = 2.0   # extra repeats (up to MAX_REPEATS) while a cell's calls stay under it
+MAX_REPEATS = 25
+
+
+def _time(exe, w, repeats: int, warmup: bool = True, stat=np.median, budget=TIME_BUDGET_S):
+  """``stat`` (median) of the seconds of at least ``repeats`` calls, and the last output.
+
+  After one untimed warm-up call, cheap calls are repeated further, up to MAX_REPEATS
+  while their total stays under ``budget``: on a shared machine the median of a handful
+  of 10 ms calls is at the mercy of other processes.
+  """
   out = jax.block_until_ready(exe(w)) if warmup else None
   times = []
-  for _ in range(repeats):
+  while len(times) < repeats or (sum(times) < budget and len(times) < MAX_REPEATS):
     t0 = time.perf_counter()
     out = jax.block_until_ready(exe(w))
     times.append(time.perf_counter() - t0)
@@ -183,7 +193,7 @@ def tune_dense(w, codebook, order):
           x, codebook, order, num_tuples=probe, chunk_entries=ce), w)
       if _has_contraction(hlo):
         raise RuntimeError("XLA lowered the dense baseline to a contraction (dot)")
-      s, _ = _time(exe, w, 3, stat=min)
+      s, _ = _time(exe, w, 3, stat=min, budget=0.0)
       results.append((s / probe, ce))
     per_tuple, ce = min(results)
     _TUNED[key] = (ce, per_tuple, probe)
@@ -208,9 +218,11 @@ def run_dense(w, codebook, order, repeats, max_seconds):
   # Extrapolate: time a prefix sized to take about a quarter of max_seconds per call.
   prefix = int(total * (max_seconds / 4) / projected)
   prefix = min(total, max(probe, prefix // chunk * chunk))
-  exe, compile_s, _ = _compile(lambda x: dense_soft_entropy(
+  exe, compile_s, hlo = _compile(lambda x: dense_soft_entropy(
       x, codebook, order, num_tuples=prefix, chunk_entries=ce), w)
-  run_s, _ = _time(exe, w, repeats, warmup=False)
+  if _has_contraction(hlo):
+    raise RuntimeError("XLA lowered the dense baseline to a contraction (dot)")
+  run_s, _ = _time(exe, w, repeats, warmup=False, budget=0.0)
   return dict(compile=compile_s, run=run_s * total / prefix, value=None, grad=None,
               extrapolated=True, tuples_timed=prefix, tuples=total, chunk_entries=ce)
 
@@ -249,7 +261,9 @@ def main(argv=None):
   ap.add_argument("--levels", type=_csv(int), default=[6, 16],
                   help="total levels K (N real + 2 guard), comma-separated")
   ap.add_argument("--orders", type=_csv(int), default=[1, 2, 3, 4], help="orders n")
-  ap.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median)")
+  ap.add_argument("--repeats", type=int, default=3,
+                  help="timed calls per cell, at least (median); calls under "
+                       f"{TIME_BUDGET_S:g} s in all are repeated up to {MAX_REPEATS} times")
   ap.add_argument("--max-dense-seconds", type=float, default=20.0,
                   help="above this projected time per call, the dense baseline is timed on "
                        "a prefix of the tuples and scaled linearly")
@@ -261,7 +275,8 @@ def main(argv=None):
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} "
         f"({os.cpu_count()} cpus, {platform.processor() or platform.machine()}); "
         f"value_and_grad, jit, disjoint tuples, block rate H_n/n; "
-        f"median of {args.repeats}; load average {_load()}",
+        f"median of >= {args.repeats} calls (up to {MAX_REPEATS} within {TIME_BUDGET_S:g} s); "
+        f"load average {_load()}",
         flush=True)
   rows = []
   t_start = time.perf_counter()
@@ -310,6 +325,8 @@ def main(argv=None):
           "(cost is linear in T): " + ", ".join(
               f"M={_fmt_size(r['m'])} K={r['k']} n={r['n']}: "
               f"{r['dense']['tuples_timed']}/{r['dense']['tuples']}" for r in ext))
+  print("dense: optimized HLO of every compiled dense call checked free of dot/convolution/"
+        "matmul (the outer products are materialized, not contracted)")
   print("speedup = dense run / ours run; t(n)/t(n-1) = growth of our cost with the order "
         "(target <= ~2, i.e. no faster than 2^n); tup/step = tuples per dense scan step "
         f"(the fastest of {len(DENSE_CHUNK_CANDIDATES)} sizes on a probe prefix)")
@@ -343,8 +360,16 @@ def main(argv=None):
   if growths:
     worst = max(rows, key=lambda r: r["growth"] or 0)
     print(f"  order growth t(n)/t(n-1): max {max(growths):.2f} at M={_fmt_size(worst['m'])} "
-          f"K={worst['k']} n={worst['n']} (goal <= ~2) "
-          f"{'MET' if max(growths) <= 2.2 else 'MISSED'}")
+          f"K={worst['k']} n={worst['n']} (goal <= ~2; up to {GROWTH_TOL:g} counted as timing "
+          f"noise) {'MET' if max(growths) <= GROWTH_TOL else 'MISSED'}")
+    for m in args.sizes:
+      for num_levels in args.levels:
+        cell = sorted((r["n"], r["ours"]["run"]) for r in rows
+                      if r["m"] == m and r["k"] == num_levels)
+        if len(cell) > 1:
+          (n0, t0), (n1, t1) = cell[0], cell[-1]
+          print(f"    M={_fmt_size(m)} K={num_levels}: t(n={n1})/t(n={n0}) = {t1 / t0:.2f} "
+                f"(2^{n1 - n0} = {2 ** (n1 - n0)})")
   print(f"  values equal (rtol {VALUE_RTOL:g}): {'MET' if all_ok else 'MISSED'}")
   print(f"\ntotal wall time {time.perf_counter() - t_start:.0f}s; load average {_load()} "
         f"(1/5/15 min; the machine's {os.cpu_count()} cores are shared)")
