@@ -20,6 +20,7 @@ with orbax at every epoch end, resumes from the last checkpoint, and stops with
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -445,9 +446,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     train_steps = [data_parallel_train_step(
         make_train_step(graphdef, tx, quantized_forward=qf), mesh) for qf in (False, True)]
+  # Every array the compiled steps see lives on the mesh, replicated: the state from
+  # ``build``, a restored one, and the decoded and quantized params at evaluation.
+  # Uncommitted inputs give the same shapes a different type (no mesh), and the step or
+  # the evaluation would be traced and compiled a second time.
+  on_mesh = functools.partial(jax.device_put, device=NamedSharding(mesh, P()))
   eval_fn = jax.jit(make_eval_step(graphdef))
+  evaluate = lambda params, model_state: _evaluate(
+      eval_fn, *on_mesh((params, model_state)), pipe.eval())
   hk = _entropy_kwargs(config)
   soft_entropy = jax.jit(lambda p, cb: ent.tree_entropy(p, cb, **hk))
+  quantized = jax.jit(quantize_params)
 
   mngr = _checkpoint_manager(workdir)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -455,10 +464,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   restored = _restore(mngr, state)
   if restored is not None:
     state, last_epoch = restored
-    state = jax.tree.map(jnp.asarray, state)
     start_epoch = last_epoch + 1
     print(f"resumed from checkpoint at epoch {last_epoch} (step {int(state.step)})",
           file=sys.stderr)
+  state = (jax.tree.map(jnp.asarray, state) if config.get("parallel", "jit") == "pmap"
+           else on_mesh(state))
   rows = _read_metrics(metrics_path, start_epoch)   # rows count epochs from 1
   show = config.get("progress", True)
 
@@ -487,13 +497,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accs[-1]:.3f}")
     codebooks = eval_codebooks(config, state)
-    qparams = quantize_params(state.params, codebooks)
+    qparams = quantized(state.params, codebooks)
     row = {
         "epoch": epoch + 1,
         "train_loss": float(np.mean(losses)),
         "train_accuracy": float(np.mean(accs)),
-        "test_accuracy": _evaluate(eval_fn, state.params, state.model_state, pipe.eval()),
-        "test_accuracy_quantized": _evaluate(eval_fn, qparams, state.model_state, pipe.eval()),
+        "test_accuracy": evaluate(state.params, state.model_state),
+        "test_accuracy_quantized": evaluate(qparams, state.model_state),
         "entropy_soft": float(soft_entropy(state.params, codebooks)),
         "entropy_exact": exact_entropy(state.params, codebooks, order=hk["order"],
                                        tuples=hk["tuples"], rate=hk["rate"]),
@@ -522,7 +532,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model_path = os.path.join(workdir, "model.hemp")
   file_bytes = write_model_file(model_path, state, codebooks)
   decoded = read_model_file(model_path, state)
-  test_accuracy_decoded = _evaluate(eval_fn, decoded.params, decoded.model_state, pipe.eval())
+  test_accuracy_decoded = evaluate(decoded.params, decoded.model_state)
   num_values = int(sum(np.size(x) for x in jax.tree.leaves((state.params,
                                                              state.model_state))))
   summary = {

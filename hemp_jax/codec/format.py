@@ -194,7 +194,7 @@ def _float_body(x: np.ndarray) -> bytes:
       return bytes([_FLOAT_CONSTANT]) + first
   if n * size > 16:
     planes = np.frombuffer(raw, np.uint8).reshape(n, size).T.tobytes()
-    z = bytes([_FLOAT_ZLIB]) + zlib.compress(planes, 9)
+    z = bytes([_FLOAT_ZLIB]) + zlib.compress(planes, 6)
     if len(z) < len(best):
       best = z
   return best
