@@ -153,6 +153,13 @@ def _entropy_grad(params, codebooks: tuple, entropy: EntropyConfig) -> tuple:
   return tuple(gl if cb is not None else None for gl, cb in zip(g, codebooks))
 
 
+def _zeros_like_quantized(params, codebooks: tuple) -> tuple:
+  """Zeros shaped like each quantized leaf (None elsewhere): a refresh cache before its
+  first fill. Step 0 always refreshes, so ``init`` need not compute (or compile) grad H."""
+  return tuple(None if cb is None else jnp.zeros_like(x)
+               for x, cb in zip(jax.tree.leaves(params), codebooks))
+
+
 def _every(count, period: int | None):
   return jnp.asarray(False) if not period else (count % period) == 0
 
@@ -214,7 +221,7 @@ def add_entropy_grad(strength: float, *, order: int = 3, num_levels: int = 4,
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     codebooks = fit_leaf_codebooks(params, quantizer, mask, order=order, tuples=tuples)
-    cached = _entropy_grad(params, codebooks, entropy) if refresh_every > 1 else ()
+    cached = _zeros_like_quantized(params, codebooks) if refresh_every > 1 else ()
     return AddEntropyGradState(jnp.zeros([], jnp.int32), codebooks, cached)
 
   def update_fn(updates, state, params=None):
@@ -292,8 +299,10 @@ def hemp_second_step(inner: optax.GradientTransformation, *, lambda_h: float = 1
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     codebooks = fit_leaf_codebooks(params, quantizer, mask, order=order, tuples=tuples)
-    grads, targets = refresh(params, codebooks)
-    return HempSecondStepState(jnp.zeros([], jnp.int32), codebooks, grads, targets,
+    # Two separate zero trees: a donated state must not hold one buffer twice.
+    return HempSecondStepState(jnp.zeros([], jnp.int32), codebooks,
+                               _zeros_like_quantized(params, codebooks),
+                               _zeros_like_quantized(params, codebooks),
                                inner.init(params))
 
   def update_fn(updates, state, params=None):
