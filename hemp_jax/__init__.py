@@ -41,7 +41,7 @@ from hemp_jax.regularizer import (
     paper_recipe,
 )
 from hemp_jax import models
-from hemp_jax.models import MODELS, count_params, create_model
+from hemp_jax.models import MODELS, count_params, create_model, init_model
 from hemp_jax import codec
 from hemp_jax.codec import (
     FormatError,

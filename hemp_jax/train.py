@@ -412,8 +412,8 @@ def _finite(tree) -> bool:
 def build(config):
   """Model, optimizer, initial state and data pipeline for ``config``."""
   pipe = input_pipeline(config)
-  model = models_lib.create_model(config.model, num_classes=pipe.num_classes,
-                                  rngs=nnx.Rngs(config.seed), **config.get("model_kwargs", {}))
+  model = models_lib.init_model(config.model, num_classes=pipe.num_classes,
+                                seed=config.seed, **config.get("model_kwargs", {}))
   if config.get("init_checkpoint", None):   # fine-tuning (issue #5): before tx.init
     from hemp_jax import experiment
     experiment.load_init_checkpoint(model, config.init_checkpoint)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hemp_jax.models import MODELS, count_params, create_model
+from hemp_jax.models import MODELS, count_params, create_model, init_model
 
 # name -> (num_classes, input shape for a batch of 2, published param count).
 #
@@ -131,6 +131,24 @@ def test_real_init_forward():
   y = model(jnp.ones(MNIST))
   assert y.shape == (2, 10)
   assert bool(jnp.all(jnp.isfinite(y)))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet_300_100"])
+def test_compiled_init_equals_eager_init(name):
+  # Same random streams, same structure; values equal up to float rounding.
+  eager = nnx.state(create_model(name, num_classes=10, rngs=nnx.Rngs(3)))
+  compiled = nnx.state(init_model(name, num_classes=10, seed=3))
+  assert jax.tree.structure(compiled) == jax.tree.structure(eager)
+  for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(eager)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    if jnp.issubdtype(a.dtype, jnp.floating):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  other = nnx.state(init_model(name, num_classes=10, seed=4))
+  assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other),
+                                                      jax.tree.leaves(compiled))
+                 if a.ndim >= 2)
+  with pytest.raises(ValueError, match="resnet20"):
+    init_model("resnet21", num_classes=10)
 
 
 def test_num_classes_option():

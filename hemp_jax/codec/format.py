@@ -21,7 +21,12 @@ Byte layout (all integers little-endian; ``varint`` = unsigned LEB128)::
     float body      := u8:mode data
       mode 0 raw        the n values, little-endian
       mode 1 constant   one value; all n values are bitwise equal to it (n >= 1)
-      mode 2 zlib       zlib stream of the byte planes (byte j of every value, j = 0..)
+      mode 2 zlib       zlib stream of the byte planes (byte j of every value, j = 0..);
+                        written only where every plane compresses and it beats mode 3
+      mode 3 planes     u8:flags, then byte plane j = 0.. of the values (byte j of every
+                        value): flags bit j set: varint:length + a zlib stream of the n
+                        bytes; clear: the n bytes raw. Low mantissa bytes of trained
+                        weights are incompressible and stored raw (no time spent)
     quantized body  := varint:h [bitmap] levels [coder section]
       h            (K - 2) << 1 | partial, K = codebook size
       bitmap       only when partial: ceil(K / 8) bytes, bit i (LSB first) = level i used
@@ -85,8 +90,13 @@ _MAX_RANK = 32
 _MAX_PATH_DEPTH = 64
 _MAX_LEVELS = 1 << 16
 _KIND_FLOAT, _KIND_QUANTIZED = 0, 1
-_FLOAT_RAW, _FLOAT_CONSTANT, _FLOAT_ZLIB = 0, 1, 2
-_FLOAT_MODES = {_FLOAT_RAW: "raw", _FLOAT_CONSTANT: "constant", _FLOAT_ZLIB: "zlib"}
+_FLOAT_RAW, _FLOAT_CONSTANT, _FLOAT_ZLIB, _FLOAT_PLANES = 0, 1, 2, 3
+_FLOAT_MODES = {_FLOAT_RAW: "raw", _FLOAT_CONSTANT: "constant", _FLOAT_ZLIB: "zlib",
+                _FLOAT_PLANES: "planes"}
+# A byte plane longer than this is zlib-compressed only if its first _PLANE_PROBE bytes
+# shrink by _PLANE_MIN_GAIN at zlib level 1 (a random mantissa byte does not).
+_PLANE_PROBE = 1 << 16
+_PLANE_MIN_GAIN = 0.03
 
 _DTYPES = [np.dtype(d) for d in (
     np.float32, np.float16, jnp.bfloat16, np.float64,
@@ -193,11 +203,47 @@ def _float_body(x: np.ndarray) -> bytes:
     if raw == first * n:
       return bytes([_FLOAT_CONSTANT]) + first
   if n * size > 16:
-    planes = np.frombuffer(raw, np.uint8).reshape(n, size).T.tobytes()
-    z = bytes([_FLOAT_ZLIB]) + zlib.compress(planes, 6)
-    if len(z) < len(best):
-      best = z
+    planes = np.frombuffer(raw, np.uint8).reshape(n, size).T
+    flags, body = 0, bytearray([_FLOAT_PLANES, 0])
+    for j in range(size):
+      plane = planes[j].tobytes()
+      z = _compressed_plane(plane)
+      if z is None:
+        body += plane
+      else:
+        flags |= 1 << j
+        write_varint(body, len(z))
+        body += z
+    body[1] = flags
+    if flags and len(body) < len(best):
+      best = bytes(body)
+    if flags == (1 << size) - 1:    # all planes compress: one stream may be smaller still
+      z = bytes([_FLOAT_ZLIB]) + zlib.compress(planes.tobytes(), 9)
+      if len(z) < len(best):
+        best = z
   return best
+
+
+def _compressed_plane(plane: bytes) -> bytes | None:
+  """zlib stream of one byte plane, or None where it would not be smaller."""
+  if len(plane) > _PLANE_PROBE:
+    probe = zlib.compress(plane[:_PLANE_PROBE], 1)
+    if len(probe) > (1 - _PLANE_MIN_GAIN) * _PLANE_PROBE:
+      return None
+  z = zlib.compress(plane, 6)
+  return z if len(z) + 4 < len(plane) else None
+
+
+def _inflate_exact(r: Reader, data: bytes, n: int, name: str) -> bytes:
+  """Decompresses ``data``, which must hold a complete zlib stream of exactly n bytes."""
+  d = zlib.decompressobj()
+  try:
+    out = d.decompress(data, n + 1)
+  except zlib.error as e:
+    r.fail(f"{name} corrupt: {e}")
+  if len(out) != n or not d.eof or d.unused_data:
+    r.fail(f"{name} does not match the leaf size")
+  return out
 
 
 def _decode_float(r: Reader, dtype, shape, n: int) -> np.ndarray:
@@ -210,14 +256,22 @@ def _decode_float(r: Reader, dtype, shape, n: int) -> np.ndarray:
       r.fail("constant record for an empty leaf")
     data = bytes(r.take(size, "constant value")) * n
   elif mode == _FLOAT_ZLIB:
-    d = zlib.decompressobj()
-    try:
-      planes = d.decompress(bytes(r.take(r.remaining, "zlib data")), n * size + 1)
-    except zlib.error as e:
-      r.fail(f"zlib data corrupt: {e}")
-    if len(planes) != n * size or not d.eof or d.unused_data:
-      r.fail("zlib data does not match the leaf size")
+    planes = _inflate_exact(r, bytes(r.take(r.remaining, "zlib data")), n * size,
+                            "zlib data")
     data = np.frombuffer(planes, np.uint8).reshape(size, n).T.tobytes()
+  elif mode == _FLOAT_PLANES:
+    flags = r.u8("byte plane flags")
+    if flags >> size:
+      r.fail(f"byte plane flags {flags:#x} name planes beyond the {size} of {dtype}")
+    planes = []
+    for j in range(size):
+      if flags >> j & 1:
+        length = r.varint("byte plane length", max_value=r.remaining)
+        planes.append(_inflate_exact(r, bytes(r.take(length, "byte plane")), n,
+                                     f"byte plane {j}"))
+      else:
+        planes.append(bytes(r.take(n, f"byte plane {j}")))
+    data = np.frombuffer(b"".join(planes), np.uint8).reshape(size, n).T.tobytes()
   else:
     r.fail(f"unknown float record mode {mode}")
   r.expect_end("float record")
@@ -573,7 +627,7 @@ class LeafReport:
   codebook_bytes: int = 0    # K header, used-level bitmap, level values
   table_bytes: int = 0       # coder model section (context tables)
   payload_bytes: int = 0     # range coder payload (float leaves: the stored values)
-  storage: str = ""          # float leaves: raw / constant / zlib
+  storage: str = ""          # float leaves: raw / constant / zlib / planes
 
   @property
   def bits_per_param(self) -> float:
