@@ -159,6 +159,20 @@ def _points(Point, model_file, tag, *, pre_epochs, ft_epochs, strengths, smoke=F
   pts.append(hemp(3, mid, quantizer__num_levels=16))
   pts.append(prune2("magnitude", 0.95, 16, mid))
   pts.append(prune2("sensitivity", 0.9, 8))
+  # Longer fine-tuning (3x the budget) for the pruned points, with the same ramp (done at
+  # epoch 2): does pruning reach the 1-pp band once the network has time to recover? The
+  # unpruned HEMP point with the same budget is the comparison.
+  def longer(p, factor=3):
+    p.config.num_epochs = factor * ft_epochs
+    p.id += f"-e{factor * ft_epochs}"
+    p.axes = dict(p.axes, epochs=factor * ft_epochs)
+    return p
+
+  if extra_n8:   # LeNet-5 only (the headline model)
+    pts.append(longer(prune2("sensitivity", 0.9, 8)))
+    pts.append(longer(qat(prune2("sensitivity", 0.9, 8, mid))))
+    pts.append(longer(qat(prune2("sensitivity", 0.8, 8, mid))))
+    pts.append(longer(qat(hemp(3, mid, quantizer__num_levels=8))))
   if full:
     for order in (1, 2, 4):
       pts.append(hemp(order, lo))
