@@ -489,9 +489,9 @@ def test_float_leaves_byte_planes_compress_where_they_can():
     assert (ratio < 0.97) == (j == 3), (j, ratio)
 
 
-def test_whole_stream_zlib_float_records_decode(monkeypatch):
-  """Mode 2 records (one zlib stream of all planes, as every file before mode 3 held
-  them) decode, also for leaves whose planes the writer would now store apart."""
+def test_version_1_files_with_whole_stream_zlib_records_decode(monkeypatch):
+  """Version-1 files, whose float records are mode 2 (one zlib stream of all planes),
+  decode, also for leaves whose planes the writer would now store apart."""
   rng = np.random.default_rng(4)
   params = {"w": rng.standard_normal((64, 33)).astype(np.float32),
             "h": rng.standard_normal(500).astype(np.float16)}
@@ -501,9 +501,17 @@ def test_whole_stream_zlib_float_records_decode(monkeypatch):
     return bytes([fmt._FLOAT_ZLIB]) + zlib.compress(planes.tobytes(), 9)
 
   monkeypatch.setattr(fmt, "_float_body", mode2_body)
-  blob = compress(params, jax.tree.map(lambda _: None, params))
+  blob = bytearray(compress(params, jax.tree.map(lambda _: None, params)))
   monkeypatch.undo()
-  assert {l.storage for l in inspect(blob).leaves} == {"zlib"}
+  # ... in a version-1 file, as the writers before mode 3 made them
+  header_end = inspect(bytes(blob)).header_bytes
+  assert blob[4] == fmt.FORMAT_VERSION == 2
+  blob[4] = 1
+  blob[header_end - 4:header_end] = zlib.crc32(bytes(blob[:header_end - 4])).to_bytes(
+      4, "little")
+  blob = bytes(blob)
+  rep = inspect(blob)
+  assert rep.version == 1 and {l.storage for l in rep.leaves} == {"zlib"}
   out = decompress(blob)
   for name, x in params.items():
     assert out[name].tobytes() == x.tobytes()

@@ -9,6 +9,7 @@ Byte layout (all integers little-endian; ``varint`` = unsigned LEB128)::
 
     file    := header records
     header  := "HEMP" u8:version varint:num_leaves leaf* u32:crc32(header bytes before it)
+      version    2 is written; version 1 files (before float mode 3) are read too
     leaf    := varint:keep varint:new component{new} u8:type varint:rank varint:dim{rank}
                varint:record_length
       keep       number of leading path components shared with the previous leaf
@@ -84,7 +85,8 @@ __all__ = [
 ]
 
 MAGIC = b"HEMP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # written; 2 added float record mode 3 (byte planes)
+_READABLE_VERSIONS = (1, 2)
 DEFAULT_MAX_ELEMENTS = 1 << 31
 _MAX_RANK = 32
 _MAX_PATH_DEPTH = 64
@@ -502,9 +504,9 @@ def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
     raise FormatError("not a .hemp file (bad magic)")
   r.pos = len(MAGIC)
   version = r.u8("format version")
-  if version != FORMAT_VERSION:
+  if version not in _READABLE_VERSIONS:
     raise FormatError(f"unsupported .hemp format version {version} (this reader supports "
-                      f"{FORMAT_VERSION})")
+                      f"{', '.join(map(str, _READABLE_VERSIONS))})")
   count = r.varint("number of leaves", max_value=len(buf))
   entries: list[_Entry] = []
   prev: tuple = ()
@@ -710,7 +712,7 @@ def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
           rep.order, rep.table_bytes = info.order, info.model_bytes
           rep.payload_bytes = r.remaining
       leaves.append(rep)
-    return Report(version=FORMAT_VERSION, file_bytes=len(buf), header_bytes=header_end,
+    return Report(version=buf[len(MAGIC)], file_bytes=len(buf), header_bytes=header_end,
                   leaves=leaves)
   except FormatError:
     raise
