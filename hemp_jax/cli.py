@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import sys
@@ -27,9 +26,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise SystemExit(f"config file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("hemp_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  from hemp_jax.experiment import load_python_file
+  module = load_python_file(path, "hemp_config")
   if not hasattr(module, "get_config"):
     raise SystemExit(f"{path} has no get_config()")
   return module.get_config(arg) if arg else module.get_config()

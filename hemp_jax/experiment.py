@@ -15,12 +15,15 @@
   converter that kept a classifier of another size).
 * :func:`mock_tfds` — ``config.mock_data``: random examples with the real feature specs
   (``tfds.testing.mock_data``), for smoke runs of the TFDS configs without any data.
+* :func:`load_python_file` — config and sweep files are loaded by path, not imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import types
 from typing import Iterator
 from unittest import mock
 
@@ -31,7 +34,15 @@ from flax import nnx
 
 from hemp_jax.groups import path_name
 
-__all__ = ["load_init_checkpoint", "read_checkpoint_arrays", "mock_tfds"]
+__all__ = ["load_init_checkpoint", "read_checkpoint_arrays", "mock_tfds", "load_python_file"]
+
+
+def load_python_file(path: str, module_name: str) -> types.ModuleType:
+  """Executes the Python file ``path`` as a fresh module named ``module_name``."""
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _flat_names(tree) -> dict:

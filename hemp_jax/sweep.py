@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import lzma
 import os
@@ -77,9 +76,8 @@ def load_sweep(spec: str) -> Sweep:
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"sweep file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("hemp_sweep", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  from hemp_jax.experiment import load_python_file
+  module = load_python_file(path, "hemp_sweep")
   sweep = module.get_sweep(arg) if arg else module.get_sweep()
   ids = [p.id for p in sweep.points]
   if len(set(ids)) != len(ids):

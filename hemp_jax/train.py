@@ -441,7 +441,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   qat_epochs = config.get("qat_epochs", 0) or 0
   if qat_epochs and config.hemp.mode == "none":
     raise ValueError("qat_epochs needs hemp.mode 'grad' or 'paper' (codebooks in the state)")
-  if config.get("parallel", "jit") == "pmap":
+  use_pmap = config.get("parallel", "jit") == "pmap"
+  if use_pmap:
     train_steps = [pmap_train_step(graphdef, tx, quantized_forward=qf) for qf in (False, True)]
   else:
     train_steps = [data_parallel_train_step(
@@ -467,8 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_epoch = last_epoch + 1
     print(f"resumed from checkpoint at epoch {last_epoch} (step {int(state.step)})",
           file=sys.stderr)
-  state = (jax.tree.map(jnp.asarray, state) if config.get("parallel", "jit") == "pmap"
-           else on_mesh(state))
+  state = jax.tree.map(jnp.asarray, state) if use_pmap else on_mesh(state)
   rows = _read_metrics(metrics_path, start_epoch)   # rows count epochs from 1
   show = config.get("progress", True)
 

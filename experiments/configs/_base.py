@@ -1,8 +1,10 @@
 """Shared pieces of the experiment configs (not a config itself: no get_config).
 
 Every config file in this folder is loaded by path (``hemp-jax train --config
-experiments/configs/<file>.py[:variant]``), so this helper is loaded by path too
-(:func:`load_base`). Variants are comma-separated tokens after the colon:
+experiments/configs/<file>.py[:variant]``), so each loads this helper by path too
+(``hemp_jax.experiment.load_python_file``) and builds its config with the function of
+its family (:func:`mnist`, :func:`cifar10`, :func:`imagenet_finetune`). Variants are
+comma-separated tokens after the colon:
 
 * ``grad`` (default) — the simple mode: ``lambda * H`` added through ``add_entropy_grad``
   in front of the config's optimizer, the last ``qat_epochs`` epochs quantization-aware
@@ -16,26 +18,23 @@ experiments/configs/<file>.py[:variant]``), so this helper is loaded by path too
   TFDS data, small batches, no progress bar; runs in CI in well under a minute.
 """
 
-import importlib.util
 import os
 
 import ml_collections
+
+from hemp_jax.experiment import load_python_file
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def default_config() -> ml_collections.ConfigDict:
   """``default.py``'s config, plus the fields the experiment configs add."""
-  spec = importlib.util.spec_from_file_location("hemp_default_config",
-                                                os.path.join(_HERE, "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_python_file(os.path.join(_HERE, "default.py"), "hemp_default_config").get_config()
   c.data_dir = ml_collections.config_dict.placeholder(str)    # TFDS data dir (None: default)
   c.mock_data = False       # serve random TFDS examples (tfds.testing.mock_data): smoke runs
   c.image_size = ml_collections.config_dict.placeholder(int)  # ImageNet crop (None: 224)
   # Fine-tuning: a `hemp-jax train` workdir, a .hemp file or an .npz of params to start
-  # from (see hemp_jax.finetune.load_init_checkpoint). None: random init.
+  # from (see hemp_jax.experiment.load_init_checkpoint). None: random init.
   c.init_checkpoint = ml_collections.config_dict.placeholder(str)
   c.pruning = ml_collections.ConfigDict()
   c.pruning.method = "none"          # "none" | "magnitude" | "sensitivity"
@@ -98,4 +97,83 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None, *, smoke_datase
     if not smoke_mock:
       c.max_train_examples = 64
     c.pruning.frequency = 1
+  return c
+
+
+# ------------------------------------------------------------------ config families
+
+
+def mnist(model: str, arg: str | None) -> ml_collections.ConfigDict:
+  """A LeNet on tfds MNIST (Adam, lambda 30); ``offline``: the MNIST-5k split instead."""
+  c = default_config()
+  c.model = model
+  c.dataset = "mnist"
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_epochs = 30
+  c.hemp.mode = "grad"
+  c.hemp.strength = 30.0
+  c.hemp.order = 3
+  c.qat_epochs = 6   # last epochs quantization-aware (straight-through)
+  tokens = [t for t in (arg or "").split(",") if t]
+  if "offline" in tokens:
+    c.dataset = "mnist5k"
+    c.eval_batch_size = 500
+    tokens.remove("offline")
+  return apply_variant(c, ",".join(tokens), smoke_dataset="mnist5k", smoke_mock=False)
+
+
+def _sgd_hemp(c: ml_collections.ConfigDict, *, learning_rate: float, weight_decay: float,
+              qat_epochs: int) -> None:
+  """SGD + momentum 0.9, cosine schedule, lambda 10, order 3, refresh every 10 steps."""
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = weight_decay
+  c.optimizer.schedule = "cosine"
+  c.hemp.mode = "grad"
+  c.hemp.strength = 10.0
+  c.hemp.order = 3
+  c.qat_epochs = qat_epochs   # last epochs quantization-aware (straight-through)
+  c.hemp.refresh_every = 10
+
+
+def _smoke_subset(c: ml_collections.ConfigDict, arg: str | None, include: str) -> None:
+  """Smoke runs quantize/regularize/prune only the leaves matching ``include``: they check
+  the plumbing, and the per-tensor compilations of a full model take minutes on a CPU."""
+  if "smoke" in (arg or ""):
+    c.quantizer.include = c.pruning.include = include
+    c.batch_size = c.eval_batch_size = 4
+
+
+def cifar10(model: str, arg: str | None, *, learning_rate: float, weight_decay: float,
+            smoke_include: str) -> ml_collections.ConfigDict:
+  """A model trained on tfds CIFAR-10 for 160 epochs (SGD, cosine, lambda 10)."""
+  c = default_config()
+  c.model = model
+  c.dataset = "cifar10"
+  c.batch_size = 128
+  c.eval_batch_size = 500
+  c.num_epochs = 160
+  _sgd_hemp(c, learning_rate=learning_rate, weight_decay=weight_decay, qat_epochs=20)
+  c = apply_variant(c, arg, smoke_dataset="cifar10", smoke_mock=True)
+  _smoke_subset(c, arg, smoke_include)
+  return c
+
+
+def imagenet_finetune(model: str, arg: str | None) -> ml_collections.ConfigDict:
+  """A ResNet fine-tuned on tfds ImageNet for 10 epochs (SGD 0.01, cosine, lambda 10);
+  the smoke run uses random init, mock data and 32x32 crops."""
+  c = default_config()
+  c.model = model
+  c.dataset = "imagenet2012"
+  c.batch_size = 256
+  c.eval_batch_size = 250
+  c.num_epochs = 10
+  _sgd_hemp(c, learning_rate=0.01, weight_decay=1e-4, qat_epochs=2)
+  c.quantizer.min_size = 1000   # keep BatchNorm/bias vectors in float
+  c = apply_variant(c, arg, smoke_dataset="imagenet2012", smoke_mock=True)
+  _smoke_subset(c, arg, r"(stem/conv|fc)/kernel$")
+  if "smoke" in (arg or ""):
+    c.image_size = 32
   return c

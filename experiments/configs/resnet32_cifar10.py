@@ -14,40 +14,14 @@ second step, lambda_H 1, lambda_Q 0.1, order 3, N = 4), ``none`` (no regularizer
     hemp-jax train --config experiments/configs/resnet32_cifar10.py:smoke --workdir /tmp/smoke
 """
 
-import importlib.util
 import os
 
+from hemp_jax.experiment import load_python_file
 
-def _base():
-  spec = importlib.util.spec_from_file_location(
-      "hemp_configs_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_base = load_python_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"),
+                         "hemp_configs_base")
 
 
 def get_config(arg: str | None = None):
-  base = _base()
-  c = base.default_config()
-  c.model = "resnet32"
-  c.dataset = "cifar10"
-  c.batch_size = 128
-  c.eval_batch_size = 500
-  c.num_epochs = 160
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.schedule = "cosine"
-  c.hemp.mode = "grad"
-  c.hemp.strength = 10.0
-  c.hemp.order = 3
-  c.qat_epochs = 20   # last epochs quantization-aware (straight-through)
-  c.hemp.refresh_every = 10
-  c = base.apply_variant(c, arg, smoke_dataset="cifar10", smoke_mock=True)
-  if "smoke" in (arg or ""):
-    # Quantize/regularize/prune one or two tensors only: the smoke run checks the
-    # plumbing; the per-tensor compilations of a full model take minutes on a CPU.
-    c.quantizer.include = c.pruning.include = r"blocks/14/conv2/kernel$"
-    c.batch_size = c.eval_batch_size = 4
-  return c
+  return _base.cifar10("resnet32", arg, learning_rate=0.1, weight_decay=5e-4,
+                        smoke_include=r"blocks/14/conv2/kernel$")

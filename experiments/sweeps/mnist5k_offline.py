@@ -12,18 +12,16 @@ recipe; magnitude and loss-sensitivity pruning (exact zero level) alone and with
 ``get_sweep("tiny")`` is the 3-point sweep of the tests (digits, a few steps).
 """
 
-import importlib.util
 import os
+
+from hemp_jax.experiment import load_python_file
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      "hemp_cfg_" + name, os.path.join(_ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  path = os.path.join(_ROOT, "configs", name + ".py")
+  return load_python_file(path, "hemp_cfg_" + name).get_config(arg)
 
 
 def _points(Point, model_file, tag, *, pre_epochs, ft_epochs, strengths, smoke=False, full=True,

@@ -91,12 +91,18 @@ def init_model(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> 
   Raises:
     ValueError: If ``name`` is not registered.
   """
-  build = lambda: create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
-  graphdef, _ = nnx.split(nnx.eval_shape(build))
-  lowered = jax.jit(lambda: nnx.split(build())[1]).lower()
+  graphdefs = []
+
+  def initial_state():
+    graphdef, state = nnx.split(create_model(name, num_classes=num_classes,
+                                             rngs=nnx.Rngs(seed), **kwargs))
+    graphdefs.append(graphdef)   # static structure, recorded by the one trace below
+    return state
+
+  lowered = jax.jit(initial_state).lower()
   options = ({"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu"
              else None)
-  return nnx.merge(graphdef, lowered.compile(compiler_options=options)())
+  return nnx.merge(graphdefs[0], lowered.compile(compiler_options=options)())
 
 
 def count_params(model: nnx.Module) -> int:
