@@ -51,7 +51,6 @@ from hemp_jax import groups  # noqa: E402
 from hemp_jax.codec import compress, decompress, format_inspection, inspect  # noqa: E402
 from hemp_jax.codec.format import quantize_indices_np  # noqa: E402
 
-
 # --------------------------------------------------------------------------- models
 
 
@@ -70,6 +69,7 @@ def load_params(path: str):
   """Params from an .npz ('/'-joined names) or an orbax checkpoint directory."""
   if os.path.isdir(path):
     import orbax.checkpoint as ocp
+
     tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
     if isinstance(tree, dict) and "params" in tree:
       tree = tree["params"]
@@ -92,16 +92,16 @@ def codebooks_from_npz(params, path):
     return found.get(groups.path_name(p))
 
   import jax
+
   return jax.tree_util.tree_map_with_path(pick, params)
 
 
 def synthetic_lenet5(seed: int = 0):
   """HEMP-like quantized LeNet-5 (see the module docstring) and its codebooks."""
   rng = np.random.default_rng(seed)
-  shapes = {"conv1": (5, 5, 1, 20), "conv2": (5, 5, 20, 50), "fc1": (800, 500),
-            "fc2": (500, 10)}
+  shapes = {"conv1": (5, 5, 1, 20), "conv2": (5, 5, 20, 50), "fc1": (800, 500), "fc2": (500, 10)}
   dead_cols = {"conv1": 0.1, "conv2": 0.1, "fc1": 0.3, "fc2": 0.0}
-  p_live = np.array([0.0, 0.05, 0.10, 0.70, 0.15, 0.0])   # K=6: guard, 4 real, guard
+  p_live = np.array([0.0, 0.05, 0.10, 0.70, 0.15, 0.0])  # K=6: guard, 4 real, guard
   zero = 3
   params, cbs = {}, {}
   for name, shape in shapes.items():
@@ -117,8 +117,10 @@ def synthetic_lenet5(seed: int = 0):
     if name == "fc1":
       idx[rng.random(rows) < 0.2, :] = zero
     w = cb[idx] + rng.uniform(-0.3, 0.3, idx.shape).astype(np.float32) * s
-    params[name] = {"kernel": w.reshape(shape).astype(np.float32),
-                    "bias": (0.01 * rng.standard_normal(cols)).astype(np.float32)}
+    params[name] = {
+      "kernel": w.reshape(shape).astype(np.float32),
+      "bias": (0.01 * rng.standard_normal(cols)).astype(np.float32),
+    }
     cbs[name] = {"kernel": cb, "bias": None}
   return params, cbs
 
@@ -146,7 +148,7 @@ def synthetic_resnet18(seed: int = 0, num_levels: int = 16):
   flat = {}
   for name, shape in convs + [("fc/kernel", (512, 1000))]:
     fan_in = int(np.prod(shape[:-1]))
-    scale = np.sqrt(2.0 / fan_in) / np.sqrt(2.0)      # Laplace(b) has std b*sqrt(2)
+    scale = np.sqrt(2.0 / fan_in) / np.sqrt(2.0)  # Laplace(b) has std b*sqrt(2)
     spread = np.exp(0.3 * rng.standard_normal(shape[-1]))
     w = rng.laplace(0.0, 1.0, shape) * scale * spread
     key = name if name.endswith("kernel") else name + "/kernel"
@@ -156,8 +158,9 @@ def synthetic_resnet18(seed: int = 0, num_levels: int = 16):
     flat[name + "/bias"] = (0.05 * rng.standard_normal(c)).astype(np.float32)
   flat["fc/bias"] = (0.01 * rng.standard_normal(1000)).astype(np.float32)
   params = _nest(flat)
-  cbs = groups.fit_codebooks(params, num_levels, method="uniform", guard_levels=True,
-                             exclude=r"bn|bias|scale")
+  cbs = groups.fit_codebooks(
+    params, num_levels, method="uniform", guard_levels=True, exclude=r"bn|bias|scale"
+  )
   return params, cbs
 
 
@@ -166,10 +169,12 @@ def synthetic_resnet18(seed: int = 0, num_levels: int = 16):
 
 def _leaves(params, codebooks):
   import jax
-  cb_flat, treedef = jax.tree_util.tree_flatten_with_path(codebooks,
-                                                          is_leaf=lambda v: v is None)
-  return [(groups.path_name(p), np.asarray(x), cb)
-          for (p, cb), x in zip(cb_flat, treedef.flatten_up_to(params))]
+
+  cb_flat, treedef = jax.tree_util.tree_flatten_with_path(codebooks, is_leaf=lambda v: v is None)
+  return [
+    (groups.path_name(p), np.asarray(x), cb)
+    for (p, cb), x in zip(cb_flat, treedef.flatten_up_to(params))
+  ]
 
 
 def _timed(fn, repeats):
@@ -206,8 +211,15 @@ def measure(label, params, codebooks, repeats, show_leaves):
     elif leaf.order == 0:
       h_bytes = float(hj.empirical_entropy(stream, k, order=1)) * x.size / 8
     else:
-      h_bytes = float(hj.empirical_entropy(stream, k, order=leaf.order + 1,
-                                           tuples="sliding", rate="conditional")) * x.size / 8
+      h_bytes = (
+        float(
+          hj.empirical_entropy(
+            stream, k, order=leaf.order + 1, tuples="sliding", rate="conditional"
+          )
+        )
+        * x.size
+        / 8
+      )
     payload_total += leaf.payload_bytes
     entropy_total += h_bytes
     bound_gap_bytes += leaf.payload_bytes - h_bytes
@@ -215,10 +227,12 @@ def measure(label, params, codebooks, repeats, show_leaves):
   raw = b"".join(s.tobytes() for s in streams)
 
   coders = [
-      ("LZMA2 -9e", lambda d: lzma.compress(d, format=lzma.FORMAT_XZ,
-                                            preset=9 | lzma.PRESET_EXTREME)),
-      ("zstd -19", lambda d: zstandard.ZstdCompressor(level=19).compress(d)),
-      ("brotli -11", lambda d: brotli.compress(d, quality=11)),
+    (
+      "LZMA2 -9e",
+      lambda d: lzma.compress(d, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME),
+    ),
+    ("zstd -19", lambda d: zstandard.ZstdCompressor(level=19).compress(d)),
+    ("brotli -11", lambda d: brotli.compress(d, quality=11)),
   ]
 
   def run(fn):
@@ -235,48 +249,68 @@ def measure(label, params, codebooks, repeats, show_leaves):
     if l.kind == "quantized" and l.order is not None:
       orders[l.order] = orders.get(l.order, 0) + 1
   return {
-      "label": label, "params": num_params, "quantized": report.quantized_params,
-      "file": report.file_bytes, "bound": bound, "payload": payload_total,
-      "entropy": entropy_total, "general": general, "index_bytes": len(raw),
-      "enc": num_params / t_enc / 1e6, "dec": num_params / t_dec / 1e6,
-      "enc_cpu": num_params / c_enc / 1e6, "dec_cpu": num_params / c_dec / 1e6,
-      "t_enc": t_enc, "t_dec": t_dec, "orders": orders,
-      "tables": report.totals()["tables"], "codebooks": report.totals()["codebooks"],
-      "floats": report.totals()["float"], "header": report.header_bytes,
+    "label": label,
+    "params": num_params,
+    "quantized": report.quantized_params,
+    "file": report.file_bytes,
+    "bound": bound,
+    "payload": payload_total,
+    "entropy": entropy_total,
+    "general": general,
+    "index_bytes": len(raw),
+    "enc": num_params / t_enc / 1e6,
+    "dec": num_params / t_dec / 1e6,
+    "enc_cpu": num_params / c_enc / 1e6,
+    "dec_cpu": num_params / c_dec / 1e6,
+    "t_enc": t_enc,
+    "t_dec": t_dec,
+    "orders": orders,
+    "tables": report.totals()["tables"],
+    "codebooks": report.totals()["codebooks"],
+    "floats": report.totals()["float"],
+    "header": report.header_bytes,
   }
 
 
 def print_table(results):
   print("\n== .hemp codec benchmark ==")
-  head = (f"{'model':<24} {'params':>10} {'ours B':>9} {'bits/p':>7} {'bound B':>9} "
-          f"{'gap':>6} {'LZMA2-9e':>9} {'zstd-19':>9} {'brotli-11':>9} {'vs best':>8} "
-          f"{'enc M/s':>8} {'dec M/s':>8} {'enc cpu':>8} {'dec cpu':>8}")
+  head = (
+    f"{'model':<24} {'params':>10} {'ours B':>9} {'bits/p':>7} {'bound B':>9} "
+    f"{'gap':>6} {'LZMA2-9e':>9} {'zstd-19':>9} {'brotli-11':>9} {'vs best':>8} "
+    f"{'enc M/s':>8} {'dec M/s':>8} {'enc cpu':>8} {'dec cpu':>8}"
+  )
   print(head)
   print("-" * len(head))
   for r in results:
     g = {k: v[0] for k, v in r["general"].items()}
     best = min(g.values())
-    print(f"{r['label']:<24} {r['params']:>10} {r['file']:>9} "
-          f"{8 * r['file'] / r['params']:>7.4f} {r['bound']:>9.0f} "
-          f"{100 * (r['file'] / r['bound'] - 1):>5.2f}% {g['LZMA2 -9e']:>9} "
-          f"{g['zstd -19']:>9} {g['brotli -11']:>9} "
-          f"{100 * (r['file'] / best - 1):>+7.1f}% {r['enc']:>8.2f} {r['dec']:>8.2f} "
-          f"{r['enc_cpu']:>8.2f} {r['dec_cpu']:>8.2f}")
+    print(
+      f"{r['label']:<24} {r['params']:>10} {r['file']:>9} "
+      f"{8 * r['file'] / r['params']:>7.4f} {r['bound']:>9.0f} "
+      f"{100 * (r['file'] / r['bound'] - 1):>5.2f}% {g['LZMA2 -9e']:>9} "
+      f"{g['zstd -19']:>9} {g['brotli -11']:>9} "
+      f"{100 * (r['file'] / best - 1):>+7.1f}% {r['enc']:>8.2f} {r['dec']:>8.2f} "
+      f"{r['enc_cpu']:>8.2f} {r['dec_cpu']:>8.2f}"
+    )
   print()
   for r in results:
     gtimes = ", ".join(f"{k} {v[1]:.1f}s" for k, v in r["general"].items())
-    print(f"{r['label']}: {r['quantized']} quantized params; coder orders used "
-          f"{dict(sorted(r['orders'].items()))}; payload {r['payload']} B vs entropy "
-          f"{r['entropy']:.0f} B ({100 * (r['payload'] / max(r['entropy'], 1e-9) - 1):+.2f}%); "
-          f"tables {r['tables']} B, codebooks {r['codebooks']} B, float tensors "
-          f"{r['floats']} B, header {r['header']} B; index streams {r['index_bytes']} B "
-          f"raw; encode {r['t_enc']:.2f}s, decode {r['t_dec']:.2f}s; {gtimes}")
-  print("\ngap = ours / bound - 1, bound = our file with every payload at the exact "
-        "empirical entropy of the order used;\nvs best = ours against the smallest "
-        "general-purpose coder of the bare index streams (no codebooks, no floats);\n"
-        "enc/dec M/s = params / best wall time of compress (codebooks given) / decompress; "
-        "enc/dec cpu = the same over this process's CPU time\n(single-threaded code: what "
-        "an unloaded core gives when other jobs share the machine).")
+    print(
+      f"{r['label']}: {r['quantized']} quantized params; coder orders used "
+      f"{dict(sorted(r['orders'].items()))}; payload {r['payload']} B vs entropy "
+      f"{r['entropy']:.0f} B ({100 * (r['payload'] / max(r['entropy'], 1e-9) - 1):+.2f}%); "
+      f"tables {r['tables']} B, codebooks {r['codebooks']} B, float tensors "
+      f"{r['floats']} B, header {r['header']} B; index streams {r['index_bytes']} B "
+      f"raw; encode {r['t_enc']:.2f}s, decode {r['t_dec']:.2f}s; {gtimes}"
+    )
+  print(
+    "\ngap = ours / bound - 1, bound = our file with every payload at the exact "
+    "empirical entropy of the order used;\nvs best = ours against the smallest "
+    "general-purpose coder of the bare index streams (no codebooks, no floats);\n"
+    "enc/dec M/s = params / best wall time of compress (codebooks given) / decompress; "
+    "enc/dec cpu = the same over this process's CPU time\n(single-threaded code: what "
+    "an unloaded core gives when other jobs share the machine)."
+  )
 
 
 def main(argv=None):
@@ -300,9 +334,13 @@ def main(argv=None):
     if args.codebooks:
       cbs = codebooks_from_npz(params, args.codebooks)
     else:
-      cbs = groups.fit_codebooks(params, args.num_levels, method=args.method,
-                                 guard_levels=not args.no_guard_levels,
-                                 min_size=args.min_size)
+      cbs = groups.fit_codebooks(
+        params,
+        args.num_levels,
+        method=args.method,
+        guard_levels=not args.no_guard_levels,
+        min_size=args.min_size,
+      )
     label = "LeNet-5 (" + os.path.basename(os.path.normpath(args.params)) + ")"
   else:
     params, cbs = synthetic_lenet5(args.seed)
@@ -310,8 +348,15 @@ def main(argv=None):
   results.append(measure(label, params, cbs, args.repeats, show_leaves=True))
   if not args.skip_resnet:
     params, cbs = synthetic_resnet18(args.seed, args.resnet_levels)
-    results.append(measure(f"ResNet-18 Laplace K={args.resnet_levels + 2}", params, cbs,
-                           args.repeats, show_leaves=False))
+    results.append(
+      measure(
+        f"ResNet-18 Laplace K={args.resnet_levels + 2}",
+        params,
+        cbs,
+        args.repeats,
+        show_leaves=False,
+      )
+    )
   print_table(results)
   print(f"\ntotal run time {time.perf_counter() - start:.0f}s")
 

@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import re
@@ -60,8 +59,10 @@ def _soft_one_hot(w, codebook):
   """(M, K) soft one-hot rows: the tent of DESIGN §2 (two non-zeros per row)."""
   k, t = hj.tent_assign(w, codebook)
   num_levels = codebook.shape[0]
-  return (jax.nn.one_hot(k, num_levels, dtype=t.dtype) * (1 - t)[:, None]
-          + jax.nn.one_hot(k + 1, num_levels, dtype=t.dtype) * t[:, None])
+  return (
+    jax.nn.one_hot(k, num_levels, dtype=t.dtype) * (1 - t)[:, None]
+    + jax.nn.one_hot(k + 1, num_levels, dtype=t.dtype) * t[:, None]
+  )
 
 
 def _outer_product_sum(pi):
@@ -79,8 +80,9 @@ def _outer_product_sum(pi):
   return prod.sum(axis=0)
 
 
-def dense_soft_entropy(w, codebook, order: int, num_tuples: int | None = None,
-                       chunk_entries: int | None = None):
+def dense_soft_entropy(
+  w, codebook, order: int, num_tuples: int | None = None, chunk_entries: int | None = None
+):
   """The paper code's O(T K^n) soft order-n block rate (disjoint tuples), bits/parameter.
 
   The soft one-hot rows are built per chunk inside the scan body (not for all M weights
@@ -96,13 +98,13 @@ def dense_soft_entropy(w, codebook, order: int, num_tuples: int | None = None,
     chunk_entries: bound on (tuple, cell) products materialized per scan step.
   """
   num_levels = codebook.shape[0]
-  cells = num_levels ** order
+  cells = num_levels**order
   total = w.shape[0] // order if num_tuples is None else num_tuples
   chunk_entries = DENSE_CHUNK_ENTRIES if chunk_entries is None else chunk_entries
   chunk = max(1, min(total, chunk_entries // cells))
   steps = -(-total // chunk)
   pad = steps * chunk - total
-  x = w[:total * order].reshape(total, order)
+  x = w[: total * order].reshape(total, order)
   mask = jnp.ones(total, w.dtype)
   if pad:  # padded tuples get mask 0: their soft one-hots are all zero, adding nothing
     x = jnp.concatenate([x, jnp.zeros((pad, order), w.dtype)])
@@ -113,8 +115,11 @@ def dense_soft_entropy(w, codebook, order: int, num_tuples: int | None = None,
     pi = _soft_one_hot(xc.reshape(-1), codebook).reshape(chunk, order, num_levels)
     return h + _outer_product_sum(pi * mc[:, None, None]), None
 
-  hist, _ = jax.lax.scan(jax.checkpoint(body), jnp.zeros((num_levels,) * order, w.dtype),
-                         (x.reshape(steps, chunk, order), mask.reshape(steps, chunk)))
+  hist, _ = jax.lax.scan(
+    jax.checkpoint(body),
+    jnp.zeros((num_levels,) * order, w.dtype),
+    (x.reshape(steps, chunk, order), mask.reshape(steps, chunk)),
+  )
   p = hist.reshape(-1) / total
   safe = jnp.where(p > 0, p, 1.0)
   return -jnp.sum(p * jnp.log2(safe)) / order
@@ -134,7 +139,7 @@ def _compile(fn, w):
   return exe, time.perf_counter() - t0, exe.as_text()
 
 
-TIME_BUDGET_S = 2.0   # extra repeats (up to MAX_REPEATS) while a cell's calls stay under it
+TIME_BUDGET_S = 2.0  # extra repeats (up to MAX_REPEATS) while a cell's calls stay under it
 MAX_REPEATS = 25
 
 
@@ -154,8 +159,9 @@ def _time(exe, w, repeats: int, warmup: bool = True, stat=np.median, budget=TIME
   return float(stat(times)), out
 
 
-_DOT_RE = re.compile(r"\b(dot|convolution)\(|custom_call_target=\"[^\"]*(matmul|gemm|dot)",
-                     re.IGNORECASE)
+_DOT_RE = re.compile(
+  r"\b(dot|convolution)\(|custom_call_target=\"[^\"]*(matmul|gemm|dot)", re.IGNORECASE
+)
 
 
 def _has_contraction(hlo: str) -> bool:
@@ -181,7 +187,7 @@ def tune_dense(w, codebook, order):
   num_levels = codebook.shape[0]
   key = (num_levels, order)
   if key not in _TUNED:
-    cells = num_levels ** order
+    cells = num_levels**order
     probe = min(w.shape[0] // order, max(1, PROBE_PRODUCTS // cells))
     results, seen = [], set()
     for ce in DENSE_CHUNK_CANDIDATES:
@@ -189,8 +195,10 @@ def tune_dense(w, codebook, order):
       if chunk in seen:
         continue
       seen.add(chunk)
-      exe, _, hlo = _compile(lambda x, ce=ce: dense_soft_entropy(
-          x, codebook, order, num_tuples=probe, chunk_entries=ce), w)
+      exe, _, hlo = _compile(
+        lambda x, ce=ce: dense_soft_entropy(x, codebook, order, num_tuples=probe, chunk_entries=ce),
+        w,
+      )
       if _has_contraction(hlo):
         raise RuntimeError("XLA lowered the dense baseline to a contraction (dot)")
       s, _ = _time(exe, w, 3, stat=min, budget=0.0)
@@ -205,26 +213,44 @@ def run_dense(w, codebook, order, repeats, max_seconds):
   num_levels = codebook.shape[0]
   total = w.shape[0] // order
   ce, per_tuple, probe = tune_dense(w, codebook, order)
-  chunk = max(1, min(total, ce // num_levels ** order))
+  chunk = max(1, min(total, ce // num_levels**order))
   projected = per_tuple * total
   if projected <= max_seconds:
     exe, compile_s, hlo = _compile(
-        lambda x: dense_soft_entropy(x, codebook, order, chunk_entries=ce), w)
+      lambda x: dense_soft_entropy(x, codebook, order, chunk_entries=ce), w
+    )
     if _has_contraction(hlo):
       raise RuntimeError("XLA lowered the dense baseline to a contraction (dot)")
     run_s, (value, grad) = _time(exe, w, repeats, warmup=projected < 2)
-    return dict(compile=compile_s, run=run_s, value=float(value), grad=np.asarray(grad),
-                extrapolated=False, tuples_timed=total, tuples=total, chunk_entries=ce)
+    return dict(
+      compile=compile_s,
+      run=run_s,
+      value=float(value),
+      grad=np.asarray(grad),
+      extrapolated=False,
+      tuples_timed=total,
+      tuples=total,
+      chunk_entries=ce,
+    )
   # Extrapolate: time a prefix sized to take about a quarter of max_seconds per call.
   prefix = int(total * (max_seconds / 4) / projected)
   prefix = min(total, max(probe, prefix // chunk * chunk))
-  exe, compile_s, hlo = _compile(lambda x: dense_soft_entropy(
-      x, codebook, order, num_tuples=prefix, chunk_entries=ce), w)
+  exe, compile_s, hlo = _compile(
+    lambda x: dense_soft_entropy(x, codebook, order, num_tuples=prefix, chunk_entries=ce), w
+  )
   if _has_contraction(hlo):
     raise RuntimeError("XLA lowered the dense baseline to a contraction (dot)")
   run_s, _ = _time(exe, w, repeats, warmup=False, budget=0.0)
-  return dict(compile=compile_s, run=run_s * total / prefix, value=None, grad=None,
-              extrapolated=True, tuples_timed=prefix, tuples=total, chunk_entries=ce)
+  return dict(
+    compile=compile_s,
+    run=run_s * total / prefix,
+    value=None,
+    grad=None,
+    extrapolated=True,
+    tuples_timed=prefix,
+    tuples=total,
+    chunk_entries=ce,
+  )
 
 
 # --------------------------------------------------------------------------- main
@@ -241,12 +267,12 @@ def _parse_size(s: str) -> int:
   s = s.strip()
   if s.lower() in ("11.7m", "resnet18"):
     return RESNET18_PARAMS
-  mult = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}.get(s[-1].lower())
+  mult = {"k": 10**3, "m": 10**6, "g": 10**9}.get(s[-1].lower())
   return int(round(float(s[:-1]) * mult)) if mult else int(float(s))
 
 
 def _fmt_size(m: int) -> str:
-  return "11.7M" if m == RESNET18_PARAMS else (f"{m / 1e6:g}M" if m >= 10 ** 6 else str(m))
+  return "11.7M" if m == RESNET18_PARAMS else (f"{m / 1e6:g}M" if m >= 10**6 else str(m))
 
 
 def _csv(kind):
@@ -254,30 +280,49 @@ def _csv(kind):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--sizes", type=_csv(_parse_size), default=[10 ** 6, RESNET18_PARAMS],
-                  help="weight counts M, comma-separated (1M, 11.7M = ResNet-18, 250k, ...)")
-  ap.add_argument("--levels", type=_csv(int), default=[6, 16],
-                  help="total levels K (N real + 2 guard), comma-separated")
+  ap = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  ap.add_argument(
+    "--sizes",
+    type=_csv(_parse_size),
+    default=[10**6, RESNET18_PARAMS],
+    help="weight counts M, comma-separated (1M, 11.7M = ResNet-18, 250k, ...)",
+  )
+  ap.add_argument(
+    "--levels",
+    type=_csv(int),
+    default=[6, 16],
+    help="total levels K (N real + 2 guard), comma-separated",
+  )
   ap.add_argument("--orders", type=_csv(int), default=[1, 2, 3, 4], help="orders n")
-  ap.add_argument("--repeats", type=int, default=3,
-                  help="timed calls per cell, at least (median); calls under "
-                       f"{TIME_BUDGET_S:g} s in all are repeated up to {MAX_REPEATS} times")
-  ap.add_argument("--max-dense-seconds", type=float, default=20.0,
-                  help="above this projected time per call, the dense baseline is timed on "
-                       "a prefix of the tuples and scaled linearly")
+  ap.add_argument(
+    "--repeats",
+    type=int,
+    default=3,
+    help="timed calls per cell, at least (median); calls under "
+    f"{TIME_BUDGET_S:g} s in all are repeated up to {MAX_REPEATS} times",
+  )
+  ap.add_argument(
+    "--max-dense-seconds",
+    type=float,
+    default=20.0,
+    help="above this projected time per call, the dense baseline is timed on "
+    "a prefix of the tuples and scaled linearly",
+  )
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
   if any(k < 3 for k in args.levels):
     ap.error("--levels: K counts the 2 guard levels, so K >= 3")
 
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform} "
-        f"({os.cpu_count()} cpus, {platform.processor() or platform.machine()}); "
-        f"value_and_grad, jit, disjoint tuples, block rate H_n/n; "
-        f"median of >= {args.repeats} calls (up to {MAX_REPEATS} within {TIME_BUDGET_S:g} s); "
-        f"load average {_load()}",
-        flush=True)
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform} "
+    f"({os.cpu_count()} cpus, {platform.processor() or platform.machine()}); "
+    f"value_and_grad, jit, disjoint tuples, block rate H_n/n; "
+    f"median of >= {args.repeats} calls (up to {MAX_REPEATS} within {TIME_BUDGET_S:g} s); "
+    f"load average {_load()}",
+    flush=True,
+  )
   rows = []
   t_start = time.perf_counter()
   rng = np.random.default_rng(args.seed)
@@ -291,50 +336,67 @@ def main(argv=None):
         dense = run_dense(w, codebook, order, args.repeats, args.max_dense_seconds)
         row = dict(m=m, k=num_levels, n=order, ours=ours, dense=dense)
         rows.append(row)
-        print(f"  done M={_fmt_size(m)} K={num_levels} n={order}: ours {ours['run']:.3f}s, "
-              f"dense {dense['run']:.3f}s{' (extrap)' if dense['extrapolated'] else ''} "
-              f"[{time.perf_counter() - t_start:.0f}s elapsed]", flush=True)
+        print(
+          f"  done M={_fmt_size(m)} K={num_levels} n={order}: ours {ours['run']:.3f}s, "
+          f"dense {dense['run']:.3f}s{' (extrap)' if dense['extrapolated'] else ''} "
+          f"[{time.perf_counter() - t_start:.0f}s elapsed]",
+          flush=True,
+        )
     del w
 
   # ---- main table
   print()
-  hdr = (f"{'M':>6} {'K':>3} {'n':>2} {'K^n':>6} | {'ours run':>9} {'compile':>7} "
-         f"{'t(n)/t(n-1)':>11} | {'dense run':>10} {'compile':>7} {'mode':>6} "
-         f"{'tup/step':>8} | "
-         f"{'speedup':>8}")
+  hdr = (
+    f"{'M':>6} {'K':>3} {'n':>2} {'K^n':>6} | {'ours run':>9} {'compile':>7} "
+    f"{'t(n)/t(n-1)':>11} | {'dense run':>10} {'compile':>7} {'mode':>6} "
+    f"{'tup/step':>8} | "
+    f"{'speedup':>8}"
+  )
   print(hdr)
   print("-" * len(hdr))
   prev = {}
   for r in rows:
     o, d = r["ours"], r["dense"]
     key = (r["m"], r["k"])
-    growth = o["run"] / prev[key] if key in prev and prev.get((key, "n")) == r["n"] - 1 \
-        else None
+    growth = o["run"] / prev[key] if key in prev and prev.get((key, "n")) == r["n"] - 1 else None
     prev[key], prev[(key, "n")] = o["run"], r["n"]
     r["growth"] = growth
-    mode = (f"extrap" if d["extrapolated"] else "full")
-    print(f"{_fmt_size(r['m']):>6} {r['k']:>3} {r['n']:>2} {r['k'] ** r['n']:>6} | "
-          f"{o['run']:>8.3f}s {o['compile']:>6.2f}s "
-          f"{('%.2f' % growth) if growth else '-':>11} | "
-          f"{d['run']:>9.3f}s {d['compile']:>6.2f}s {mode:>6} "
-          f"{max(1, min(d['tuples'], d['chunk_entries'] // r['k'] ** r['n'])):>8} | "
-          f"{d['run'] / o['run']:>7.1f}x")
+    mode = "extrap" if d["extrapolated"] else "full"
+    print(
+      f"{_fmt_size(r['m']):>6} {r['k']:>3} {r['n']:>2} {r['k'] ** r['n']:>6} | "
+      f"{o['run']:>8.3f}s {o['compile']:>6.2f}s "
+      f"{('%.2f' % growth) if growth else '-':>11} | "
+      f"{d['run']:>9.3f}s {d['compile']:>6.2f}s {mode:>6} "
+      f"{max(1, min(d['tuples'], d['chunk_entries'] // r['k'] ** r['n'])):>8} | "
+      f"{d['run'] / o['run']:>7.1f}x"
+    )
   ext = [r for r in rows if r["dense"]["extrapolated"]]
   if ext:
-    print("extrap: dense timed on a prefix of the tuples and scaled by T / T_prefix "
-          "(cost is linear in T): " + ", ".join(
-              f"M={_fmt_size(r['m'])} K={r['k']} n={r['n']}: "
-              f"{r['dense']['tuples_timed']}/{r['dense']['tuples']}" for r in ext))
-  print("dense: optimized HLO of every compiled dense call checked free of dot/convolution/"
-        "matmul (the outer products are materialized, not contracted)")
-  print("speedup = dense run / ours run; t(n)/t(n-1) = growth of our cost with the order "
-        "(target <= ~2, i.e. no faster than 2^n); tup/step = tuples per dense scan step "
-        f"(the fastest of {len(DENSE_CHUNK_CANDIDATES)} sizes on a probe prefix)")
+    print(
+      "extrap: dense timed on a prefix of the tuples and scaled by T / T_prefix "
+      "(cost is linear in T): "
+      + ", ".join(
+        f"M={_fmt_size(r['m'])} K={r['k']} n={r['n']}: "
+        f"{r['dense']['tuples_timed']}/{r['dense']['tuples']}"
+        for r in ext
+      )
+    )
+  print(
+    "dense: optimized HLO of every compiled dense call checked free of dot/convolution/"
+    "matmul (the outer products are materialized, not contracted)"
+  )
+  print(
+    "speedup = dense run / ours run; t(n)/t(n-1) = growth of our cost with the order "
+    "(target <= ~2, i.e. no faster than 2^n); tup/step = tuples per dense scan step "
+    f"(the fastest of {len(DENSE_CHUNK_CANDIDATES)} sizes on a probe prefix)"
+  )
 
   # ---- value check at the smallest size
   small = min(args.sizes)
-  print(f"\nvalue check (M={_fmt_size(small)}, every cell where dense ran in full; "
-        f"rtol {VALUE_RTOL:g}):")
+  print(
+    f"\nvalue check (M={_fmt_size(small)}, every cell where dense ran in full; "
+    f"rtol {VALUE_RTOL:g}):"
+  )
   all_ok = True
   for r in rows:
     o, d = r["ours"], r["dense"]
@@ -345,34 +407,45 @@ def main(argv=None):
     grel = float(np.max(np.abs(o["grad"] - d["grad"]))) / gscale
     ok = rel <= VALUE_RTOL
     all_ok &= ok
-    print(f"  K={r['k']:>2} n={r['n']}: ours {o['value']:.7f}  dense {d['value']:.7f}  "
-          f"rel diff {rel:.1e}  grad max-abs diff / max|grad| {grel:.1e}  "
-          f"{'OK' if ok else 'MISMATCH'}")
+    print(
+      f"  K={r['k']:>2} n={r['n']}: ours {o['value']:.7f}  dense {d['value']:.7f}  "
+      f"rel diff {rel:.1e}  grad max-abs diff / max|grad| {grel:.1e}  "
+      f"{'OK' if ok else 'MISMATCH'}"
+    )
 
   # ---- goals
   print("\ngoals:")
   g1 = [r for r in rows if r["n"] == 3 and r["k"] == 6]
   for r in g1:
     s = r["dense"]["run"] / r["ours"]["run"]
-    print(f"  order 3, K=6, M={_fmt_size(r['m'])}: speedup {s:.1f}x (goal >= 10x) "
-          f"{'MET' if s >= 10 else 'MISSED'}")
+    print(
+      f"  order 3, K=6, M={_fmt_size(r['m'])}: speedup {s:.1f}x (goal >= 10x) "
+      f"{'MET' if s >= 10 else 'MISSED'}"
+    )
   growths = [r["growth"] for r in rows if r["growth"] is not None]
   if growths:
     worst = max(rows, key=lambda r: r["growth"] or 0)
-    print(f"  order growth t(n)/t(n-1): max {max(growths):.2f} at M={_fmt_size(worst['m'])} "
-          f"K={worst['k']} n={worst['n']} (goal <= ~2; up to {GROWTH_TOL:g} counted as timing "
-          f"noise) {'MET' if max(growths) <= GROWTH_TOL else 'MISSED'}")
+    print(
+      f"  order growth t(n)/t(n-1): max {max(growths):.2f} at M={_fmt_size(worst['m'])} "
+      f"K={worst['k']} n={worst['n']} (goal <= ~2; up to {GROWTH_TOL:g} counted as timing "
+      f"noise) {'MET' if max(growths) <= GROWTH_TOL else 'MISSED'}"
+    )
     for m in args.sizes:
       for num_levels in args.levels:
-        cell = sorted((r["n"], r["ours"]["run"]) for r in rows
-                      if r["m"] == m and r["k"] == num_levels)
+        cell = sorted(
+          (r["n"], r["ours"]["run"]) for r in rows if r["m"] == m and r["k"] == num_levels
+        )
         if len(cell) > 1:
           (n0, t0), (n1, t1) = cell[0], cell[-1]
-          print(f"    M={_fmt_size(m)} K={num_levels}: t(n={n1})/t(n={n0}) = {t1 / t0:.2f} "
-                f"(2^{n1 - n0} = {2 ** (n1 - n0)})")
+          print(
+            f"    M={_fmt_size(m)} K={num_levels}: t(n={n1})/t(n={n0}) = {t1 / t0:.2f} "
+            f"(2^{n1 - n0} = {2 ** (n1 - n0)})"
+          )
   print(f"  values equal (rtol {VALUE_RTOL:g}): {'MET' if all_ok else 'MISSED'}")
-  print(f"\ntotal wall time {time.perf_counter() - t_start:.0f}s; load average {_load()} "
-        f"(1/5/15 min; the machine's {os.cpu_count()} cores are shared)")
+  print(
+    f"\ntotal wall time {time.perf_counter() - t_start:.0f}s; load average {_load()} "
+    f"(1/5/15 min; the machine's {os.cpu_count()} cores are shared)"
+  )
   return 0 if all_ok else 1
 
 

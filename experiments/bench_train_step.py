@@ -23,20 +23,34 @@ from flax import nnx
 
 from hemp_jax import models, train
 
-SHAPES = {"lenet5": (28, 28, 1), "lenet_300_100": (28, 28, 1), "resnet20": (32, 32, 3),
-          "resnet32": (32, 32, 3)}
+SHAPES = {
+  "lenet5": (28, 28, 1),
+  "lenet_300_100": (28, 28, 1),
+  "resnet20": (32, 32, 3),
+  "resnet32": (32, 32, 3),
+}
 
 
 def _config(mode, order, refresh):
   c = ml_collections.ConfigDict()
   c.num_epochs = 1
-  c.optimizer = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.01, momentum=0.9,
-                                               weight_decay=0.0, schedule="constant"))
-  c.quantizer = ml_collections.ConfigDict(dict(num_levels=4, method="uniform",
-                                               guard_levels=True, min_size=None))
-  c.hemp = ml_collections.ConfigDict(dict(mode=mode, strength=1.0, order=order,
-                                          tuples="disjoint", rate="block", pool="group",
-                                          refresh_every=refresh))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=0.0, schedule="constant")
+  )
+  c.quantizer = ml_collections.ConfigDict(
+    dict(num_levels=4, method="uniform", guard_levels=True, min_size=None)
+  )
+  c.hemp = ml_collections.ConfigDict(
+    dict(
+      mode=mode,
+      strength=1.0,
+      order=order,
+      tuples="disjoint",
+      rate="block",
+      pool="group",
+      refresh_every=refresh,
+    )
+  )
   return c
 
 
@@ -72,21 +86,26 @@ def main():
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--orders", default="1,2,3")
   parser.add_argument("--refresh", default="1,10")
-  parser.add_argument("--steps", type=int, default=10,
-                      help="steps per setting per round (a multiple of the refresh period)")
+  parser.add_argument(
+    "--steps",
+    type=int,
+    default=10,
+    help="steps per setting per round (a multiple of the refresh period)",
+  )
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
-  print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{jax.device_count()} device(s), batch {args.batch}; settings timed in "
-        f"{args.rounds} interleaved rounds of {args.steps} steps (median round, per step), "
-        "so machine-load drift hits all settings alike")
+  print(
+    f"jax {jax.__version__}, backend {jax.default_backend()}, "
+    f"{jax.device_count()} device(s), batch {args.batch}; settings timed in "
+    f"{args.rounds} interleaved rounds of {args.steps} steps (median round, per step), "
+    "so machine-load drift hits all settings alike"
+  )
   header = f"{'model':10s} {'HEMP':22s} {'ms/step':>9s} {'overhead':>9s} {'compile s':>9s}"
   for name in args.models.split(","):
     settings = [("none", _config("none", 1, 1))]
     for order in [int(o) for o in args.orders.split(",")]:
       for refresh in [int(r) for r in args.refresh.split(",")]:
-        settings.append((f"order {order}, refresh {refresh:>2d}",
-                         _config("grad", order, refresh)))
+        settings.append((f"order {order}, refresh {refresh:>2d}", _config("grad", order, refresh)))
     runners = [(label,) + make_runner(name, args.batch, cfg) for label, cfg in settings]
     times = {label: [] for label, _, _ in runners}
     for _ in range(args.rounds):

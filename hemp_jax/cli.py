@@ -27,6 +27,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise SystemExit(f"config file not found: {path}")
   from hemp_jax.experiment import load_python_file
+
   module = load_python_file(path, "hemp_config")
   if not hasattr(module, "get_config"):
     raise SystemExit(f"{path} has no get_config()")
@@ -60,7 +61,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
     item = overrides[i]
     if not item.startswith("--config."):
       raise SystemExit(f"unknown argument {item!r} (overrides look like --config.key=value)")
-    key = item[len("--config."):]
+    key = item[len("--config.") :]
     if "=" in key:
       key, value = key.split("=", 1)
     else:
@@ -87,6 +88,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
 def _cmd_train(args, rest):
   config = apply_overrides(load_config(args.config), rest)
   from hemp_jax import train
+
   try:
     summary = train.train_and_evaluate(config, args.workdir)
   except train.TrainingDivergedError as e:
@@ -107,6 +109,7 @@ def _workdir_config(workdir: str, rest) -> ml_collections.ConfigDict:
 def _cmd_compress(args, rest):
   config = _workdir_config(args.workdir, rest)
   from hemp_jax import codec, train
+
   _, state = train.load_final_state(config, args.workdir)
   out = args.output or os.path.join(args.workdir, "model.hemp")
   size = train.write_model_file(out, state, train.eval_codebooks(config, state))
@@ -117,16 +120,19 @@ def _cmd_compress(args, rest):
 
 
 def _cmd_decompress(args, rest):
-  from hemp_jax import codec, groups
   import jax
   import numpy as np
+
+  from hemp_jax import codec, groups
+
   try:
     tree = codec.decompress_file(args.file)
   except codec.FormatError as e:
     print(f"error: {args.file}: {e}", file=sys.stderr)
     return 2
-  flat = {groups.path_name(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = {
+    groups.path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   out = args.output or os.path.splitext(args.file)[0] + ".npz"
   np.savez(out, **flat)
   print(f"wrote {out}: {len(flat)} arrays ('/'-joined paths as keys)")
@@ -136,26 +142,35 @@ def _cmd_decompress(args, rest):
 def _cmd_evaluate(args, rest):
   config = apply_overrides(load_config(args.config), rest)
   from hemp_jax import codec, train
+
   try:
     accuracy = train.evaluate_model_file(config, args.file)
   except codec.FormatError as e:
     print(f"error: {args.file}: {e}", file=sys.stderr)
     return 2
-  print(json.dumps({"file": args.file, "file_bytes": os.path.getsize(args.file),
-                    "test_accuracy_decoded": accuracy}, indent=2))
+  print(
+    json.dumps(
+      {
+        "file": args.file,
+        "file_bytes": os.path.getsize(args.file),
+        "test_accuracy_decoded": accuracy,
+      },
+      indent=2,
+    )
+  )
   return 0
 
 
 def _cmd_inspect(args, rest):
   from hemp_jax import codec
+
   try:
     with open(args.file, "rb") as f:
       report = codec.inspect(f.read())
   except codec.FormatError as e:
     print(f"error: {args.file}: {e}", file=sys.stderr)
     return 2
-  print(json.dumps(report.as_dict(), indent=2) if args.json
-        else codec.format_inspection(report))
+  print(json.dumps(report.as_dict(), indent=2) if args.json else codec.format_inspection(report))
   return 0
 
 
@@ -182,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("file")
   p.add_argument("--json", action="store_true", help="machine-readable output")
   p.set_defaults(func=_cmd_inspect)
-  p = sub.add_parser("sweep", help="run a resumable rate-accuracy sweep (finished points "
-                     "are not recomputed)")
+  p = sub.add_parser(
+    "sweep", help="run a resumable rate-accuracy sweep (finished points are not recomputed)"
+  )
   p.add_argument("sweep", help="sweep file with get_sweep() (file.py or file.py:arg)")
   p.add_argument("--results", required=True, help="results dir (points/*.json; commit it)")
   p.add_argument("--scratch", required=True, help="scratch dir (float params, .hemp files)")
@@ -193,27 +209,34 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("report", help="markdown table and PNG plots of a sweep's results")
   p.add_argument("results", help="results dir of `hemp-jax sweep`")
   p.add_argument("--out", default=None, help="output dir (default: the results dir)")
-  p.add_argument("--tolerance", type=float, default=0.01,
-                 help="accuracy tolerance for 'equal accuracy' (fraction, default 0.01)")
+  p.add_argument(
+    "--tolerance",
+    type=float,
+    default=0.01,
+    help="accuracy tolerance for 'equal accuracy' (fraction, default 0.01)",
+  )
   p.set_defaults(func=_cmd_report)
   return parser
 
 
 def _cmd_sweep(args, rest):
   from hemp_jax import sweep
+
   try:
     spec = sweep.load_sweep(args.sweep)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  recs = sweep.run_sweep(spec, args.results, args.scratch, progress=not args.no_progress,
-                         only=args.only)
+  recs = sweep.run_sweep(
+    spec, args.results, args.scratch, progress=not args.no_progress, only=args.only
+  )
   print(f"{len(recs)} finished points in {args.results}")
   return 0
 
 
 def _cmd_report(args, rest):
   from hemp_jax import report
+
   try:
     path = report.write_report(args.results, args.out, tolerance=args.tolerance)
   except FileNotFoundError as e:

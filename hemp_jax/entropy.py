@@ -44,13 +44,13 @@ from hemp_jax import groups as grp
 from hemp_jax import quantization as q
 
 __all__ = [
-    "tent_assign",
-    "soft_entropy",
-    "empirical_entropy",
-    "tree_entropy",
-    "tree_group_rates",
-    "DENSE_MAX_CELLS",
-    "CHUNK_ENTRIES",
+  "tent_assign",
+  "soft_entropy",
+  "empirical_entropy",
+  "tree_entropy",
+  "tree_group_rates",
+  "DENSE_MAX_CELLS",
+  "CHUNK_ENTRIES",
 ]
 
 DENSE_MAX_CELLS = 1 << 22
@@ -78,8 +78,9 @@ def _check_options(order, tuples, rate):
   if rate not in _RATES:
     raise ValueError(f"rate must be one of {_RATES}, got {rate!r}")
   if rate == "conditional" and tuples != "sliding":
-    raise ValueError("rate='conditional' (H_n - H_{n-1}) is defined on sliding tuples; "
-                     "pass tuples='sliding'")
+    raise ValueError(
+      "rate='conditional' (H_n - H_{n-1}) is defined on sliding tuples; pass tuples='sliding'"
+    )
 
 
 def _num_tuples(length: int, order: int, tuples: str) -> int:
@@ -89,10 +90,8 @@ def _num_tuples(length: int, order: int, tuples: str) -> int:
 def _check_group_length(length: int, order: int, tuples: str, what: str = "the input"):
   if _num_tuples(length, order, tuples) < 1:
     if tuples == "sliding":
-      raise ValueError(f"sliding tuples of order {order} are longer than {what} "
-                       f"({length} weights)")
-    raise ValueError(f"{what} has {length} weights: fewer than one disjoint tuple of "
-                     f"order {order}")
+      raise ValueError(f"sliding tuples of order {order} are longer than {what} ({length} weights)")
+    raise ValueError(f"{what} has {length} weights: fewer than one disjoint tuple of order {order}")
 
 
 def tent_assign(w, codebook):
@@ -141,9 +140,9 @@ def _tuples(x, order: int, tuples: str):
   m = x.shape[0]
   if tuples == "disjoint":
     num = m // order
-    return x[:num * order].reshape(num, order), jnp.arange(num) * order
+    return x[: num * order].reshape(num, order), jnp.arange(num) * order
   num = m - order + 1
-  return jnp.stack([x[i:i + num] for i in range(order)], axis=-1), jnp.arange(num)
+  return jnp.stack([x[i : i + num] for i in range(order)], axis=-1), jnp.arange(num)
 
 
 def _corner_bits(order: int) -> np.ndarray:
@@ -177,7 +176,7 @@ def _corner_products(t, mask):
   bits = _corner_bits(order).astype(bool)
   w = None if mask is None else mask[:, None]
   for m in range(order):
-    tm = t[:, m:m + 1]
+    tm = t[:, m : m + 1]
     f = jnp.where(jnp.asarray(bits[:, m])[None, :], tm, 1 - tm)
     w = f if w is None else w * f
   return w
@@ -201,8 +200,10 @@ def _corner_grad(g, t, mask):
     dmask = _contract_columns(cols, t, keep=None)[0]
   else:
     bits = _corner_bits(order).astype(bool)
-    fs = [jnp.where(jnp.asarray(bits[:, m])[None, :], t[:, m:m + 1], 1 - t[:, m:m + 1])
-          for m in range(order)]
+    fs = [
+      jnp.where(jnp.asarray(bits[:, m])[None, :], t[:, m : m + 1], 1 - t[:, m : m + 1])
+      for m in range(order)
+    ]
     dt = []
     for m in range(order):
       rest = g * jnp.where(jnp.asarray(bits[:, m])[None, :], 1.0, -1.0).astype(g.dtype)
@@ -226,15 +227,14 @@ def _contract_columns(cols, t, keep):
   Returns ``[column for bit keep = 0, column for bit keep = 1]``, or ``[column]`` if
   ``keep`` is None.
   """
-  members = list(range(t.shape[1]))     # members[i] is bit i of the current column index
+  members = list(range(t.shape[1]))  # members[i] is bit i of the current column index
   for m in reversed(range(t.shape[1])):
     if m == keep:
       continue
     i = members.index(m)
     stride = 1 << i
     tm = t[:, m]
-    cols = [cols[c] * (1 - tm) + cols[c | stride] * tm
-            for c in range(len(cols)) if not c & stride]
+    cols = [cols[c] * (1 - tm) + cols[c | stride] * tm for c in range(len(cols)) if not c & stride]
     members.pop(i)
   return cols
 
@@ -258,9 +258,10 @@ _corner_weights.defvjp(_corner_weights_fwd, _corner_weights_bwd)
 
 
 def _use_rows(num_levels: int, order: int, num_tuples: int) -> bool:
-  cells = num_levels ** order
-  return (cells << order <= _ROW_MAX_ENTRIES
-          and cells <= _ROW_MAX_CELLS_PER_TUPLE * max(num_tuples, 1))
+  cells = num_levels**order
+  return cells << order <= _ROW_MAX_ENTRIES and cells <= _ROW_MAX_CELLS_PER_TUPLE * max(
+    num_tuples, 1
+  )
 
 
 def _windows(x, start, count: int, order: int, tuples: str):
@@ -272,7 +273,7 @@ def _windows(x, start, count: int, order: int, tuples: str):
     seg = jax.lax.dynamic_slice_in_dim(x, start * order, count * order)
     return seg.reshape(count, order)
   seg = jax.lax.dynamic_slice_in_dim(x, start, count + order - 1)
-  return jnp.stack([seg[m:m + count] for m in range(order)], axis=1)
+  return jnp.stack([seg[m : m + count] for m in range(order)], axis=1)
 
 
 def _window_mask(start, count: int, valid_len, order: int, tuples: str, dtype):
@@ -283,8 +284,7 @@ def _window_mask(start, count: int, valid_len, order: int, tuples: str, dtype):
   return (pos + order <= valid_len).astype(dtype)
 
 
-def _soft_part_table(w, c, valid_len, start, count, num_levels, order, tuples, rows,
-                     groups):
+def _soft_part_table(w, c, valid_len, start, count, num_levels, order, tuples, rows, groups):
   """Table of tuples ``start .. start + count - 1``: (K^n, 2^n) rows or (K^n,) cells.
 
   The tuples are scatter-added into ``groups`` separate copies of the table (consecutive
@@ -297,10 +297,10 @@ def _soft_part_table(w, c, valid_len, start, count, num_levels, order, tuples, r
   k, lo, hi = _tent_levels(ww, c)
   t = jnp.clip((ww - lo) / (hi - lo), 0.0, 1.0)
   wts = _corner_products(t, _window_mask(start, count, valid_len, order, tuples, w.dtype))
-  cells = num_levels ** order
+  cells = num_levels**order
   ids = _cell_ids(k, num_levels)
   groups = max(1, min(groups, count))
-  if groups > 1:    # runs of 2^s tuples per copy: a shift, not a division
+  if groups > 1:  # runs of 2^s tuples per copy: a shift, not a division
     shift = (-(-count // groups) - 1).bit_length()
     groups = -(-count // (1 << shift))
     ids = ids + (jnp.arange(count, dtype=ids.dtype) >> shift) * cells
@@ -308,20 +308,18 @@ def _soft_part_table(w, c, valid_len, start, count, num_levels, order, tuples, r
     table = jnp.zeros((groups * cells, 1 << order), w.dtype).at[ids].add(wts, mode="drop")
     return table.reshape(groups, cells, 1 << order).sum(axis=0)
   ids = ids[:, None] + jnp.asarray(_corner_offsets(num_levels, order))[None, :]
-  table = jnp.zeros(groups * cells, w.dtype).at[ids.reshape(-1)].add(wts.reshape(-1),
-                                                                     mode="drop")
+  table = jnp.zeros(groups * cells, w.dtype).at[ids.reshape(-1)].add(wts.reshape(-1), mode="drop")
   return table.reshape(groups, cells).sum(axis=0)
 
 
 def _accumulator_groups(num_levels: int, order: int, chunk: int, rows: bool) -> int:
   """Table copies per chunk: up to _ACC_GROUPS, while their size (zeroed and summed once
   per chunk) stays under a quarter of the chunk's (tuple, corner) entries."""
-  size = num_levels ** order << (order if rows else 0)
+  size = num_levels**order << (order if rows else 0)
   return int(max(1, min(_ACC_GROUPS, (chunk << order) // (4 * size))))
 
 
-def _part_grads(g, w, c, valid_len, start, count, num_levels, order, tuples, rows,
-                want_c: bool):
+def _part_grads(g, w, c, valid_len, start, count, num_levels, order, tuples, rows, want_c: bool):
   """Cotangents of one part of :func:`_soft_table` for its (count, n) tuple members.
 
   Returns ``(dw, dc)``: (count, n) w.r.t. the members' weights, and (K,) w.r.t. the
@@ -341,15 +339,16 @@ def _part_grads(g, w, c, valid_len, start, count, num_levels, order, tuples, row
     gc = g[base[:, None] + jnp.asarray(_corner_offsets(num_levels, order))[None, :]]
   mask = _window_mask(start, count, valid_len, order, tuples, w.dtype)
   dt, _ = _corner_grad(gc, t, mask)
-  clip_d = jnp.where((raw > 0) & (raw < 1), 1.0,
-                     jnp.where((raw == 0) | (raw == 1), 0.5, 0.0)).astype(w.dtype)
-  draw = dt * clip_d / width                       # d/dw of (w - lo) / (hi - lo)
+  clip_d = jnp.where(
+    (raw > 0) & (raw < 1), 1.0, jnp.where((raw == 0) | (raw == 1), 0.5, 0.0)
+  ).astype(w.dtype)
+  draw = dt * clip_d / width  # d/dw of (w - lo) / (hi - lo)
   if not want_c:
     return draw, None
   kk = k.reshape(-1)
   dc = jnp.zeros(c.shape, c.dtype)
-  dc = dc.at[kk].add((draw * (raw - 1)).reshape(-1))    # d/dlo = (raw - 1) / width
-  dc = dc.at[kk + 1].add((-draw * raw).reshape(-1))      # d/dhi = -raw / width
+  dc = dc.at[kk].add((draw * (raw - 1)).reshape(-1))  # d/dlo = (raw - 1) / width
+  dc = dc.at[kk + 1].add((-draw * raw).reshape(-1))  # d/dhi = -raw / width
   return draw, dc
 
 
@@ -379,29 +378,31 @@ def _parts(num: int, chunk: int):
   """Static split of ``num`` tuples into ``steps`` full chunks and a remainder."""
   steps, rem = divmod(num, chunk)
   if steps <= 1 and (steps == 0 or rem == 0):
-    return 0, num                     # one part: no loop
+    return 0, num  # one part: no loop
   return steps, rem
 
 
 def _soft_table_impl(w, c, valid_len, num_levels, order, tuples, chunk, rows):
   num = _num_tuples(w.shape[0], order, tuples)
   groups = _accumulator_groups(num_levels, order, chunk, rows)
-  part = lambda start, count: _soft_part_table(w, c, valid_len, start, count, num_levels,
-                                               order, tuples, rows, groups)
+  part = lambda start, count: _soft_part_table(
+    w, c, valid_len, start, count, num_levels, order, tuples, rows, groups
+  )
   steps, rem = _parts(num, chunk)
   if not steps:
     return part(0, rem)
   # Each chunk is summed into fresh tables, then added to the total (see
   # _soft_part_table): no float32 running sum over all M weights.
-  cells = num_levels ** order
+  cells = num_levels**order
   init = jnp.zeros((cells, 1 << order) if rows else (cells,), w.dtype)
   table = jax.lax.fori_loop(0, steps, lambda i, acc: acc + part(i * chunk, chunk), init)
   return table + part(steps * chunk, rem) if rem else table
 
 
 def _soft_table_fwd(w, c, valid_len, num_levels, order, tuples, chunk, rows):
-  table = _soft_table_impl(w.value, c.value, getattr(valid_len, "value", valid_len),
-                           num_levels, order, tuples, chunk, rows)
+  table = _soft_table_impl(
+    w.value, c.value, getattr(valid_len, "value", valid_len), num_levels, order, tuples, chunk, rows
+  )
   # Whether the codebook is differentiated (its cotangent is a scatter over all M weights,
   # skipped when nobody asks for it) rides in the residuals' structure, which is static.
   res = (w.value, c.value, getattr(valid_len, "value", valid_len))
@@ -418,17 +419,21 @@ def _soft_table_bwd(num_levels, order, tuples, chunk, rows, res, g):
   # (a log and a division per cell, from the entropy) into the gathers below and redo it
   # per gathered entry, T 2^n times instead of K^n; lax.optimization_barrier does not
   # prevent that on CPU, but a scatter is never fused into its consumer.
-  g = jnp.zeros_like(g).at[jnp.arange(g.shape[0])].set(
-      g, indices_are_sorted=True, unique_indices=True)
+  g = (
+    jnp.zeros_like(g)
+    .at[jnp.arange(g.shape[0])]
+    .set(g, indices_are_sorted=True, unique_indices=True)
+  )
   num = _num_tuples(length, order, tuples)
-  grads = lambda start, count: _part_grads(g, w, c, valid_len, start, count, num_levels,
-                                           order, tuples, rows, want_c)
+  grads = lambda start, count: _part_grads(
+    g, w, c, valid_len, start, count, num_levels, order, tuples, rows, want_c
+  )
 
   def add_part(dw, dc, start, count):
     dmem, dcp = grads(start, count)
     if tuples == "disjoint":
       dw = jax.lax.dynamic_update_slice_in_dim(dw, dmem.reshape(-1), start * order, 0)
-    else:   # windows overlap: weight start + j + m gets member m of tuple start + j
+    else:  # windows overlap: weight start + j + m gets member m of tuple start + j
       span = count + order - 1
       add = sum(jnp.pad(dmem[:, m], (m, order - 1 - m)) for m in range(order))
       cur = jax.lax.dynamic_slice_in_dim(dw, start, span)
@@ -440,7 +445,8 @@ def _soft_table_bwd(num_levels, order, tuples, chunk, rows, res, g):
   steps, rem = _parts(num, chunk)
   if steps:
     dw, dc = jax.lax.fori_loop(
-        0, steps, lambda i, a: add_part(a[0], a[1], i * chunk, chunk), (dw, dc))
+      0, steps, lambda i, a: add_part(a[0], a[1], i * chunk, chunk), (dw, dc)
+    )
   if rem:
     dw, dc = add_part(dw, dc, steps * chunk, rem)
   return dw, dc, None
@@ -466,8 +472,9 @@ def _soft_stream_hist(w, c, valid_len, num_levels, order, tuples, chunk_entries)
   """Dense soft order-n histogram (K^n,) of a weight stream; ``valid_len`` None: all."""
   num = _num_tuples(w.shape[0], order, tuples)
   rows = _use_rows(num_levels, order, num)
-  table = _soft_table(w, c, valid_len, num_levels, order, tuples,
-                      max(1, chunk_entries >> order), rows)
+  table = _soft_table(
+    w, c, valid_len, num_levels, order, tuples, max(1, chunk_entries >> order), rows
+  )
   return _rows_to_hist(table, num_levels, order) if rows else table
 
 
@@ -507,7 +514,7 @@ def _rate_from_entries(keys, wts, total, order: int, rate: str):
 
 
 def _use_dense(num_levels: int, order: int, max_cells: int | None = None) -> bool:
-  return num_levels ** order <= (DENSE_MAX_CELLS if max_cells is None else max_cells)
+  return num_levels**order <= (DENSE_MAX_CELLS if max_cells is None else max_cells)
 
 
 def _rate_from_dense(hist, total, num_levels: int, order: int, rate: str):
@@ -538,11 +545,11 @@ def _stream_hist(x, codebook, valid_len, num_levels, order, tuples, chunk_entrie
   if codebook is not None:
     if isinstance(valid_len, (int, np.integer)) and valid_len >= x.shape[0]:
       valid_len = None
-    return _soft_stream_hist(x, codebook, valid_len, num_levels, order, tuples,
-                             chunk_entries)
+    return _soft_stream_hist(x, codebook, valid_len, num_levels, order, tuples, chunk_entries)
   kt, _, mask = _stream_tuples(x, None, valid_len, order, tuples)
-  return jnp.zeros(num_levels ** order, mask.dtype).at[_cell_ids(kt, num_levels)].add(
-      mask, mode="drop")
+  return (
+    jnp.zeros(num_levels**order, mask.dtype).at[_cell_ids(kt, num_levels)].add(mask, mode="drop")
+  )
 
 
 def _stream_entries(x, codebook, valid_len, order, tuples):
@@ -553,13 +560,13 @@ def _stream_entries(x, codebook, valid_len, order, tuples):
 
 
 def _single_stream_rate(x, codebook, num_levels, order, tuples, rate, chunk_entries):
-  return _single_stream_rate_jit(x, codebook, num_levels, order, tuples, rate, chunk_entries,
-                                 _use_dense(num_levels, order))
+  return _single_stream_rate_jit(
+    x, codebook, num_levels, order, tuples, rate, chunk_entries, _use_dense(num_levels, order)
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
-def _single_stream_rate_jit(x, codebook, num_levels, order, tuples, rate, chunk_entries,
-                            dense):
+def _single_stream_rate_jit(x, codebook, num_levels, order, tuples, rate, chunk_entries, dense):
   length = x.shape[0]
   total = _num_tuples(length, order, tuples)
   if dense:
@@ -569,8 +576,15 @@ def _single_stream_rate_jit(x, codebook, num_levels, order, tuples, rate, chunk_
   return _rate_from_entries(keys, wts, total, order, rate)
 
 
-def soft_entropy(w, codebook, order: int = 1, tuples: str = "disjoint", rate: str = "block",
-                 *, chunk_entries: int = CHUNK_ENTRIES) -> jax.Array:
+def soft_entropy(
+  w,
+  codebook,
+  order: int = 1,
+  tuples: str = "disjoint",
+  rate: str = "block",
+  *,
+  chunk_entries: int = CHUNK_ENTRIES,
+) -> jax.Array:
   """Soft (tent) order-n entropy rate of ``w`` under ``codebook``, in bits per parameter.
 
   ``w`` is flattened in C order (the tree estimator first puts each leaf in scan order,
@@ -601,8 +615,9 @@ def soft_entropy(w, codebook, order: int = 1, tuples: str = "disjoint", rate: st
   return _single_stream_rate(flat, c, c.shape[0], order, tuples, rate, chunk_entries)
 
 
-def empirical_entropy(indices, num_levels: int, order: int = 1, tuples: str = "disjoint",
-                      rate: str = "block") -> jax.Array:
+def empirical_entropy(
+  indices, num_levels: int, order: int = 1, tuples: str = "disjoint", rate: str = "block"
+) -> jax.Array:
   """Exact empirical order-n entropy rate of an index stream, bits per symbol.
 
   The same quantity as :func:`soft_entropy` on hard indices (C-order flattened):
@@ -617,8 +632,9 @@ def empirical_entropy(indices, num_levels: int, order: int = 1, tuples: str = "d
     Scalar rate in bits per symbol.
   """
   _check_options(order, tuples, rate)
-  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
-      or num_levels < 2:
+  if (
+    isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) or num_levels < 2
+  ):
     raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}")
   idx = jnp.asarray(indices)
   if not jnp.issubdtype(idx.dtype, jnp.integer):
@@ -682,12 +698,22 @@ def _bucket_inputs(groups, bucket):
     cbs.append(cb)
     lens.append(size)
   dtype = jnp.result_type(*cbs)
-  return (jnp.stack(streams).astype(dtype), jnp.stack(cbs).astype(dtype),
-          jnp.asarray(lens, jnp.int32))
+  return (
+    jnp.stack(streams).astype(dtype),
+    jnp.stack(cbs).astype(dtype),
+    jnp.asarray(lens, jnp.int32),
+  )
 
 
-def tree_group_rates(params, codebooks, *, order: int = 1, tuples: str = "disjoint",
-                     rate: str = "block", chunk_entries: int = CHUNK_ENTRIES):
+def tree_group_rates(
+  params,
+  codebooks,
+  *,
+  order: int = 1,
+  tuples: str = "disjoint",
+  rate: str = "block",
+  chunk_entries: int = CHUNK_ENTRIES,
+):
   """Per-group soft rates (bits per parameter) for every quantized leaf.
 
   Groups are bucketed by (K, padded length) — padded lengths round a group's size up by
@@ -700,8 +726,9 @@ def tree_group_rates(params, codebooks, *, order: int = 1, tuples: str = "disjoi
   """
   _check_options(order, tuples, rate)
   groups, _ = _plan(codebooks, params, order, tuples)
-  rates = _tree_group_rates_jit(params, codebooks, order, tuples, rate, chunk_entries,
-                                DENSE_MAX_CELLS)
+  rates = _tree_group_rates_jit(
+    params, codebooks, order, tuples, rate, chunk_entries, DENSE_MAX_CELLS
+  )
   return [g[0] for g in groups], rates, [g[3] for g in groups]
 
 
@@ -714,20 +741,32 @@ def _tree_group_rates_jit(params, codebooks, order, tuples, rate, chunk_entries,
     totals = jnp.asarray([_num_tuples(groups[i][3], order, tuples) for i in b.members])
     if _use_dense(b.num_levels, order, max_cells):
       fn = lambda x, cb, n, tot, b=b: _rate_from_dense(
-          _stream_hist(x, cb, n, b.num_levels, order, tuples, chunk_entries), tot,
-          b.num_levels, order, rate)
+        _stream_hist(x, cb, n, b.num_levels, order, tuples, chunk_entries),
+        tot,
+        b.num_levels,
+        order,
+        rate,
+      )
     else:
       fn = lambda x, cb, n, tot: _rate_from_entries(
-          *_stream_entries(x, cb, n, order, tuples), tot, order, rate)
+        *_stream_entries(x, cb, n, order, tuples), tot, order, rate
+      )
     r = jax.vmap(fn)(xs, cbs, lens, totals.astype(xs.dtype))
     for j, i in enumerate(b.members):
       rates[i] = r[j]
   return jnp.stack(rates)
 
 
-def tree_entropy(params, codebooks, *, order: int = 1, tuples: str = "disjoint",
-                 rate: str = "block", pool: str = "group",
-                 chunk_entries: int = CHUNK_ENTRIES) -> jax.Array:
+def tree_entropy(
+  params,
+  codebooks,
+  *,
+  order: int = 1,
+  tuples: str = "disjoint",
+  rate: str = "block",
+  pool: str = "group",
+  chunk_entries: int = CHUNK_ENTRIES,
+) -> jax.Array:
   """Soft order-n entropy of all quantized leaves of a params pytree, bits per parameter.
 
   Args:
@@ -750,18 +789,20 @@ def tree_entropy(params, codebooks, *, order: int = 1, tuples: str = "disjoint",
   _, buckets = _plan(codebooks, params, order, tuples)
   levels = {b.num_levels for b in buckets}
   if pool == "global" and len(levels) != 1:
-    raise ValueError(f"pool='global' needs the same number of levels K in every codebook, "
-                     f"got K in {sorted(levels)}")
-  return _tree_entropy_jit(params, codebooks, order, tuples, rate, pool, chunk_entries,
-                           DENSE_MAX_CELLS)
+    raise ValueError(
+      f"pool='global' needs the same number of levels K in every codebook, "
+      f"got K in {sorted(levels)}"
+    )
+  return _tree_entropy_jit(
+    params, codebooks, order, tuples, rate, pool, chunk_entries, DENSE_MAX_CELLS
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _tree_entropy_jit(params, codebooks, order, tuples, rate, pool, chunk_entries, max_cells):
   groups, buckets = _plan(codebooks, params, order, tuples)
   if pool == "group":
-    rates = _tree_group_rates_jit(params, codebooks, order, tuples, rate, chunk_entries,
-                                  max_cells)
+    rates = _tree_group_rates_jit(params, codebooks, order, tuples, rate, chunk_entries, max_cells)
     sizes = jnp.asarray([g[3] for g in groups], rates.dtype)
     return jnp.sum(rates * sizes) / jnp.sum(sizes)
   num_levels = buckets[0].num_levels
@@ -770,15 +811,15 @@ def _tree_entropy_jit(params, codebooks, order, tuples, rate, pool, chunk_entrie
     hist = 0.0
     for b in buckets:
       xs, cbs, lens = _bucket_inputs(groups, b)
-      h = jax.vmap(lambda x, cb, n: _stream_hist(x, cb, n, num_levels, order, tuples,
-                                                 chunk_entries))(xs, cbs, lens)
+      h = jax.vmap(
+        lambda x, cb, n: _stream_hist(x, cb, n, num_levels, order, tuples, chunk_entries)
+      )(xs, cbs, lens)
       hist = hist + h.sum(axis=0)
     return _rate_from_dense(hist, total, num_levels, order, rate)
   keys, wts = [], []
   for b in buckets:
     xs, cbs, lens = _bucket_inputs(groups, b)
-    kk, ww = jax.vmap(lambda x, cb, n: _stream_entries(x, cb, n, order, tuples))(
-        xs, cbs, lens)
+    kk, ww = jax.vmap(lambda x, cb, n: _stream_entries(x, cb, n, order, tuples))(xs, cbs, lens)
     keys.append(kk.reshape(-1, order))
     wts.append(ww.reshape(-1))
   return _rate_from_entries(jnp.concatenate(keys), jnp.concatenate(wts), total, order, rate)

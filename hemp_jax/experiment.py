@@ -55,10 +55,13 @@ def read_checkpoint_arrays(path: str) -> dict:
   path = os.fspath(path)
   if os.path.isdir(path):
     import orbax.checkpoint as ocp
+
     ckpt_dir = os.path.join(os.path.abspath(path), "checkpoints")
     if not os.path.isdir(ckpt_dir):
-      raise FileNotFoundError(f"init_checkpoint {path!r} is a directory without "
-                              "checkpoints/ (expected a `hemp-jax train` workdir)")
+      raise FileNotFoundError(
+        f"init_checkpoint {path!r} is a directory without "
+        "checkpoints/ (expected a `hemp-jax train` workdir)"
+      )
     mngr = ocp.CheckpointManager(ckpt_dir)
     step = mngr.latest_step()
     if step is None:
@@ -67,7 +70,7 @@ def read_checkpoint_arrays(path: str) -> dict:
     state = restored["state"]
     if isinstance(state, dict):
       params, model_state = state["params"], state.get("model_state", {})
-    else:   # restored as a sequence (TrainState field order)
+    else:  # restored as a sequence (TrainState field order)
       params, model_state = state[1], state[2]
     out = _flat_names(model_state or {})
     out.update(_flat_names(params))
@@ -79,6 +82,7 @@ def read_checkpoint_arrays(path: str) -> dict:
       return {k: z[k] for k in z.files}
   if path.endswith(".hemp"):
     from hemp_jax import codec
+
     with open(path, "rb") as f:
       return _flat_names(codec.decompress(f.read()))
   raise ValueError(f"init_checkpoint {path!r}: expected a train workdir, .npz or .hemp")
@@ -99,8 +103,9 @@ def load_init_checkpoint(model: nnx.Module, path: str) -> nnx.Module:
       if name in source:
         v = np.asarray(source[name])
         if v.shape != np.shape(x):
-          raise ValueError(f"init_checkpoint {path}: {name} has shape {v.shape}, the model "
-                           f"has {np.shape(x)}")
+          raise ValueError(
+            f"init_checkpoint {path}: {name} has shape {v.shape}, the model has {np.shape(x)}"
+          )
         vals.append(jnp.asarray(v, dtype=jnp.asarray(x).dtype))
         used.add(name)
       else:
@@ -113,8 +118,9 @@ def load_init_checkpoint(model: nnx.Module, path: str) -> nnx.Module:
   params = fill(params, True)
   rest = fill(rest, False)
   if missing:
-    raise ValueError(f"init_checkpoint {path}: {len(missing)} parameter(s) missing, e.g. "
-                     f"{missing[:5]}")
+    raise ValueError(
+      f"init_checkpoint {path}: {len(missing)} parameter(s) missing, e.g. {missing[:5]}"
+    )
   extra = sorted(set(source) - used)
   if extra:
     raise ValueError(f"init_checkpoint {path}: {len(extra)} unknown key(s), e.g. {extra[:5]}")
@@ -130,7 +136,11 @@ def mock_tfds(num_examples: int = 16) -> Iterator[None]:
   inside).
   """
   import tensorflow_datasets as tfds
+
   from hemp_jax import data as data_lib
-  with mock.patch.object(data_lib, "_check_prepared", lambda *args: None), \
-      tfds.testing.mock_data(num_examples=num_examples):
+
+  with (
+    mock.patch.object(data_lib, "_check_prepared", lambda *args: None),
+    tfds.testing.mock_data(num_examples=num_examples),
+  ):
     yield

@@ -23,13 +23,13 @@ import numpy as np
 from hemp_jax import quantization as q
 
 __all__ = [
-    "path_name",
-    "scan_stream",
-    "unscan_stream",
-    "select_groups",
-    "fit_codebook",
-    "fit_codebooks",
-    "codebook_leaves",
+  "path_name",
+  "scan_stream",
+  "unscan_stream",
+  "select_groups",
+  "fit_codebook",
+  "fit_codebooks",
+  "codebook_leaves",
 ]
 
 
@@ -80,8 +80,9 @@ def _leaf_selected(path, x, min_size, inc, exc) -> bool:
   return not (exc is not None and exc.search(name))
 
 
-def select_groups(params, *, min_size: int = 1, include: str | None = None,
-                  exclude: str | None = None) -> Any:
+def select_groups(
+  params, *, min_size: int = 1, include: str | None = None, exclude: str | None = None
+) -> Any:
   """Boolean pytree (like ``params``): True for leaves that are quantized.
 
   A leaf is selected when it is a floating array with at least ``min_size`` elements,
@@ -102,11 +103,19 @@ def select_groups(params, *, min_size: int = 1, include: str | None = None,
   inc = re.compile(include) if include else None
   exc = re.compile(exclude) if exclude else None
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: _leaf_selected(path, x, min_size, inc, exc), params)
+    lambda path, x: _leaf_selected(path, x, min_size, inc, exc), params
+  )
 
 
-def fit_codebook(x, num_levels: int, *, method: str = "uniform", guard_levels: bool = True,
-                 zero_level: bool = False, **fit_kwargs) -> jax.Array:
+def fit_codebook(
+  x,
+  num_levels: int,
+  *,
+  method: str = "uniform",
+  guard_levels: bool = True,
+  zero_level: bool = False,
+  **fit_kwargs,
+) -> jax.Array:
   """One codebook for one tensor (see :func:`fit_codebooks` for the arguments)."""
   if method == "uniform":
     return q.uniform_codebook(x, num_levels, zero_level=zero_level, guard_levels=guard_levels)
@@ -120,10 +129,19 @@ def fit_codebook(x, num_levels: int, *, method: str = "uniform", guard_levels: b
   raise ValueError(f"method must be 'uniform' or 'lloyd_max', got {method!r}")
 
 
-def fit_codebooks(params, num_levels: int, *, method: str = "uniform",
-                  guard_levels: bool = True, zero_level: bool = False,
-                  min_size: int | None = None, include: str | None = None,
-                  exclude: str | None = None, mask=None, **fit_kwargs) -> Any:
+def fit_codebooks(
+  params,
+  num_levels: int,
+  *,
+  method: str = "uniform",
+  guard_levels: bool = True,
+  zero_level: bool = False,
+  min_size: int | None = None,
+  include: str | None = None,
+  exclude: str | None = None,
+  mask=None,
+  **fit_kwargs,
+) -> Any:
   """Fits one codebook per selected leaf; ``None`` for leaves kept in float.
 
   Args:
@@ -151,8 +169,13 @@ def fit_codebooks(params, num_levels: int, *, method: str = "uniform",
     mask = mask(params)
   if mask is None:
     mask = select_groups(params, min_size=min_size, include=include, exclude=exclude)
-  fit = lambda sel, x: (fit_codebook(x, num_levels, method=method, guard_levels=guard_levels,
-                                     zero_level=zero_level, **fit_kwargs) if sel else None)
+  fit = lambda sel, x: (
+    fit_codebook(
+      x, num_levels, method=method, guard_levels=guard_levels, zero_level=zero_level, **fit_kwargs
+    )
+    if sel
+    else None
+  )
   return jax.tree.map(fit, mask, params)
 
 

@@ -30,20 +30,29 @@ import optax
 
 from hemp_jax import groups as grp
 
-NO_PARAMS_MSG = ("pruning needs the current parameters: pass `params` to `init` and to "
-                 "`update(updates, state, params)`.")
+NO_PARAMS_MSG = (
+  "pruning needs the current parameters: pass `params` to `init` and to "
+  "`update(updates, state, params)`."
+)
 
-__all__ = ["PruneState", "prune", "sparsity_schedule", "leaf_sparsity", "pruning_from_config",
-           "PRUNING_METHODS"]
+__all__ = [
+  "PruneState",
+  "prune",
+  "sparsity_schedule",
+  "leaf_sparsity",
+  "pruning_from_config",
+  "PRUNING_METHODS",
+]
 
 PRUNING_METHODS = ("magnitude", "sensitivity")
 
 
 class PruneState(NamedTuple):
   """State of :func:`prune`."""
-  count: jax.Array        # steps taken (int32)
-  masks: tuple            # one bool mask (True = kept) or None per params leaf
-  grad_ema: tuple         # EMA of |dL/dw| per pruned leaf ("sensitivity"), else ()
+
+  count: jax.Array  # steps taken (int32)
+  masks: tuple  # one bool mask (True = kept) or None per params leaf
+  grad_ema: tuple  # EMA of |dL/dw| per pruned leaf ("sensitivity"), else ()
   inner_state: Any
 
 
@@ -61,7 +70,7 @@ def _prune_mask(score, mask, sparsity):
   flat = jnp.where(mask.reshape(-1), score.reshape(-1).astype(jnp.float32), -1.0)
   n = flat.size
   k = jnp.floor(sparsity * n + 1e-6).astype(jnp.int32)
-  k = jnp.maximum(k, n - jnp.sum(mask))          # never un-prune
+  k = jnp.maximum(k, n - jnp.sum(mask))  # never un-prune
   order = jnp.argsort(flat, stable=True)
   ranks = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
   return (ranks >= k).reshape(mask.shape)
@@ -80,11 +89,20 @@ def leaf_sparsity(params, state: PruneState | None = None) -> float:
   return zeros / max(total, 1)
 
 
-def prune(inner: optax.GradientTransformation | None = None, *, sparsity: float,
-          method: str = "magnitude", begin_step: int = 0, end_step: int = 1000,
-          frequency: int = 100, min_size: int = 100, include: str | None = None,
-          exclude: str | None = None, grad_decay: float = 0.9,
-          mask: Any = None) -> optax.GradientTransformation:
+def prune(
+  inner: optax.GradientTransformation | None = None,
+  *,
+  sparsity: float,
+  method: str = "magnitude",
+  begin_step: int = 0,
+  end_step: int = 1000,
+  frequency: int = 100,
+  min_size: int = 100,
+  include: str | None = None,
+  exclude: str | None = None,
+  grad_decay: float = 0.9,
+  mask: Any = None,
+) -> optax.GradientTransformation:
   """Wraps ``inner`` so that a growing set of weights is pruned to exactly 0.
 
   Args:
@@ -108,8 +126,9 @@ def prune(inner: optax.GradientTransformation | None = None, *, sparsity: float,
   if not 0.0 <= sparsity < 1.0:
     raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
   if frequency < 1 or end_step < begin_step or begin_step < 0:
-    raise ValueError(f"bad schedule: begin_step={begin_step}, end_step={end_step}, "
-                     f"frequency={frequency}")
+    raise ValueError(
+      f"bad schedule: begin_step={begin_step}, end_step={end_step}, frequency={frequency}"
+    )
   if not 0.0 <= grad_decay < 1.0:
     raise ValueError(f"grad_decay must be in [0, 1), got {grad_decay}")
   inner = inner if inner is not None else optax.identity()
@@ -118,15 +137,21 @@ def prune(inner: optax.GradientTransformation | None = None, *, sparsity: float,
   def init_fn(params):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
-    selected = jax.tree.leaves(grp.select_groups(params, min_size=min_size, include=include,
-                                                 exclude=exclude))
+    selected = jax.tree.leaves(
+      grp.select_groups(params, min_size=min_size, include=include, exclude=exclude)
+    )
     if mask is not None:
       extra = jax.tree.leaves(mask(params) if callable(mask) else mask)
       selected = [a and bool(b) for a, b in zip(selected, extra)]
     leaves = jax.tree.leaves(params)
     masks = tuple(jnp.ones(jnp.shape(x), bool) if s else None for s, x in zip(selected, leaves))
-    ema = tuple(None if m is None else jnp.zeros(jnp.shape(x), jnp.float32)
-                for m, x in zip(masks, leaves)) if sensitivity else ()
+    ema = (
+      tuple(
+        None if m is None else jnp.zeros(jnp.shape(x), jnp.float32) for m, x in zip(masks, leaves)
+      )
+      if sensitivity
+      else ()
+    )
     return PruneState(jnp.zeros([], jnp.int32), masks, ema, inner.init(params))
 
   def update_fn(updates, state, params=None):
@@ -136,14 +161,19 @@ def prune(inner: optax.GradientTransformation | None = None, *, sparsity: float,
     w_leaves = jax.tree.leaves(params)
     count = state.count
     if sensitivity:
-      ema = tuple(None if m is None else grad_decay * e + (1 - grad_decay) * jnp.abs(g)
-                  for m, e, g in zip(state.masks, state.grad_ema, g_leaves))
+      ema = tuple(
+        None if m is None else grad_decay * e + (1 - grad_decay) * jnp.abs(g)
+        for m, e, g in zip(state.masks, state.grad_ema, g_leaves)
+      )
       # Bias correction of the EMA started at zero.
       corr = 1.0 - grad_decay ** (count.astype(jnp.float32) + 1.0)
     else:
       ema = ()
-    on_schedule = ((count >= begin_step) & (count <= end_step)
-                   & (((count - begin_step) % frequency == 0) | (count == end_step)))
+    on_schedule = (
+      (count >= begin_step)
+      & (count <= end_step)
+      & (((count - begin_step) % frequency == 0) | (count == end_step))
+    )
     target = sparsity_schedule(count, sparsity, begin_step, end_step)
 
     def new_masks():
@@ -161,16 +191,19 @@ def prune(inner: optax.GradientTransformation | None = None, *, sparsity: float,
     masks = jax.lax.cond(on_schedule, new_masks, lambda: state.masks)
     masked_g = [g if m is None else jnp.where(m, g, 0) for g, m in zip(g_leaves, masks)]
     inner_u, inner_state = inner.update(treedef.unflatten(masked_g), state.inner_state, params)
-    out = [u if m is None else jnp.where(m, u, -w).astype(u.dtype)
-           for u, w, m in zip(jax.tree.leaves(inner_u), w_leaves, masks)]
+    out = [
+      u if m is None else jnp.where(m, u, -w).astype(u.dtype)
+      for u, w, m in zip(jax.tree.leaves(inner_u), w_leaves, masks)
+    ]
     new_state = PruneState(optax.safe_int32_increment(count), masks, ema, inner_state)
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def pruning_from_config(config, inner: optax.GradientTransformation,
-                        steps_per_epoch: int) -> optax.GradientTransformation:
+def pruning_from_config(
+  config, inner: optax.GradientTransformation, steps_per_epoch: int
+) -> optax.GradientTransformation:
   """``inner`` wrapped by :func:`prune` as ``config.pruning`` says (unchanged if absent).
 
   ``config.pruning``: ``method`` ("none" | "magnitude" | "sensitivity"), ``sparsity``,
@@ -186,7 +219,15 @@ def pruning_from_config(config, inner: optax.GradientTransformation,
   if end_epoch is None:
     end_epoch = 0.75 * config.num_epochs
   end = max(begin, int(round(end_epoch * steps_per_epoch)))
-  return prune(inner, sparsity=pc.sparsity, method=pc.method, begin_step=begin, end_step=end,
-               frequency=pc.get("frequency", 10), min_size=pc.get("min_size", 100),
-               include=pc.get("include", None), exclude=pc.get("exclude", None),
-               grad_decay=pc.get("grad_decay", 0.9))
+  return prune(
+    inner,
+    sparsity=pc.sparsity,
+    method=pc.method,
+    begin_step=begin,
+    end_step=end,
+    frequency=pc.get("frequency", 10),
+    min_size=pc.get("min_size", 100),
+    include=pc.get("include", None),
+    exclude=pc.get("exclude", None),
+    grad_decay=pc.get("grad_decay", 0.9),
+  )

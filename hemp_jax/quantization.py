@@ -18,15 +18,15 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 __all__ = [
-    "uniform_codebook",
-    "lloyd_max_codebook",
-    "add_guard_levels",
-    "validate_codebook",
-    "quantize_indices",
-    "dequantize",
-    "quantize",
-    "quantize_ste",
-    "quantization_mse",
+  "uniform_codebook",
+  "lloyd_max_codebook",
+  "add_guard_levels",
+  "validate_codebook",
+  "quantize_indices",
+  "dequantize",
+  "quantize",
+  "quantize_ste",
+  "quantization_mse",
 ]
 
 
@@ -80,7 +80,8 @@ def validate_codebook(codebook) -> None:
     if np.any(d < 0):
       i = int(np.argmax(d < 0))
       raise ValueError(
-          f"codebook levels must be sorted increasing: c[{i}]={c[i]} > c[{i + 1}]={c[i + 1]}")
+        f"codebook levels must be sorted increasing: c[{i}]={c[i]} > c[{i + 1}]={c[i + 1]}"
+      )
 
 
 def _check_num_levels(num_levels) -> int:
@@ -120,8 +121,14 @@ def add_guard_levels(codebook) -> jax.Array:
   return jnp.concatenate([lo[None], c, hi[None]])
 
 
-def uniform_codebook(w, num_levels: int | None = None, *, step=None, zero_level: bool = False,
-                     guard_levels: bool = False) -> jax.Array:
+def uniform_codebook(
+  w,
+  num_levels: int | None = None,
+  *,
+  step=None,
+  zero_level: bool = False,
+  guard_levels: bool = False,
+) -> jax.Array:
   """Evenly spaced levels covering the range of ``w``.
 
   Modes:
@@ -162,8 +169,10 @@ def uniform_codebook(w, num_levels: int | None = None, *, step=None, zero_level:
       last = first + 1
     count = last - first + 1
     if num_levels is not None and _check_num_levels(num_levels) != count:
-      raise ValueError(f"step={step} over [{float(lo)}, {float(hi)}] gives {count} levels, "
-                       f"but num_levels={num_levels} was asked for; pass only one of them")
+      raise ValueError(
+        f"step={step} over [{float(lo)}, {float(hi)}] gives {count} levels, "
+        f"but num_levels={num_levels} was asked for; pass only one of them"
+      )
     c = step * jnp.arange(first, last + 1, dtype=dtype)
   else:
     if num_levels is None:
@@ -173,8 +182,7 @@ def uniform_codebook(w, num_levels: int | None = None, *, step=None, zero_level:
       # With j levels below zero and n-1-j above, the step must cover both ends.
       j = jnp.arange(n, dtype=dtype)
       below = jnp.where(lo < 0, jnp.where(j > 0, -lo / jnp.maximum(j, 1), jnp.inf), 0.0)
-      above = jnp.where(hi > 0, jnp.where(j < n - 1, hi / jnp.maximum(n - 1 - j, 1), jnp.inf),
-                        0.0)
+      above = jnp.where(hi > 0, jnp.where(j < n - 1, hi / jnp.maximum(n - 1 - j, 1), jnp.inf), 0.0)
       delta = jnp.maximum(below, above)
       best = jnp.argmin(delta)
       d = delta[best]
@@ -188,8 +196,9 @@ def uniform_codebook(w, num_levels: int | None = None, *, step=None, zero_level:
       i = jnp.arange(n, dtype=dtype)
       spread = _spread_if_degenerate(lo, hi)
       # A constant tensor: levels around its value, which is level floor((n-1)/2).
-      c = jnp.where(hi > lo, lo + (hi - lo) * i / (n - 1),
-                    lo + spread * (i - (n - 1) // 2) / (n - 1))
+      c = jnp.where(
+        hi > lo, lo + (hi - lo) * i / (n - 1), lo + spread * (i - (n - 1) // 2) / (n - 1)
+      )
   if guard_levels:
     c = add_guard_levels(c)
   return c
@@ -203,9 +212,13 @@ def _lloyd_empirical(w_sorted, prefix, init, num_iters):
     mids = (c[1:] + c[:-1]) / 2
     # cell i holds w in (mids[i-1], mids[i]]: ties go to the lower level, as in
     # quantize_indices.
-    edges = jnp.concatenate([jnp.zeros(1, jnp.int32),
-                             jnp.searchsorted(w_sorted, mids, side="right").astype(jnp.int32),
-                             jnp.full(1, m, jnp.int32)])
+    edges = jnp.concatenate(
+      [
+        jnp.zeros(1, jnp.int32),
+        jnp.searchsorted(w_sorted, mids, side="right").astype(jnp.int32),
+        jnp.full(1, m, jnp.int32),
+      ]
+    )
     counts = edges[1:] - edges[:-1]
     sums = prefix[edges[1:]] - prefix[edges[:-1]]
     return counts, sums
@@ -235,8 +248,9 @@ def _lloyd_gaussian(mu, sigma, init, num_iters):
   return mu + sigma * z
 
 
-def lloyd_max_codebook(w, num_levels: int, *, method: str = "empirical", num_iters: int = 50,
-                       guard_levels: bool = False) -> jax.Array:
+def lloyd_max_codebook(
+  w, num_levels: int, *, method: str = "empirical", num_iters: int = 50, guard_levels: bool = False
+) -> jax.Array:
   """Minimum-MSE (Lloyd-Max) levels for ``w``.
 
   ``method="empirical"`` runs Lloyd's algorithm on the actual weights (the default; the
@@ -275,7 +289,7 @@ def lloyd_max_codebook(w, num_levels: int, *, method: str = "empirical", num_ite
     acc = jnp.float64 if jax.config.jax_enable_x64 else dtype
     prefix = jnp.concatenate([jnp.zeros(1, acc), jnp.cumsum(s.astype(acc))])
     c = _lloyd_empirical(s.astype(acc), prefix, (init - centre).astype(acc), num_iters)
-    c = (c.astype(dtype) + centre)
+    c = c.astype(dtype) + centre
   else:
     mu = jnp.mean(flat)
     sigma = jnp.std(flat)

@@ -22,7 +22,7 @@ same, the tree structure is not. :func:`codebooks_tree` rebuilds the pytree.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,24 +32,27 @@ from hemp_jax import entropy as ent
 from hemp_jax import groups as grp
 from hemp_jax import quantization as q
 
-NO_PARAMS_MSG = ("HEMP transformations need the current parameters: pass `params` to "
-                 "`init` and to `update(updates, state, params)`.")
+NO_PARAMS_MSG = (
+  "HEMP transformations need the current parameters: pass `params` to "
+  "`init` and to `update(updates, state, params)`."
+)
 
 __all__ = [
-    "AddEntropyGradState",
-    "HempSecondStepState",
-    "QuantizerConfig",
-    "add_entropy_grad",
-    "entropy_penalty",
-    "hemp_second_step",
-    "paper_recipe",
-    "codebooks_tree",
-    "fit_leaf_codebooks",
+  "AddEntropyGradState",
+  "HempSecondStepState",
+  "QuantizerConfig",
+  "add_entropy_grad",
+  "entropy_penalty",
+  "hemp_second_step",
+  "paper_recipe",
+  "codebooks_tree",
+  "fit_leaf_codebooks",
 ]
 
 
 class QuantizerConfig(NamedTuple):
   """How codebooks are fitted (see :func:`hemp_jax.fit_codebooks`)."""
+
   num_levels: int = 4
   method: str = "uniform"
   guard_levels: bool = True
@@ -61,6 +64,7 @@ class QuantizerConfig(NamedTuple):
 
 class EntropyConfig(NamedTuple):
   """Which entropy is estimated (see :func:`hemp_jax.tree_entropy`)."""
+
   order: int = 3
   tuples: str = "disjoint"
   rate: str = "block"
@@ -69,17 +73,19 @@ class EntropyConfig(NamedTuple):
 
 class AddEntropyGradState(NamedTuple):
   """State of :func:`add_entropy_grad`."""
-  count: jax.Array            # updates applied so far (int32)
-  codebooks: tuple            # one codebook or None per params leaf
-  entropy_grad: tuple         # cached grad H per leaf (refresh_every > 1), else ()
+
+  count: jax.Array  # updates applied so far (int32)
+  codebooks: tuple  # one codebook or None per params leaf
+  entropy_grad: tuple  # cached grad H per leaf (refresh_every > 1), else ()
 
 
 class HempSecondStepState(NamedTuple):
   """State of :func:`hemp_second_step`."""
+
   count: jax.Array
   codebooks: tuple
-  entropy_grad: tuple         # cached grad H per leaf (None for float leaves)
-  targets: tuple              # cached Q(w) per leaf (None for float leaves)
+  entropy_grad: tuple  # cached grad H per leaf (None for float leaves)
+  targets: tuple  # cached Q(w) per leaf (None for float leaves)
   inner_state: Any
 
 
@@ -91,8 +97,9 @@ def _mask_leaves(mask, params) -> list | None:
   return jax.tree.leaves(mask)
 
 
-def fit_leaf_codebooks(params, quantizer: QuantizerConfig, mask=None, *, order: int = 1,
-                       tuples: str = "disjoint") -> tuple:
+def fit_leaf_codebooks(
+  params, quantizer: QuantizerConfig, mask=None, *, order: int = 1, tuples: str = "disjoint"
+) -> tuple:
   """Codebooks for every leaf of ``params`` (flat tuple, ``None`` for float leaves).
 
   Leaves are selected by ``quantizer`` (size threshold, include/exclude regexes on path
@@ -103,22 +110,33 @@ def fit_leaf_codebooks(params, quantizer: QuantizerConfig, mask=None, *, order: 
   if min_size is None:
     min_size = 10 * quantizer.num_levels + 1
   min_size = max(min_size, order)
-  selected = jax.tree.leaves(grp.select_groups(params, min_size=min_size,
-                                               include=quantizer.include,
-                                               exclude=quantizer.exclude))
+  selected = jax.tree.leaves(
+    grp.select_groups(
+      params, min_size=min_size, include=quantizer.include, exclude=quantizer.exclude
+    )
+  )
   extra = _mask_leaves(mask, params)
   if extra is not None:
     if len(extra) != len(selected):
       raise ValueError(f"mask has {len(extra)} leaves but params have {len(selected)}")
     selected = [a and bool(b) for a, b in zip(selected, extra)]
   if not any(selected):
-    raise ValueError("no parameter is selected for quantization: check min_size, "
-                     "include/exclude and mask")
+    raise ValueError(
+      "no parameter is selected for quantization: check min_size, include/exclude and mask"
+    )
   out = []
   for sel, x in zip(selected, jax.tree.leaves(params)):
-    out.append(grp.fit_codebook(x, quantizer.num_levels, method=quantizer.method,
-                                guard_levels=quantizer.guard_levels,
-                                zero_level=quantizer.zero_level) if sel else None)
+    out.append(
+      grp.fit_codebook(
+        x,
+        quantizer.num_levels,
+        method=quantizer.method,
+        guard_levels=quantizer.guard_levels,
+        zero_level=quantizer.zero_level,
+      )
+      if sel
+      else None
+    )
   return tuple(out)
 
 
@@ -126,14 +144,23 @@ def codebooks_tree(params, codebooks: tuple) -> Any:
   """Rebuilds a codebooks pytree like ``params`` from a state's flat codebook tuple."""
   treedef = jax.tree.structure(params)
   if treedef.num_leaves != len(codebooks):
-    raise ValueError(f"params have {treedef.num_leaves} leaves but the state holds "
-                     f"{len(codebooks)} codebooks: not the params this state was made for")
+    raise ValueError(
+      f"params have {treedef.num_leaves} leaves but the state holds "
+      f"{len(codebooks)} codebooks: not the params this state was made for"
+    )
   return treedef.unflatten(list(codebooks))
 
 
-def entropy_penalty(params, codebooks, *, strength: float = 1.0, order: int = 3,
-                    tuples: str = "disjoint", rate: str = "block",
-                    pool: str = "group") -> jax.Array:
+def entropy_penalty(
+  params,
+  codebooks,
+  *,
+  strength: float = 1.0,
+  order: int = 3,
+  tuples: str = "disjoint",
+  rate: str = "block",
+  pool: str = "group",
+) -> jax.Array:
   """``strength * H(params)`` in bits per quantized parameter, for adding to a loss.
 
   ``codebooks`` is a pytree like ``params`` (see :func:`hemp_jax.fit_codebooks`) or the
@@ -141,8 +168,9 @@ def entropy_penalty(params, codebooks, *, strength: float = 1.0, order: int = 3,
   """
   if isinstance(codebooks, tuple) and not hasattr(codebooks, "_fields"):
     codebooks = codebooks_tree(params, codebooks)
-  return strength * ent.tree_entropy(params, codebooks, order=order, tuples=tuples, rate=rate,
-                                     pool=pool)
+  return strength * ent.tree_entropy(
+    params, codebooks, order=order, tuples=tuples, rate=rate, pool=pool
+  )
 
 
 def _entropy_grad(params, codebooks: tuple, entropy: EntropyConfig) -> tuple:
@@ -156,8 +184,9 @@ def _entropy_grad(params, codebooks: tuple, entropy: EntropyConfig) -> tuple:
 def _zeros_like_quantized(params, codebooks: tuple) -> tuple:
   """Zeros shaped like each quantized leaf (None elsewhere): a refresh cache before its
   first fill. Step 0 always refreshes, so ``init`` need not compute (or compile) grad H."""
-  return tuple(None if cb is None else jnp.zeros_like(x)
-               for x, cb in zip(jax.tree.leaves(params), codebooks))
+  return tuple(
+    None if cb is None else jnp.zeros_like(x) for x, cb in zip(jax.tree.leaves(params), codebooks)
+  )
 
 
 def _every(count, period: int | None):
@@ -165,26 +194,48 @@ def _every(count, period: int | None):
 
 
 def _refit(params, codebooks: tuple, quantizer: QuantizerConfig) -> tuple:
-  return tuple(None if cb is None else grp.fit_codebook(
-      x, quantizer.num_levels, method=quantizer.method, guard_levels=quantizer.guard_levels,
-      zero_level=quantizer.zero_level).astype(cb.dtype)
-               for x, cb in zip(jax.tree.leaves(params), codebooks))
+  return tuple(
+    None
+    if cb is None
+    else grp.fit_codebook(
+      x,
+      quantizer.num_levels,
+      method=quantizer.method,
+      guard_levels=quantizer.guard_levels,
+      zero_level=quantizer.zero_level,
+    ).astype(cb.dtype)
+    for x, cb in zip(jax.tree.leaves(params), codebooks)
+  )
 
 
 def _maybe_refit(count, params, codebooks, quantizer, refit_every):
   if not refit_every:
     return codebooks
-  return jax.lax.cond((count > 0) & _every(count, refit_every),
-                      lambda: _refit(params, codebooks, quantizer), lambda: codebooks)
+  return jax.lax.cond(
+    (count > 0) & _every(count, refit_every),
+    lambda: _refit(params, codebooks, quantizer),
+    lambda: codebooks,
+  )
 
 
-def add_entropy_grad(strength: float, *, order: int = 3, num_levels: int = 4,
-                     method: str = "uniform", guard_levels: bool = True,
-                     zero_level: bool = False, min_size: int | None = None,
-                     include: str | None = None, exclude: str | None = None,
-                     tuples: str = "disjoint", rate: str = "block", pool: str = "group",
-                     refresh_every: int = 1, refit_every: int | None = None,
-                     mask: Any = None) -> optax.GradientTransformation:
+def add_entropy_grad(
+  strength: float,
+  *,
+  order: int = 3,
+  num_levels: int = 4,
+  method: str = "uniform",
+  guard_levels: bool = True,
+  zero_level: bool = False,
+  min_size: int | None = None,
+  include: str | None = None,
+  exclude: str | None = None,
+  tuples: str = "disjoint",
+  rate: str = "block",
+  pool: str = "group",
+  refresh_every: int = 1,
+  refit_every: int | None = None,
+  mask: Any = None,
+) -> optax.GradientTransformation:
   """Adds ``strength * grad H(params)`` to the updates (the HEMP regularizer).
 
   ``H`` is the soft order-n entropy of the quantized leaves, bits per quantized parameter
@@ -210,8 +261,9 @@ def add_entropy_grad(strength: float, *, order: int = 3, num_levels: int = 4,
   Returns:
     An ``optax.GradientTransformation``.
   """
-  quantizer = QuantizerConfig(num_levels, method, guard_levels, zero_level, min_size,
-                              include, exclude)
+  quantizer = QuantizerConfig(
+    num_levels, method, guard_levels, zero_level, min_size, include, exclude
+  )
   entropy = EntropyConfig(order, tuples, rate, pool)
   ent._check_options(order, tuples, rate)
   if refresh_every < 1:
@@ -229,9 +281,11 @@ def add_entropy_grad(strength: float, *, order: int = 3, num_levels: int = 4,
       raise ValueError(NO_PARAMS_MSG)
     codebooks = _maybe_refit(state.count, params, state.codebooks, quantizer, refit_every)
     if refresh_every > 1:
-      grads = jax.lax.cond(_every(state.count, refresh_every),
-                           lambda: _entropy_grad(params, codebooks, entropy),
-                           lambda: state.entropy_grad)
+      grads = jax.lax.cond(
+        _every(state.count, refresh_every),
+        lambda: _entropy_grad(params, codebooks, entropy),
+        lambda: state.entropy_grad,
+      )
       cached = grads
     else:
       grads = _entropy_grad(params, codebooks, entropy)
@@ -255,14 +309,26 @@ def _level_range(cb, guard_levels: bool):
   return (cb[1], cb[-2]) if guard_levels else (cb[0], cb[-1])
 
 
-def hemp_second_step(inner: optax.GradientTransformation, *, lambda_h: float = 1.0,
-                     lambda_q: float = 0.1, order: int = 3, num_levels: int = 4,
-                     method: str = "uniform", guard_levels: bool = True,
-                     zero_level: bool = False, min_size: int | None = None,
-                     include: str | None = None, exclude: str | None = None,
-                     tuples: str = "disjoint", rate: str = "block", pool: str = "group",
-                     refresh_every: int = 10, sensitivity: bool = True,
-                     mask: Any = None) -> optax.GradientTransformation:
+def hemp_second_step(
+  inner: optax.GradientTransformation,
+  *,
+  lambda_h: float = 1.0,
+  lambda_q: float = 0.1,
+  order: int = 3,
+  num_levels: int = 4,
+  method: str = "uniform",
+  guard_levels: bool = True,
+  zero_level: bool = False,
+  min_size: int | None = None,
+  include: str | None = None,
+  exclude: str | None = None,
+  tuples: str = "disjoint",
+  rate: str = "block",
+  pool: str = "group",
+  refresh_every: int = 10,
+  sensitivity: bool = True,
+  mask: Any = None,
+) -> optax.GradientTransformation:
   """The paper's update: ``inner``'s step, then an unscaled, gated entropy/pull step.
 
   With ``g`` the incoming loss gradient and ``w1 = w + inner(g)``, for every quantized
@@ -282,8 +348,9 @@ def hemp_second_step(inner: optax.GradientTransformation, *, lambda_h: float = 1
   Returns:
     An ``optax.GradientTransformation`` whose updates already include the clip.
   """
-  quantizer = QuantizerConfig(num_levels, method, guard_levels, zero_level, min_size,
-                              include, exclude)
+  quantizer = QuantizerConfig(
+    num_levels, method, guard_levels, zero_level, min_size, include, exclude
+  )
   entropy = EntropyConfig(order, tuples, rate, pool)
   ent._check_options(order, tuples, rate)
   if refresh_every < 1:
@@ -291,8 +358,9 @@ def hemp_second_step(inner: optax.GradientTransformation, *, lambda_h: float = 1
 
   def refresh(w1, codebooks):
     grads = _entropy_grad(w1, codebooks, entropy)
-    targets = tuple(None if cb is None else q.quantize(x, cb)
-                    for x, cb in zip(jax.tree.leaves(w1), codebooks))
+    targets = tuple(
+      None if cb is None else q.quantize(x, cb) for x, cb in zip(jax.tree.leaves(w1), codebooks)
+    )
     return grads, targets
 
   def init_fn(params):
@@ -300,25 +368,35 @@ def hemp_second_step(inner: optax.GradientTransformation, *, lambda_h: float = 1
       raise ValueError(NO_PARAMS_MSG)
     codebooks = fit_leaf_codebooks(params, quantizer, mask, order=order, tuples=tuples)
     # Two separate zero trees: a donated state must not hold one buffer twice.
-    return HempSecondStepState(jnp.zeros([], jnp.int32), codebooks,
-                               _zeros_like_quantized(params, codebooks),
-                               _zeros_like_quantized(params, codebooks),
-                               inner.init(params))
+    return HempSecondStepState(
+      jnp.zeros([], jnp.int32),
+      codebooks,
+      _zeros_like_quantized(params, codebooks),
+      _zeros_like_quantized(params, codebooks),
+      inner.init(params),
+    )
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params)
     w1 = optax.apply_updates(params, inner_updates)
-    grads, targets = jax.lax.cond(_every(state.count, refresh_every),
-                                  lambda: refresh(w1, state.codebooks),
-                                  lambda: (state.entropy_grad, state.targets))
+    grads, targets = jax.lax.cond(
+      _every(state.count, refresh_every),
+      lambda: refresh(w1, state.codebooks),
+      lambda: (state.entropy_grad, state.targets),
+    )
     w_leaves, treedef = jax.tree.flatten(params)
     out = []
-    for w, w_1, u, g, cb, gh, tq in zip(w_leaves, jax.tree.leaves(w1),
-                                        jax.tree.leaves(inner_updates),
-                                        jax.tree.leaves(updates), state.codebooks, grads,
-                                        targets):
+    for w, w_1, u, g, cb, gh, tq in zip(
+      w_leaves,
+      jax.tree.leaves(w1),
+      jax.tree.leaves(inner_updates),
+      jax.tree.leaves(updates),
+      state.codebooks,
+      grads,
+      targets,
+    ):
       if cb is None:
         out.append(u)
         continue
@@ -326,17 +404,26 @@ def hemp_second_step(inner: optax.GradientTransformation, *, lambda_h: float = 1
       w2 = w_1 - gate * (lambda_h * gh + lambda_q * (w_1 - tq))
       lo, hi = _level_range(cb, guard_levels)
       out.append((jnp.clip(w2, lo, hi) - w).astype(u.dtype))
-    new_state = HempSecondStepState(optax.safe_int32_increment(state.count), state.codebooks,
-                                    grads, targets, inner_state)
+    new_state = HempSecondStepState(
+      optax.safe_int32_increment(state.count), state.codebooks, grads, targets, inner_state
+    )
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def paper_recipe(*, learning_rate: float = 0.1, momentum: float = 0.0,
-                 weight_decay: float = 1e-4, lambda_h: float = 1.0, lambda_q: float = 0.1,
-                 order: int = 3, num_levels: int = 4, refresh_every: int = 10,
-                 **kwargs) -> optax.GradientTransformation:
+def paper_recipe(
+  *,
+  learning_rate: float = 0.1,
+  momentum: float = 0.0,
+  weight_decay: float = 1e-4,
+  lambda_h: float = 1.0,
+  lambda_q: float = 0.1,
+  order: int = 3,
+  num_levels: int = 4,
+  refresh_every: int = 10,
+  **kwargs,
+) -> optax.GradientTransformation:
   """The paper code's training update as one optax transformation.
 
   ``hemp_second_step(chain(add_decayed_weights(wd), sgd(lr, momentum)), ...)`` with the
@@ -344,7 +431,15 @@ def paper_recipe(*, learning_rate: float = 0.1, momentum: float = 0.0,
   order 3, N = 4 plus guard levels, refresh every 10 steps). ``learning_rate`` may be an
   optax schedule.
   """
-  inner = optax.chain(optax.add_decayed_weights(weight_decay),
-                      optax.sgd(learning_rate, momentum=momentum or None))
-  return hemp_second_step(inner, lambda_h=lambda_h, lambda_q=lambda_q, order=order,
-                          num_levels=num_levels, refresh_every=refresh_every, **kwargs)
+  inner = optax.chain(
+    optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None)
+  )
+  return hemp_second_step(
+    inner,
+    lambda_h=lambda_h,
+    lambda_q=lambda_q,
+    order=order,
+    num_levels=num_levels,
+    refresh_every=refresh_every,
+    **kwargs,
+  )

@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-__all__ = ["Point", "Sweep", "load_sweep", "run_sweep", "run_point", "load_results",
-           "lzma_sizes"]
+__all__ = ["Point", "Sweep", "load_sweep", "run_sweep", "run_point", "load_results", "lzma_sizes"]
 
 
 @dataclasses.dataclass
@@ -56,6 +55,7 @@ class Point:
     init: id of the ``pretrain`` point whose float params this point starts from.
     axes: the sweep coordinates of the point (recorded and shown in tables).
   """
+
   id: str
   kind: str
   config: ml_collections.ConfigDict
@@ -77,6 +77,7 @@ def load_sweep(spec: str) -> Sweep:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"sweep file not found: {path}")
   from hemp_jax.experiment import load_python_file
+
   module = load_python_file(path, "hemp_sweep")
   sweep = module.get_sweep(arg) if arg else module.get_sweep()
   ids = [p.id for p in sweep.points]
@@ -112,6 +113,7 @@ def lzma_sizes(params, codebooks) -> dict:
   """
   from hemp_jax import groups as grp
   from hemp_jax.codec import format as fmt
+
   cbs, leaves, _, _ = grp.codebook_leaves(codebooks, params)
   idx_parts, extra = [], []
   for cb, x in zip(cbs, leaves):
@@ -143,6 +145,7 @@ def _evaluate(eval_fn, params, model_state, batches) -> float:
 def _quantized_sparsity(params, codebooks) -> float:
   from hemp_jax import groups as grp
   from hemp_jax import quantization as q
+
   cbs, leaves, _, _ = grp.codebook_leaves(codebooks, params)
   zeros = total = 0
   for cb, x in zip(cbs, leaves):
@@ -155,8 +158,8 @@ def _quantized_sparsity(params, codebooks) -> float:
 
 def measure(config, graphdef, params, model_state, codebooks, pipe, path: str) -> dict:
   """Writes ``path`` (.hemp), decodes it, evaluates the decoded model; returns metrics."""
-  from hemp_jax import codec
-  from hemp_jax import train
+  from hemp_jax import codec, train
+
   eval_fn = jax.jit(train.make_eval_step(graphdef))
   params = jax.tree.map(np.asarray, params)
   blob = codec.compress(params, codebooks)
@@ -167,22 +170,29 @@ def measure(config, graphdef, params, model_state, codebooks, pipe, path: str) -
   num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
   hk = train._entropy_kwargs(config)
   out = {
-      "file_bytes": len(raw),
-      "file_sha256": hashlib.sha256(raw).hexdigest(),
-      "num_params": num_params,
-      "num_quantized_params": int(sum(np.size(x) for cb, x in zip(
-          *train.grp.codebook_leaves(codebooks, params)[:2]) if cb is not None)),
-      "float32_bytes": 4 * num_params,
-      "bits_per_param_file": 8.0 * len(raw) / num_params,
-      "compression_ratio": 4.0 * num_params / len(raw),
-      "test_accuracy": _evaluate(eval_fn, params, model_state, pipe.eval()),
-      "test_accuracy_decoded": _evaluate(eval_fn, jax.tree.map(jnp.asarray, decoded),
-                                         model_state, pipe.eval()),
-      "sparsity": _quantized_sparsity(params, codebooks),
+    "file_bytes": len(raw),
+    "file_sha256": hashlib.sha256(raw).hexdigest(),
+    "num_params": num_params,
+    "num_quantized_params": int(
+      sum(
+        np.size(x)
+        for cb, x in zip(*train.grp.codebook_leaves(codebooks, params)[:2])
+        if cb is not None
+      )
+    ),
+    "float32_bytes": 4 * num_params,
+    "bits_per_param_file": 8.0 * len(raw) / num_params,
+    "compression_ratio": 4.0 * num_params / len(raw),
+    "test_accuracy": _evaluate(eval_fn, params, model_state, pipe.eval()),
+    "test_accuracy_decoded": _evaluate(
+      eval_fn, jax.tree.map(jnp.asarray, decoded), model_state, pipe.eval()
+    ),
+    "sparsity": _quantized_sparsity(params, codebooks),
   }
   for order in (1, 2, 3):
-    out[f"entropy_order{order}"] = train.exact_entropy(params, codebooks, order=order,
-                                                       tuples=hk["tuples"], rate="block")
+    out[f"entropy_order{order}"] = train.exact_entropy(
+      params, codebooks, order=order, tuples=hk["tuples"], rate="block"
+    )
   out.update(lzma_sizes(params, codebooks))
   out["weight_hist"] = weight_histogram(params, codebooks)
   return out
@@ -191,16 +201,25 @@ def measure(config, graphdef, params, model_state, codebooks, pipe, path: str) -
 def weight_histogram(params, codebooks, bins: int = 150) -> dict:
   """Histogram of the largest quantized tensor's (continuous) weights and its codebook."""
   from hemp_jax import groups as grp
+
   cbs, leaves, names, _ = grp.codebook_leaves(codebooks, params)
-  best = max((k for k, cb in enumerate(cbs) if cb is not None),
-             key=lambda k: np.size(leaves[k]), default=None)
+  best = max(
+    (k for k, cb in enumerate(cbs) if cb is not None),
+    key=lambda k: np.size(leaves[k]),
+    default=None,
+  )
   if best is None:
     return {}
   x = np.asarray(leaves[best], np.float64).reshape(-1)
   counts, edges = np.histogram(x, bins=bins)
-  return {"leaf": names[best], "size": int(x.size), "edges": edges.tolist(),
-          "counts": counts.tolist(), "levels": np.asarray(cbs[best]).tolist(),
-          "exact_zeros": int(np.sum(x == 0))}
+  return {
+    "leaf": names[best],
+    "size": int(x.size),
+    "edges": edges.tolist(),
+    "counts": counts.tolist(),
+    "levels": np.asarray(cbs[best]).tolist(),
+    "exact_zeros": int(np.sum(x == 0)),
+  }
 
 
 def _save_float(path: str, params, model_state):
@@ -223,8 +242,9 @@ def _load_float(path: str, params, model_state):
       for p, x in leaves:
         v = z[prefix + "/" + jax.tree_util.keystr(p)]
         if v.shape != np.shape(x):
-          raise ValueError(f"{path}: {jax.tree_util.keystr(p)} has shape {v.shape}, "
-                           f"expected {np.shape(x)}")
+          raise ValueError(
+            f"{path}: {jax.tree_util.keystr(p)} has shape {v.shape}, expected {np.shape(x)}"
+          )
         vals.append(jnp.asarray(v, dtype=jnp.asarray(x).dtype))
       out.append(treedef.unflatten(vals))
   return out
@@ -233,9 +253,12 @@ def _load_float(path: str, params, model_state):
 def _train(config, graphdef, state, tx, pipe, log) -> tuple[Any, list]:
   """Plain loop (no per-epoch checkpoints): the sweep's points are short and atomic."""
   from hemp_jax import train
+
   qat_epochs = config.get("qat_epochs", 0) or 0
-  steps = [jax.jit(train.make_train_step(graphdef, tx, quantized_forward=qf),
-                   donate_argnums=(0,)) for qf in ((False, True) if qat_epochs else (False,))]
+  steps = [
+    jax.jit(train.make_train_step(graphdef, tx, quantized_forward=qf), donate_argnums=(0,))
+    for qf in ((False, True) if qat_epochs else (False,))
+  ]
   history = []
   for epoch in range(config.num_epochs):
     # Last qat_epochs: the task loss on the quantized network (straight-through).
@@ -245,28 +268,33 @@ def _train(config, graphdef, state, tx, pipe, log) -> tuple[Any, list]:
       if i >= pipe.steps_per_epoch:
         break
       state, m = step(state, jnp.asarray(images), jnp.asarray(labels))
-      loss = float(m["loss"])   # sync every step (CPU collectives, DESIGN §4)
+      loss = float(m["loss"])  # sync every step (CPU collectives, DESIGN §4)
       if not np.isfinite(loss):
         raise train.TrainingDivergedError(f"loss {loss} at epoch {epoch + 1}, batch {i + 1}")
       losses.append(loss)
-    history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                    "seconds": time.time() - t0})
-    log(f"  epoch {epoch + 1}/{config.num_epochs} loss {history[-1]['train_loss']:.4f} "
-        f"({history[-1]['seconds']:.1f}s)")
+    history.append(
+      {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": time.time() - t0}
+    )
+    log(
+      f"  epoch {epoch + 1}/{config.num_epochs} loss {history[-1]['train_loss']:.4f} "
+      f"({history[-1]['seconds']:.1f}s)"
+    )
   return state, history
 
 
 def run_point(point: Point, scratch_dir: str, log=print) -> dict:
   """Runs one point (its ``init`` point's float params must be in ``scratch_dir``)."""
   from hemp_jax import train
+
   t_start = time.time()
   config = point.config
   workdir = os.path.join(scratch_dir, point.id)
   os.makedirs(workdir, exist_ok=True)
   graphdef, state, tx, pipe = train.build(config)
   if point.init is not None:
-    params, model_state = _load_float(os.path.join(scratch_dir, point.init, "float.npz"),
-                                      state.params, state.model_state)
+    params, model_state = _load_float(
+      os.path.join(scratch_dir, point.init, "float.npz"), state.params, state.model_state
+    )
     state = train.TrainState(jnp.zeros([], jnp.int32), params, model_state, tx.init(params))
   history = []
   if point.kind in ("pretrain", "train"):
@@ -275,11 +303,25 @@ def run_point(point: Point, scratch_dir: str, log=print) -> dict:
     _save_float(os.path.join(workdir, "float.npz"), state.params, state.model_state)
   codebooks = train.eval_codebooks(config, state)
   record = {
-      "id": point.id, "kind": point.kind, "method": point.method, "init": point.init,
-      "axes": point.axes, "model": config.model, "dataset": config.dataset,
+    "id": point.id,
+    "kind": point.kind,
+    "method": point.method,
+    "init": point.init,
+    "axes": point.axes,
+    "model": config.model,
+    "dataset": config.dataset,
   }
-  record.update(measure(config, graphdef, state.params, state.model_state, codebooks, pipe,
-                        os.path.join(workdir, "model.hemp")))
+  record.update(
+    measure(
+      config,
+      graphdef,
+      state.params,
+      state.model_state,
+      codebooks,
+      pipe,
+      os.path.join(workdir, "model.hemp"),
+    )
+  )
   record["history"] = history
   record["seconds"] = time.time() - t_start
   record["config"] = json.loads(config.to_json_best_effort())
@@ -293,16 +335,25 @@ def _backfill_histogram(point: Point, path: str, scratch_dir: str):
   if rec.get("weight_hist") or not os.path.exists(npz):
     return
   from hemp_jax import train
+
   graphdef, state, _, _ = train.build(point.config)
   params, model_state = _load_float(npz, state.params, state.model_state)
-  codebooks = train.eval_codebooks(point.config, state._replace(params=params,
-                                                                 model_state=model_state))
+  codebooks = train.eval_codebooks(
+    point.config, state._replace(params=params, model_state=model_state)
+  )
   rec["weight_hist"] = weight_histogram(params, codebooks)
   _atomic_write(path, json.dumps(rec, indent=1).encode())
 
 
-def run_sweep(sweep: Sweep, results_dir: str, scratch_dir: str, *, progress: bool = True,
-              only: Iterable[str] | None = None, log=None) -> list[dict]:
+def run_sweep(
+  sweep: Sweep,
+  results_dir: str,
+  scratch_dir: str,
+  *,
+  progress: bool = True,
+  only: Iterable[str] | None = None,
+  log=None,
+) -> list[dict]:
   """Runs every unfinished point of ``sweep`` (dependencies first); returns all records.
 
   Args:
@@ -314,60 +365,94 @@ def run_sweep(sweep: Sweep, results_dir: str, scratch_dir: str, *, progress: boo
     log: ``log(str)``; default prints to stderr when ``progress`` is off.
   """
   from hemp_jax.train import TrainingDivergedError
+
   os.makedirs(os.path.join(results_dir, "points"), exist_ok=True)
   os.makedirs(scratch_dir, exist_ok=True)
   if log is None:
     log = (lambda s: None) if progress else (lambda s: print(s, file=sys.stderr, flush=True))
-  _atomic_write(os.path.join(results_dir, "sweep.json"), json.dumps({
-      "name": sweep.name, "description": sweep.description,
-      "points": [{"id": p.id, "kind": p.kind, "method": p.method, "init": p.init,
-                  "axes": p.axes, "model": p.config.model} for p in sweep.points]},
-      indent=2).encode())
+  _atomic_write(
+    os.path.join(results_dir, "sweep.json"),
+    json.dumps(
+      {
+        "name": sweep.name,
+        "description": sweep.description,
+        "points": [
+          {
+            "id": p.id,
+            "kind": p.kind,
+            "method": p.method,
+            "init": p.init,
+            "axes": p.axes,
+            "model": p.config.model,
+          }
+          for p in sweep.points
+        ],
+      },
+      indent=2,
+    ).encode(),
+  )
   by_id = {p.id: p for p in sweep.points}
-  wanted = [p for p in sweep.points
-            if only is None or any(p.id == o or p.id.startswith(o) for o in only)]
+  wanted = [
+    p for p in sweep.points if only is None or any(p.id == o or p.id.startswith(o) for o in only)
+  ]
   for p in list(wanted):
     if p.init is not None and by_id[p.init] not in wanted:
       wanted.append(by_id[p.init])
   order = sorted(wanted, key=lambda p: 0 if p.kind == "pretrain" else 1)
   done_path = lambda p: os.path.join(results_dir, "points", p.id + ".json")
   todo = [p for p in order if not os.path.exists(done_path(p))]
-  for p in order:   # records written before histograms were recorded
+  for p in order:  # records written before histograms were recorded
     if p.kind == "pretrain" and p not in todo:
       _backfill_histogram(p, done_path(p), scratch_dir)
   bar = None
   if progress:
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(order), initial=len(order) - len(todo), desc=sweep.name,
-               unit="pt", dynamic_ncols=True, file=sys.stderr)
+
+    bar = tqdm(
+      total=len(order),
+      initial=len(order) - len(todo),
+      desc=sweep.name,
+      unit="pt",
+      dynamic_ncols=True,
+      file=sys.stderr,
+    )
   for p in todo:
-    if os.path.exists(done_path(p)):   # finished meanwhile by another sweep process
+    if os.path.exists(done_path(p)):  # finished meanwhile by another sweep process
       if bar is not None:
         bar.update(1)
       continue
     if bar is not None:
       bar.set_postfix_str(p.id)
-    if p.init is not None and not os.path.exists(
-        os.path.join(scratch_dir, p.init, "float.npz")):
+    if p.init is not None and not os.path.exists(os.path.join(scratch_dir, p.init, "float.npz")):
       log(f"[{p.init}] float params missing from {scratch_dir}: retraining it")
       run_point(by_id[p.init], scratch_dir, log)
     log(f"[{p.id}] {p.kind} {p.method} {p.axes}")
     try:
       rec = run_point(p, scratch_dir, log)
-    except TrainingDivergedError as e:   # recorded as a finished, failed point
-      rec = {"id": p.id, "kind": p.kind, "method": p.method, "init": p.init, "axes": p.axes,
-             "model": p.config.model, "dataset": p.config.dataset, "failed": str(e),
-             "config": json.loads(p.config.to_json_best_effort())}
+    except TrainingDivergedError as e:  # recorded as a finished, failed point
+      rec = {
+        "id": p.id,
+        "kind": p.kind,
+        "method": p.method,
+        "init": p.init,
+        "axes": p.axes,
+        "model": p.config.model,
+        "dataset": p.config.dataset,
+        "failed": str(e),
+        "config": json.loads(p.config.to_json_best_effort()),
+      }
       _atomic_write(done_path(p), json.dumps(rec, indent=1).encode())
       log(f"[{p.id}] FAILED: {e}")
       if bar is not None:
         bar.update(1)
       continue
     _atomic_write(done_path(p), json.dumps(rec, indent=1).encode())
-    log(f"[{p.id}] acc {rec['test_accuracy']:.4f} decoded {rec['test_accuracy_decoded']:.4f} "
-        f"file {rec['file_bytes']} B ({rec['bits_per_param_file']:.3f} bit/param, "
-        f"x{rec['compression_ratio']:.1f}) sparsity {rec['sparsity']:.3f} "
-        f"in {rec['seconds']:.0f}s")
+    log(
+      f"[{p.id}] acc {rec['test_accuracy']:.4f} decoded {rec['test_accuracy_decoded']:.4f} "
+      f"file {rec['file_bytes']} B ({rec['bits_per_param_file']:.3f} bit/param, "
+      f"x{rec['compression_ratio']:.1f}) sparsity {rec['sparsity']:.3f} "
+      f"in {rec['seconds']:.0f}s"
+    )
     if bar is not None:
       bar.update(1)
   if bar is not None:

@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from typing import Any, Callable, Iterator, NamedTuple
@@ -46,19 +45,19 @@ from hemp_jax import quantization as q
 from hemp_jax import regularizer as reg
 
 __all__ = [
-    "TrainState",
-    "TrainingDivergedError",
-    "make_mesh",
-    "make_optimizer",
-    "create_train_state",
-    "make_train_step",
-    "make_eval_step",
-    "data_parallel_train_step",
-    "pmap_train_step",
-    "quantize_params",
-    "state_codebooks",
-    "exact_entropy",
-    "train_and_evaluate",
+  "TrainState",
+  "TrainingDivergedError",
+  "make_mesh",
+  "make_optimizer",
+  "create_train_state",
+  "make_train_step",
+  "make_eval_step",
+  "data_parallel_train_step",
+  "pmap_train_step",
+  "quantize_params",
+  "state_codebooks",
+  "exact_entropy",
+  "train_and_evaluate",
 ]
 
 
@@ -68,9 +67,10 @@ class TrainingDivergedError(RuntimeError):
 
 class TrainState(NamedTuple):
   """Everything a step changes. ``params``/``model_state`` are pure nested dicts."""
+
   step: jax.Array
-  params: Any          # nnx.Param values
-  model_state: Any     # other variables (BatchNorm statistics)
+  params: Any  # nnx.Param values
+  model_state: Any  # other variables (BatchNorm statistics)
   opt_state: Any
 
 
@@ -92,9 +92,15 @@ def _learning_rate(config, steps_per_epoch: int):
 
 def _quantizer_kwargs(config) -> dict:
   qc = config.quantizer
-  return dict(num_levels=qc.num_levels, method=qc.method, guard_levels=qc.guard_levels,
-              zero_level=qc.get("zero_level", False), min_size=qc.get("min_size", None),
-              include=qc.get("include", None), exclude=qc.get("exclude", None))
+  return dict(
+    num_levels=qc.num_levels,
+    method=qc.method,
+    guard_levels=qc.guard_levels,
+    zero_level=qc.get("zero_level", False),
+    min_size=qc.get("min_size", None),
+    include=qc.get("include", None),
+    exclude=qc.get("exclude", None),
+  )
 
 
 def _entropy_kwargs(config) -> dict:
@@ -110,27 +116,45 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
     * ``"grad"`` — ``chain(add_entropy_grad(strength), weight decay, optimizer)``;
     * ``"paper"`` — :func:`hemp_jax.paper_recipe` (SGD + the gated unscaled step).
   """
-  from hemp_jax import pruning   # config.pruning: optional wrapper (issue #5)
+  from hemp_jax import pruning  # config.pruning: optional wrapper (issue #5)
+
   opt, h = config.optimizer, config.hemp
   lr = _learning_rate(config, steps_per_epoch)
   if h.mode == "paper":
-    return pruning.pruning_from_config(config, reg.paper_recipe(learning_rate=lr, momentum=opt.get("momentum", 0.0),
-                            weight_decay=opt.weight_decay, lambda_h=h.strength,
-                            lambda_q=h.get("lambda_q", 0.1), refresh_every=h.refresh_every,
-                            sensitivity=h.get("sensitivity", True), **_entropy_kwargs(config),
-                            **_quantizer_kwargs(config)), steps_per_epoch)
+    return pruning.pruning_from_config(
+      config,
+      reg.paper_recipe(
+        learning_rate=lr,
+        momentum=opt.get("momentum", 0.0),
+        weight_decay=opt.weight_decay,
+        lambda_h=h.strength,
+        lambda_q=h.get("lambda_q", 0.1),
+        refresh_every=h.refresh_every,
+        sensitivity=h.get("sensitivity", True),
+        **_entropy_kwargs(config),
+        **_quantizer_kwargs(config),
+      ),
+      steps_per_epoch,
+    )
   if opt.name == "sgd":
-    base = optax.sgd(lr, momentum=opt.get("momentum", 0.0) or None,
-                     nesterov=opt.get("nesterov", False))
+    base = optax.sgd(
+      lr, momentum=opt.get("momentum", 0.0) or None, nesterov=opt.get("nesterov", False)
+    )
   elif opt.name == "adam":
     base = optax.adam(lr)
   else:
     raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {opt.name!r}")
   parts = []
   if h.mode == "grad":
-    parts.append(reg.add_entropy_grad(h.strength, refresh_every=h.refresh_every,
-                                      refit_every=h.get("refit_every", None),
-                                      **_entropy_kwargs(config), **_quantizer_kwargs(config)))
+    parts.append(
+      reg.add_entropy_grad(
+        h.strength,
+        refresh_every=h.refresh_every,
+        refit_every=h.get("refit_every", None),
+        **_entropy_kwargs(config),
+        **_quantizer_kwargs(config),
+      )
+    )
   elif h.mode != "none":
     raise ValueError(f"hemp.mode must be 'none', 'grad' or 'paper', got {h.mode!r}")
   if opt.weight_decay:
@@ -162,15 +186,23 @@ def _quantized_forward_params(params, opt_state):
   """Quantized leaves replaced by their straight-through quantization (QAT)."""
   flat = state_codebooks(opt_state)
   if flat is None:
-    raise ValueError("quantization-aware steps need a HEMP transformation in the optimizer "
-                     "(its codebooks); hemp.mode is 'none'")
+    raise ValueError(
+      "quantization-aware steps need a HEMP transformation in the optimizer "
+      "(its codebooks); hemp.mode is 'none'"
+    )
   leaves, treedef = jax.tree.flatten(params)
-  return treedef.unflatten([x if cb is None else q.quantize_ste(x, cb)
-                            for x, cb in zip(leaves, flat)])
+  return treedef.unflatten(
+    [x if cb is None else q.quantize_ste(x, cb) for x, cb in zip(leaves, flat)]
+  )
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *,
-                    axis_name: str | None = None, quantized_forward: bool = False) -> Callable:
+def make_train_step(
+  graphdef,
+  tx: optax.GradientTransformation,
+  *,
+  axis_name: str | None = None,
+  quantized_forward: bool = False,
+) -> Callable:
   """Pure ``step(state, images, labels) -> (state, metrics)``.
 
   With ``axis_name`` (inside ``pmap``) the gradients, metrics and BatchNorm statistics
@@ -215,8 +247,12 @@ def data_parallel_train_step(step: Callable, mesh) -> Callable:
   """``jax.jit`` of ``step`` with the state replicated and the batch sharded on "data"."""
   replicated = NamedSharding(mesh, P())
   batch = NamedSharding(mesh, P("data"))
-  return jax.jit(step, in_shardings=(replicated, batch, batch),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  return jax.jit(
+    step,
+    in_shardings=(replicated, batch, batch),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,),
+  )
 
 
 def pmap_train_step(graphdef, tx, devices=None, *, quantized_forward: bool = False) -> Callable:
@@ -226,9 +262,13 @@ def pmap_train_step(graphdef, tx, devices=None, *, quantized_forward: bool = Fal
   multiple of the device count; it reshapes the batch to ``(devices, per_device, ...)``.
   """
   devices = list(jax.local_devices() if devices is None else devices)
-  inner = jax.pmap(make_train_step(graphdef, tx, axis_name="data",
-                                   quantized_forward=quantized_forward), axis_name="data",
-                   in_axes=(None, 0, 0), out_axes=(None, None), devices=devices)
+  inner = jax.pmap(
+    make_train_step(graphdef, tx, axis_name="data", quantized_forward=quantized_forward),
+    axis_name="data",
+    in_axes=(None, 0, 0),
+    out_axes=(None, None),
+    devices=devices,
+  )
   n = len(devices)
 
   def step(state, images, labels):
@@ -257,8 +297,12 @@ def state_codebooks(opt_state) -> tuple | None:
 
 def quantize_params(params, codebooks) -> Any:
   """``params`` with every quantized leaf replaced by its nearest levels."""
-  return jax.tree.map(lambda cb, x: x if cb is None else q.quantize(x, cb), codebooks, params,
-                      is_leaf=lambda x: x is None)
+  return jax.tree.map(
+    lambda cb, x: x if cb is None else q.quantize(x, cb),
+    codebooks,
+    params,
+    is_leaf=lambda x: x is None,
+  )
 
 
 def exact_entropy(params, codebooks, *, order: int, tuples: str, rate: str) -> float:
@@ -284,8 +328,9 @@ def eval_codebooks(config, state: TrainState):
   if flat is not None:
     return reg.codebooks_tree(state.params, flat)
   qc = reg.QuantizerConfig(**_quantizer_kwargs(config))
-  flat = reg.fit_leaf_codebooks(state.params, qc, order=config.hemp.order,
-                                tuples=config.hemp.tuples)
+  flat = reg.fit_leaf_codebooks(
+    state.params, qc, order=config.hemp.order, tuples=config.hemp.tuples
+  )
   return reg.codebooks_tree(state.params, flat)
 
 
@@ -294,6 +339,7 @@ def eval_codebooks(config, state: TrainState):
 
 class InputPipeline(NamedTuple):
   """Epoch-indexed batches: ``train(epoch, start_batch)`` and ``eval()`` iterators."""
+
   train: Callable[[int, int], Iterator]
   eval: Callable[[], Iterator]
   steps_per_epoch: int
@@ -312,21 +358,43 @@ def input_pipeline(config) -> InputPipeline:
     limit = config.get("max_train_examples", None)
     tr_x, tr_y = ds.train_images[:limit], ds.train_labels[:limit]
     train = lambda epoch, start=0: data_lib.iterate_batches(
-        tr_x, tr_y, bs, rng_seed=seed, epoch=epoch, start_batch=start)
+      tr_x, tr_y, bs, rng_seed=seed, epoch=epoch, start_batch=start
+    )
     evaluate = lambda: data_lib.iterate_batches(
-        ds.test_images, ds.test_labels, config.eval_batch_size, rng_seed=seed, epoch=0,
-        shuffle=False, drop_remainder=False)
+      ds.test_images,
+      ds.test_labels,
+      config.eval_batch_size,
+      rng_seed=seed,
+      epoch=0,
+      shuffle=False,
+      drop_remainder=False,
+    )
     steps = data_lib.num_batches(len(tr_y), bs)
   else:
     import contextlib
-    from hemp_jax import experiment   # config.mock_data: random TFDS examples (smoke runs)
+
+    from hemp_jax import experiment  # config.mock_data: random TFDS examples (smoke runs)
+
     size = {"image_size": config.image_size} if config.get("image_size", None) else {}
-    with (experiment.mock_tfds() if config.get("mock_data", False) else contextlib.nullcontext()):
-      tr = data_lib.load_tfds(name, info.train_split, batch_size=bs, train=True, seed=seed,
-                              data_dir=config.get("data_dir", None), **size)
-      ev = data_lib.load_tfds(name, info.eval_split, batch_size=config.eval_batch_size,
-                              train=False, seed=seed, data_dir=config.get("data_dir", None),
-                              **size)
+    with experiment.mock_tfds() if config.get("mock_data", False) else contextlib.nullcontext():
+      tr = data_lib.load_tfds(
+        name,
+        info.train_split,
+        batch_size=bs,
+        train=True,
+        seed=seed,
+        data_dir=config.get("data_dir", None),
+        **size,
+      )
+      ev = data_lib.load_tfds(
+        name,
+        info.eval_split,
+        batch_size=config.eval_batch_size,
+        train=False,
+        seed=seed,
+        data_dir=config.get("data_dir", None),
+        **size,
+      )
     info = info._replace(image_shape=tuple(tr.image_shape))
     train = lambda epoch, start=0: tr.batches(epoch, start_batch=start)
     evaluate = lambda: ev.batches(0)
@@ -341,10 +409,12 @@ def input_pipeline(config) -> InputPipeline:
 
 
 def _checkpoint_manager(workdir: str):
-  import orbax.checkpoint as ocp   # imported lazily: slow import
+  import orbax.checkpoint as ocp  # imported lazily: slow import
+
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    os.path.abspath(os.path.join(workdir, "checkpoints")),
+    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+  )
 
 
 def _to_saveable(state: TrainState, epoch: int):
@@ -353,6 +423,7 @@ def _to_saveable(state: TrainState, epoch: int):
 
 def _restore(mngr, state: TrainState):
   import orbax.checkpoint as ocp
+
   step = mngr.latest_step()
   if step is None:
     return None
@@ -363,8 +434,8 @@ def _restore(mngr, state: TrainState):
 
 def _save(mngr, state: TrainState, epoch: int):
   import orbax.checkpoint as ocp
-  mngr.save(int(state.step), args=ocp.args.StandardSave(_to_saveable(state, epoch)),
-            force=True)
+
+  mngr.save(int(state.step), args=ocp.args.StandardSave(_to_saveable(state, epoch)), force=True)
   mngr.wait_until_finished()
 
 
@@ -374,10 +445,11 @@ def _save(mngr, state: TrainState, epoch: int):
 def _progress(total: int, desc: str, enabled: bool):
   try:
     from tqdm.auto import tqdm
-  except ImportError:   # pragma: no cover - tqdm is a dependency
+  except ImportError:  # pragma: no cover - tqdm is a dependency
     return None
-  return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True,
-              file=sys.stderr)
+  return tqdm(
+    total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr
+  )
 
 
 def _evaluate(eval_fn, params, model_state, batches) -> float:
@@ -412,10 +484,12 @@ def _finite(tree) -> bool:
 def build(config):
   """Model, optimizer, initial state and data pipeline for ``config``."""
   pipe = input_pipeline(config)
-  model = models_lib.init_model(config.model, num_classes=pipe.num_classes,
-                                seed=config.seed, **config.get("model_kwargs", {}))
-  if config.get("init_checkpoint", None):   # fine-tuning (issue #5): before tx.init
+  model = models_lib.init_model(
+    config.model, num_classes=pipe.num_classes, seed=config.seed, **config.get("model_kwargs", {})
+  )
+  if config.get("init_checkpoint", None):  # fine-tuning (issue #5): before tx.init
     from hemp_jax import experiment
+
     experiment.load_init_checkpoint(model, config.init_checkpoint)
   tx = make_optimizer(config, pipe.steps_per_epoch)
   graphdef, state = create_train_state(config, model, tx)
@@ -436,8 +510,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = make_mesh()
   n_dev = mesh.devices.size
   if config.batch_size % n_dev:
-    raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
-                     f"{n_dev} local devices")
+    raise ValueError(
+      f"batch_size {config.batch_size} must be a multiple of the {n_dev} local devices"
+    )
   qat_epochs = config.get("qat_epochs", 0) or 0
   if qat_epochs and config.hemp.mode == "none":
     raise ValueError("qat_epochs needs hemp.mode 'grad' or 'paper' (codebooks in the state)")
@@ -445,8 +520,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if use_pmap:
     train_steps = [pmap_train_step(graphdef, tx, quantized_forward=qf) for qf in (False, True)]
   else:
-    train_steps = [data_parallel_train_step(
-        make_train_step(graphdef, tx, quantized_forward=qf), mesh) for qf in (False, True)]
+    train_steps = [
+      data_parallel_train_step(make_train_step(graphdef, tx, quantized_forward=qf), mesh)
+      for qf in (False, True)
+    ]
   # Every array the compiled steps see lives on the mesh, replicated: the state from
   # ``build``, a restored one, and the decoded and quantized params at evaluation.
   # Uncommitted inputs give the same shapes a different type (no mesh), and the step or
@@ -454,7 +531,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   on_mesh = functools.partial(jax.device_put, device=NamedSharding(mesh, P()))
   eval_fn = jax.jit(make_eval_step(graphdef))
   evaluate = lambda params, model_state: _evaluate(
-      eval_fn, *on_mesh((params, model_state)), pipe.eval())
+    eval_fn, *on_mesh((params, model_state)), pipe.eval()
+  )
   hk = _entropy_kwargs(config)
   soft_entropy = jax.jit(lambda p, cb: ent.tree_entropy(p, cb, **hk))
   quantized = jax.jit(quantize_params)
@@ -466,10 +544,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     state, last_epoch = restored
     start_epoch = last_epoch + 1
-    print(f"resumed from checkpoint at epoch {last_epoch} (step {int(state.step)})",
-          file=sys.stderr)
+    print(
+      f"resumed from checkpoint at epoch {last_epoch} (step {int(state.step)})", file=sys.stderr
+    )
   state = jax.tree.map(jnp.asarray, state) if use_pmap else on_mesh(state)
-  rows = _read_metrics(metrics_path, start_epoch)   # rows count epochs from 1
+  rows = _read_metrics(metrics_path, start_epoch)  # rows count epochs from 1
   show = config.get("progress", True)
 
   for epoch in range(start_epoch, config.num_epochs):
@@ -481,16 +560,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if i >= pipe.steps_per_epoch:
         break
       state, m = train_step(state, jnp.asarray(images), jnp.asarray(labels))
-      loss = float(m["loss"])     # syncs every step (CPU collectives, DESIGN §4)
+      loss = float(m["loss"])  # syncs every step (CPU collectives, DESIGN §4)
       if not math.isfinite(loss):
         if bar is not None:
           bar.close()
         last = mngr.latest_step()
         raise TrainingDivergedError(
-            f"loss became {loss} at epoch {epoch + 1}, batch {i + 1} (step "
-            f"{int(state.step)}); stopped. Last good checkpoint: "
-            f"{'none' if last is None else f'step {last}'} in {workdir}/checkpoints. "
-            "Lower the learning rate or the HEMP strength and resume.")
+          f"loss became {loss} at epoch {epoch + 1}, batch {i + 1} (step "
+          f"{int(state.step)}); stopped. Last good checkpoint: "
+          f"{'none' if last is None else f'step {last}'} in {workdir}/checkpoints. "
+          "Lower the learning rate or the HEMP strength and resume."
+        )
       losses.append(loss)
       accs.append(float(m["accuracy"]))
       if bar is not None:
@@ -499,26 +579,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     codebooks = eval_codebooks(config, state)
     qparams = quantized(state.params, codebooks)
     row = {
-        "epoch": epoch + 1,
-        "train_loss": float(np.mean(losses)),
-        "train_accuracy": float(np.mean(accs)),
-        "test_accuracy": evaluate(state.params, state.model_state),
-        "test_accuracy_quantized": evaluate(qparams, state.model_state),
-        "entropy_soft": float(soft_entropy(state.params, codebooks)),
-        "entropy_exact": exact_entropy(state.params, codebooks, order=hk["order"],
-                                       tuples=hk["tuples"], rate=hk["rate"]),
-        "seconds": time.time() - t0,
+      "epoch": epoch + 1,
+      "train_loss": float(np.mean(losses)),
+      "train_accuracy": float(np.mean(accs)),
+      "test_accuracy": evaluate(state.params, state.model_state),
+      "test_accuracy_quantized": evaluate(qparams, state.model_state),
+      "entropy_soft": float(soft_entropy(state.params, codebooks)),
+      "entropy_exact": exact_entropy(
+        state.params, codebooks, order=hk["order"], tuples=hk["tuples"], rate=hk["rate"]
+      ),
+      "seconds": time.time() - t0,
     }
     if bar is not None:
-      bar.set_postfix(loss=f"{row['train_loss']:.4f}", test=f"{row['test_accuracy']:.4f}",
-                      q=f"{row['test_accuracy_quantized']:.4f}",
-                      H=f"{row['entropy_exact']:.3f}")
+      bar.set_postfix(
+        loss=f"{row['train_loss']:.4f}",
+        test=f"{row['test_accuracy']:.4f}",
+        q=f"{row['test_accuracy_quantized']:.4f}",
+        H=f"{row['entropy_exact']:.3f}",
+      )
       bar.close()
     if show:
-      print(f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  test {row['test_accuracy']:.4f}"
-            f"  quantized {row['test_accuracy_quantized']:.4f}  H soft "
-            f"{row['entropy_soft']:.4f} exact {row['entropy_exact']:.4f} bits/param",
-            file=sys.stderr)
+      print(
+        f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  test {row['test_accuracy']:.4f}"
+        f"  quantized {row['test_accuracy_quantized']:.4f}  H soft "
+        f"{row['entropy_soft']:.4f} exact {row['entropy_exact']:.4f} bits/param",
+        file=sys.stderr,
+      )
     if not _finite(state.params):
       raise TrainingDivergedError(f"parameters became non-finite in epoch {epoch + 1}")
     rows.append(row)
@@ -533,26 +619,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   file_bytes = write_model_file(model_path, state, codebooks)
   decoded = read_model_file(model_path, state)
   test_accuracy_decoded = evaluate(decoded.params, decoded.model_state)
-  num_values = int(sum(np.size(x) for x in jax.tree.leaves((state.params,
-                                                             state.model_state))))
+  num_values = int(sum(np.size(x) for x in jax.tree.leaves((state.params, state.model_state))))
   summary = {
-      "model": config.model,
-      "dataset": config.dataset,
-      "hemp_mode": config.hemp.mode,
-      "epochs": last["epoch"],
-      "test_accuracy": last["test_accuracy"],
-      "test_accuracy_quantized": last["test_accuracy_quantized"],
-      "entropy_bits_per_param": last["entropy_exact"],
-      "entropy_soft_bits_per_param": last["entropy_soft"],
-      "entropy_order": hk["order"],
-      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state.params))),
-      "num_quantized_params": int(sum(np.size(x) for cb, x in zip(
-          *grp.codebook_leaves(codebooks, state.params)[:2]) if cb is not None)),
-      "file": model_path,
-      "file_bytes": file_bytes,
-      "bits_per_param_file": 8.0 * file_bytes / num_values,
-      "compression_ratio": 4.0 * num_values / file_bytes,
-      "test_accuracy_decoded": test_accuracy_decoded,
+    "model": config.model,
+    "dataset": config.dataset,
+    "hemp_mode": config.hemp.mode,
+    "epochs": last["epoch"],
+    "test_accuracy": last["test_accuracy"],
+    "test_accuracy_quantized": last["test_accuracy_quantized"],
+    "entropy_bits_per_param": last["entropy_exact"],
+    "entropy_soft_bits_per_param": last["entropy_soft"],
+    "entropy_order": hk["order"],
+    "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state.params))),
+    "num_quantized_params": int(
+      sum(
+        np.size(x)
+        for cb, x in zip(*grp.codebook_leaves(codebooks, state.params)[:2])
+        if cb is not None
+      )
+    ),
+    "file": model_path,
+    "file_bytes": file_bytes,
+    "bits_per_param_file": 8.0 * file_bytes / num_values,
+    "compression_ratio": 4.0 * num_values / file_bytes,
+    "test_accuracy_decoded": test_accuracy_decoded,
   }
   _write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
@@ -570,9 +660,9 @@ def write_model_file(path: str, state: TrainState, codebooks) -> int:
     The file size in bytes.
   """
   from hemp_jax import codec
+
   tree = jax.tree.map(np.asarray, _model_file_tree(state))
-  cbs = {"params": codebooks,
-         "model_state": jax.tree.map(lambda _: None, tree["model_state"])}
+  cbs = {"params": codebooks, "model_state": jax.tree.map(lambda _: None, tree["model_state"])}
   return codec.compress_file(tree, path, codebooks=cbs)
 
 
@@ -584,6 +674,7 @@ def read_model_file(path: str, template: TrainState) -> TrainState:
     ValueError: the file's leaves do not match the model (names the first mismatch).
   """
   from hemp_jax import codec
+
   tree = codec.load_into(_model_file_tree(template), codec.decompress_file(path))
   tree = jax.tree.map(jnp.asarray, tree)
   return template._replace(params=tree["params"], model_state=tree["model_state"])

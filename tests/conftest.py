@@ -1,4 +1,5 @@
 """Test configuration: 4 forced CPU devices, set before any backend use."""
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -1,21 +1,30 @@
 """Tests of the .hemp container and its context-adaptive coder."""
 
 import math
-import zlib
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hemp_jax import entropy, groups
 from hemp_jax import quantization as q
-from hemp_jax.codec import coder
+from hemp_jax.codec import (
+  FormatError,
+  coder,
+  compress,
+  compress_file,
+  decompress,
+  decompress_file,
+  format_inspection,
+  inspect,
+  load_into,
+)
 from hemp_jax.codec import format as fmt
-from hemp_jax.codec import (FormatError, compress, compress_file, decompress, decompress_file,
-                            format_inspection, inspect, load_into)
 from hemp_jax.codec._wire import Reader
 
 BF16 = np.dtype(jnp.bfloat16)
@@ -35,8 +44,7 @@ def reference(x, cb):
 
 
 def flat(tree):
-  return {groups.path_name(p): v
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {groups.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def flat_cbs(codebooks):
@@ -91,8 +99,17 @@ def test_numpy_quantizer_matches_jax():
     cb = jnp.asarray(np.sort(rng.standard_normal(k)) * 0.7, jnp.float32)
     c = np.asarray(cb)
     mids = (c[1:] + c[:-1]) / 2
-    base = np.concatenate([rng.standard_normal(2000) * 2, c, mids, -c, [0.0, -0.0, 1e-40],
-                           np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf)])
+    base = np.concatenate(
+      [
+        rng.standard_normal(2000) * 2,
+        c,
+        mids,
+        -c,
+        [0.0, -0.0, 1e-40],
+        np.nextafter(mids, np.inf),
+        np.nextafter(mids, -np.inf),
+      ]
+    )
     per_dtype = [base.astype(d) for d in FLOAT_DTYPES]
     # jax casts every leaf dtype to the codebook dtype first; these casts are exact for
     # bf16/f16 and round-to-nearest-even for f64 in numpy and jax alike
@@ -102,8 +119,10 @@ def test_numpy_quantizer_matches_jax():
       np.testing.assert_array_equal(fmt.quantize_indices_np(v, c), w)
   levels = jnp.asarray(np.linspace(-1.3, 2.9, 40) ** 3, jnp.float32)
   for dtype in FLOAT_DTYPES[:3]:
-    np.testing.assert_array_equal(np.asarray(levels).astype(dtype).view(np.uint8),
-                                  np.asarray(levels.astype(dtype)).view(np.uint8))
+    np.testing.assert_array_equal(
+      np.asarray(levels).astype(dtype).view(np.uint8),
+      np.asarray(levels.astype(dtype)).view(np.uint8),
+    )
 
 
 def test_non_finite_weights_follow_jax():
@@ -121,8 +140,9 @@ def test_scan_order_is_matrix_transpose():
   x = np.arange(3 * 4 * 5 * 6).reshape(3, 4, 5, 6)
   rows, cols = coder.matrix_view(x.shape)
   assert (rows, cols) == (60, 6)
-  np.testing.assert_array_equal(np.asarray(groups.scan_stream(x)),
-                                x.reshape(rows, cols).T.reshape(-1))
+  np.testing.assert_array_equal(
+    np.asarray(groups.scan_stream(x)), x.reshape(rows, cols).T.reshape(-1)
+  )
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -139,7 +159,7 @@ def test_contexts_are_the_estimators_tuples(order):
   stream = np.asarray(groups.scan_stream(x))
   want = np.zeros_like(counts)
   for c in range(cols):
-    col = stream[c * rows:(c + 1) * rows]
+    col = stream[c * rows : (c + 1) * rows]
     padded = np.concatenate([np.zeros(order, col.dtype), col])
     for r in range(rows):
       ctx = sum(int(padded[order + r - j]) * k ** (j - 1) for j in range(1, order + 1))
@@ -147,8 +167,9 @@ def test_contexts_are_the_estimators_tuples(order):
   np.testing.assert_array_equal(counts, want)
 
   coded = coder.encode_symbols(x, k, max_order=order)
-  h = float(entropy.empirical_entropy(stream, k, order=order + 1, tuples="sliding",
-                                      rate="conditional"))
+  h = float(
+    entropy.empirical_entropy(stream, k, order=order + 1, tuples="sliding", rate="conditional")
+  )
   bound = h * x.size / 8
   assert coded.order == order or len(coded.payload) <= bound * 1.02 + 64
   if coded.order == order:
@@ -164,8 +185,11 @@ def test_coder_reaches_entropy_on_large_stream():
   coded = coder.encode_symbols(x, k)
   assert coded.order >= 1
   stream = np.asarray(groups.scan_stream(x))
-  h = float(entropy.empirical_entropy(stream, k, order=coded.order + 1, tuples="sliding",
-                                      rate="conditional"))
+  h = float(
+    entropy.empirical_entropy(
+      stream, k, order=coded.order + 1, tuples="sliding", rate="conditional"
+    )
+  )
   bound = h * x.size / 8
   assert len(coded.payload) <= 1.01 * bound + 8
   y = coder.decode_symbols(Reader(coded.model + coded.payload), shape, k)
@@ -181,9 +205,9 @@ def test_order_selection_prefers_context_on_correlated_data():
 
 
 def test_segments_of_tall_thin_matrices():
-  assert coder.segments(500, 10) == 1          # too short to cut
-  assert coder.segments(4096, 512) == 1        # wide enough
-  assert coder.segments(50000, 8) == 25        # 25 segments of 2000 rows -> (2000, 200)
+  assert coder.segments(500, 10) == 1  # too short to cut
+  assert coder.segments(4096, 512) == 1  # wide enough
+  assert coder.segments(50000, 8) == 25  # 25 segments of 2000 rows -> (2000, 200)
   assert coder.coded_view((50000, 8)) == (2000, 200, 25)
   rng = np.random.default_rng(11)
   x = markov_indices(rng, (5120, 4), 5, stay=0.9)
@@ -191,22 +215,39 @@ def test_segments_of_tall_thin_matrices():
   coded = coder.encode_symbols(x, 5)
   assert coded.order >= 1
   np.testing.assert_array_equal(
-      coder.decode_symbols(Reader(coded.model + coded.payload), x.shape, 5), x)
+    coder.decode_symbols(Reader(coded.model + coded.payload), x.shape, 5), x
+  )
 
 
-@pytest.mark.parametrize("shape,k,expect", [
-    ((100,), 4, [0]), ((), 4, [0]), ((50, 4), 4, [0]), ((1, 64), 4, [0]),
+@pytest.mark.parametrize(
+  "shape,k,expect",
+  [
+    ((100,), 4, [0]),
+    ((), 4, [0]),
+    ((50, 4), 4, [0]),
+    ((1, 64), 4, [0]),
     ((5120, 4), 4, [0, 1, 2, 3]),
-    ((10, 16), 4, [0, 1, 2, 3]), ((10, 16), 17, [0, 1, 2]), ((10, 16), 64, [0, 1, 2]),
-    ((10, 16), 65, [0])])
+    ((10, 16), 4, [0, 1, 2, 3]),
+    ((10, 16), 17, [0, 1, 2]),
+    ((10, 16), 64, [0, 1, 2]),
+    ((10, 16), 65, [0]),
+  ],
+)
 def test_allowed_orders(shape, k, expect):
   assert coder.allowed_orders(shape, k) == expect
 
 
 def test_orders_roundtrip_exactly():
   rng = np.random.default_rng(5)
-  for shape, k in [((30, 8), 2), ((12, 16), 3), ((5, 5, 6, 16), 6), ((64, 33), 17),
-                   ((40, 9), 64), ((20, 12), 200), ((7,), 3)]:
+  for shape, k in [
+    ((30, 8), 2),
+    ((12, 16), 3),
+    ((5, 5, 6, 16), 6),
+    ((64, 33), 17),
+    ((40, 9), 64),
+    ((20, 12), 200),
+    ((7,), 3),
+  ]:
     x = markov_indices(rng, shape, k, stay=0.7)
     for m in range(4):
       coded = coder.encode_symbols(x, k, max_order=m)
@@ -235,27 +276,34 @@ def test_roundtrip_mixed_tree():
   cb4 = jnp.asarray([-0.2, -0.1, 0.0, 0.1, 0.2, 0.3], jnp.float32)
   idx = markov_indices(rng, (5, 5, 6, 16), 6)
   params = {
-      "conv": {"kernel": weights_on_levels(rng, idx, cb4) + 0.01 * rng.standard_normal(
-          idx.shape).astype(np.float32), "bias": rng.standard_normal(16).astype(np.float32)},
-      "dense": {"kernel": rng.standard_normal((64, 10)).astype(BF16),
-                "bias": np.zeros(10, np.float32)},
-      "half": rng.standard_normal((20, 20)).astype(np.float16),
-      "double": rng.standard_normal((9, 11)),
-      "scalar": np.float32(3.5),
-      "qscalar": np.float32(-0.1),
-      "empty": np.zeros((0, 7), np.float32),
-      "qempty": np.zeros((4, 0), BF16),
-      "const": np.full((8, 8), 0.25, np.float32),
-      "steps": np.arange(12, dtype=np.int32),
-      "mask": np.array([True, False, True]),
-      "layers": [{"w": rng.standard_normal((30, 8)).astype(np.float32)},
-                 {"w": rng.standard_normal((8, 8)).astype(np.float32)}],
+    "conv": {
+      "kernel": weights_on_levels(rng, idx, cb4)
+      + 0.01 * rng.standard_normal(idx.shape).astype(np.float32),
+      "bias": rng.standard_normal(16).astype(np.float32),
+    },
+    "dense": {
+      "kernel": rng.standard_normal((64, 10)).astype(BF16),
+      "bias": np.zeros(10, np.float32),
+    },
+    "half": rng.standard_normal((20, 20)).astype(np.float16),
+    "double": rng.standard_normal((9, 11)),
+    "scalar": np.float32(3.5),
+    "qscalar": np.float32(-0.1),
+    "empty": np.zeros((0, 7), np.float32),
+    "qempty": np.zeros((4, 0), BF16),
+    "const": np.full((8, 8), 0.25, np.float32),
+    "steps": np.arange(12, dtype=np.int32),
+    "mask": np.array([True, False, True]),
+    "layers": [
+      {"w": rng.standard_normal((30, 8)).astype(np.float32)},
+      {"w": rng.standard_normal((8, 8)).astype(np.float32)},
+    ],
   }
   codebooks = jax.tree.map(lambda _: None, params)
   codebooks["conv"]["kernel"] = cb4
   codebooks["dense"]["kernel"] = np.linspace(-2, 2, 8).astype(np.float32)
   codebooks["half"] = np.array([-3, -1.5, -0.4, 0.0, 0.3, 1.6, 3.1], np.float32)
-  codebooks["double"] = np.linspace(-3, 3, 16)     # a float64 codebook
+  codebooks["double"] = np.linspace(-3, 3, 16)  # a float64 codebook
   codebooks["qscalar"] = cb4
   codebooks["qempty"] = cb4
   codebooks["const"] = np.array([0.0, 0.25, 0.5, 0.75], np.float32)
@@ -269,9 +317,9 @@ def test_roundtrip_mixed_tree():
   assert by["conv/kernel"].kind == "quantized" and by["conv/kernel"].levels == 6
   assert by["conv/bias"].kind == "float"
   assert by["dense/bias"].storage == "constant"
-  assert rep.file_bytes == len(blob) == sum(l.record_bytes for l in rep.leaves) \
-      + rep.header_bytes
+  assert rep.file_bytes == len(blob) == sum(l.record_bytes for l in rep.leaves) + rep.header_bytes
   import json
+
   d = json.loads(json.dumps(rep.as_dict()))
   assert d["file_bytes"] == len(blob) and len(d["leaves"]) == len(rep.leaves)
   text = format_inspection(rep)
@@ -283,7 +331,7 @@ def test_fit_codebooks_path_and_nnx_state():
 
   class Tiny(nnx.Module):
     def __init__(self, rngs):
-      self.fc1 = nnx.Linear(16, 16, rngs=rngs)   # one kernel shape: one codebook compile
+      self.fc1 = nnx.Linear(16, 16, rngs=rngs)  # one kernel shape: one codebook compile
       self.fc2 = nnx.Linear(16, 16, rngs=rngs)
 
   state = nnx.state(Tiny(nnx.Rngs(0)), nnx.Param)
@@ -332,13 +380,15 @@ def test_compress_argument_errors():
   with pytest.raises(ValueError, match="dtype"):
     compress({"w": np.ones(4, np.complex64)}, {"w": None})
   with pytest.raises(ValueError):
-    compress(x, {"w": jnp.asarray([1.0, 0.0])})   # unsorted codebook
+    compress(x, {"w": jnp.asarray([1.0, 0.0])})  # unsorted codebook
 
 
 def test_files(tmp_path):
   rng = np.random.default_rng(8)
-  params = {"a": rng.standard_normal((50, 20)).astype(np.float32),
-            "b": rng.standard_normal(20).astype(np.float32)}
+  params = {
+    "a": rng.standard_normal((50, 20)).astype(np.float32),
+    "b": rng.standard_normal(20).astype(np.float32),
+  }
   path = tmp_path / "m.hemp"
   n = compress_file(params, path, num_levels=4)
   assert path.stat().st_size == n
@@ -366,9 +416,15 @@ def test_load_into_mismatches():
 
 def test_basic_format_errors():
   blob = compress({"w": np.ones((4, 4), np.float32)}, {"w": None})
-  for bad, msg in [(b"", "magic"), (b"HEM", "magic"), (b"\x7fELF" + blob[4:], "magic"),
-                   (blob[:4] + bytes([9]) + blob[5:], "version"), (blob[:-1], "checksum|trunc"),
-                   (blob + b"\x00", "trailing|checksum"), (blob[:20], "trunc|checksum")]:
+  for bad, msg in [
+    (b"", "magic"),
+    (b"HEM", "magic"),
+    (b"\x7fELF" + blob[4:], "magic"),
+    (blob[:4] + bytes([9]) + blob[5:], "version"),
+    (blob[:-1], "checksum|trunc"),
+    (blob + b"\x00", "trailing|checksum"),
+    (blob[:20], "trunc|checksum"),
+  ]:
     with pytest.raises(FormatError, match=msg):
       decompress(bad)
     with pytest.raises(FormatError):
@@ -380,17 +436,30 @@ def test_basic_format_errors():
 
 def test_max_elements_bound():
   blob = compress({"w": np.zeros((1000, 1000), np.float32)}, {"w": None})
-  assert len(blob) < 100   # constant record
+  assert len(blob) < 100  # constant record
   with pytest.raises(FormatError, match="max_elements"):
-    decompress(blob, max_elements=10 ** 5)
+    decompress(blob, max_elements=10**5)
   assert decompress(blob)["w"].shape == (1000, 1000)
 
 
 # ------------------------------------------------------------------ property tests
 
 
-SHAPES = [(), (0,), (1,), (7,), (3, 4), (0, 5), (2, 0, 3), (16, 12), (40, 9), (5, 5, 2, 8),
-          (3, 3, 4, 16), (60, 16), (1, 33)]
+SHAPES = [
+  (),
+  (0,),
+  (1,),
+  (7,),
+  (3, 4),
+  (0, 5),
+  (2, 0, 3),
+  (16, 12),
+  (40, 9),
+  (5, 5, 2, 8),
+  (3, 3, 4, 16),
+  (60, 16),
+  (1, 33),
+]
 
 
 @st.composite
@@ -398,7 +467,7 @@ def leaves(draw):
   shape = draw(st.sampled_from(SHAPES))
   dtype = draw(st.sampled_from([np.dtype(np.float32), BF16, np.dtype(np.float16)]))
   n = math.prod(shape)
-  seed = draw(st.integers(0, 2 ** 32 - 1))
+  seed = draw(st.integers(0, 2**32 - 1))
   rng = np.random.default_rng(seed)
   quantized = draw(st.booleans())
   kind = draw(st.sampled_from(["gauss", "skewed", "uniform", "constant", "markov"]))
@@ -419,8 +488,7 @@ def leaves(draw):
       p = 0.5 ** np.arange(k)
       idx = rng.choice(k, shape, p=p / p.sum())
     else:
-      idx = markov_indices(rng, shape, k) if len(shape) >= 2 and n else rng.integers(
-          0, k, shape)
+      idx = markov_indices(rng, shape, k) if len(shape) >= 2 and n else rng.integers(0, k, shape)
     x = cb[idx] + rng.uniform(-0.3, 0.3, shape) * np.min(np.diff(cb))
   x = np.asarray(x).astype(dtype)
   return x, (cb if quantized else None)
@@ -438,8 +506,11 @@ def trees(draw):
   return params, cbs
 
 
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+  max_examples=120,
+  deadline=None,
+  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(trees(), st.integers(0, 3))
 def test_property_roundtrip(tree, max_order):
   params, cbs = tree
@@ -493,8 +564,10 @@ def test_version_1_files_with_whole_stream_zlib_records_decode(monkeypatch):
   """Version-1 files, whose float records are mode 2 (one zlib stream of all planes),
   decode, also for leaves whose planes the writer would now store apart."""
   rng = np.random.default_rng(4)
-  params = {"w": rng.standard_normal((64, 33)).astype(np.float32),
-            "h": rng.standard_normal(500).astype(np.float16)}
+  params = {
+    "w": rng.standard_normal((64, 33)).astype(np.float32),
+    "h": rng.standard_normal(500).astype(np.float16),
+  }
 
   def mode2_body(x):
     planes = np.frombuffer(fmt._to_le_bytes(x), np.uint8).reshape(x.size, x.itemsize).T
@@ -507,8 +580,9 @@ def test_version_1_files_with_whole_stream_zlib_records_decode(monkeypatch):
   header_end = inspect(bytes(blob)).header_bytes
   assert blob[4] == fmt.FORMAT_VERSION == 2
   blob[4] = 1
-  blob[header_end - 4:header_end] = zlib.crc32(bytes(blob[:header_end - 4])).to_bytes(
-      4, "little")
+  blob[header_end - 4 : header_end] = zlib.crc32(bytes(blob[: header_end - 4])).to_bytes(
+    4, "little"
+  )
   blob = bytes(blob)
   rep = inspect(blob)
   assert rep.version == 1 and {l.storage for l in rep.leaves} == {"zlib"}

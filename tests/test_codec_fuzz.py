@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hemp_jax.codec import FormatError, compress, decompress, inspect
-from hemp_jax.codec import coder
+from hemp_jax.codec import FormatError, coder, compress, decompress, inspect
 
-PER_CASE_SECONDS = 1.0     # loose: the machine is shared; typical cases take ~0.1 ms
+PER_CASE_SECONDS = 1.0  # loose: the machine is shared; typical cases take ~0.1 ms
 TOTAL_SECONDS = 25.0
 
 
@@ -27,17 +26,18 @@ def _base_params():
   cb6 = np.linspace(-0.5, 0.5, 6).astype(np.float32)
   cb66 = np.linspace(-3, 3, 66).astype(np.float32)
   params = {
-      "conv": {"kernel": cb6[_markov(rng, 75, 16, 6)].reshape(5, 5, 3, 16),
-               "bias": rng.standard_normal(16).astype(np.float32)},
-      "fc": {"kernel": cb66[rng.integers(20, 46, (30, 12))],
-             "bias": np.zeros(12, np.float32)},
-      "vec": cb6[rng.integers(0, 6, 200)],
-      "half": rng.standard_normal((6, 5)).astype(np.float16),
-      "ramp": np.arange(64, dtype=np.float32).astype(jnp.bfloat16),
-      "steps": np.arange(5, dtype=np.int64),
-      "empty": np.zeros((0, 3), np.float32),
-      "scalar": np.float32(2.0),
-      "flat": np.full((10, 10), 0.1, np.float32),
+    "conv": {
+      "kernel": cb6[_markov(rng, 75, 16, 6)].reshape(5, 5, 3, 16),
+      "bias": rng.standard_normal(16).astype(np.float32),
+    },
+    "fc": {"kernel": cb66[rng.integers(20, 46, (30, 12))], "bias": np.zeros(12, np.float32)},
+    "vec": cb6[rng.integers(0, 6, 200)],
+    "half": rng.standard_normal((6, 5)).astype(np.float16),
+    "ramp": np.arange(64, dtype=np.float32).astype(jnp.bfloat16),
+    "steps": np.arange(5, dtype=np.int64),
+    "empty": np.zeros((0, 3), np.float32),
+    "scalar": np.float32(2.0),
+    "flat": np.full((10, 10), 0.1, np.float32),
   }
   cbs = {k: None for k in params}
   cbs["conv"] = {"kernel": cb6, "bias": None}
@@ -54,7 +54,7 @@ def blob():
   b = compress(params, cbs)
   rep = inspect(b)
   orders = {l.path: l.order for l in rep.leaves}
-  assert orders["conv/kernel"] >= 1 and orders["fc/kernel"] == 0   # both coder paths
+  assert orders["conv/kernel"] >= 1 and orders["fc/kernel"] == 0  # both coder paths
   return b
 
 
@@ -78,31 +78,34 @@ def _corruptions(blob, rng):
     if data != blob:
       cases.append((kind, data))
 
-  for _ in range(350):                                   # single and multi bit flips
+  for _ in range(350):  # single and multi bit flips
     b = bytearray(blob)
     for _ in range(int(rng.integers(1, 4))):
       i = int(rng.integers(n))
       b[i] ^= 1 << int(rng.integers(8))
     add("bitflip", b)
-  for _ in range(150):                                   # truncations
-    add("truncate", blob[:int(rng.integers(0, n))])
-  for _ in range(150):                                   # insertions
+  for _ in range(150):  # truncations
+    add("truncate", blob[: int(rng.integers(0, n))])
+  for _ in range(150):  # insertions
     i = int(rng.integers(0, n + 1))
     add("insert", blob[:i] + rng.bytes(int(rng.integers(1, 9))) + blob[i:])
-  for _ in range(100):                                   # deletions
+  for _ in range(100):  # deletions
     i = int(rng.integers(0, n))
-    add("delete", blob[:i] + blob[i + int(rng.integers(1, 9)):])
-  for _ in range(150):                                   # random bytes over a span
+    add("delete", blob[:i] + blob[i + int(rng.integers(1, 9)) :])
+  for _ in range(150):  # random bytes over a span
     i = int(rng.integers(0, n))
     j = min(n, i + int(rng.integers(1, 33)))
     add("overwrite", blob[:i] + rng.bytes(j - i) + blob[j:])
-  for _ in range(100):                                   # valid header, garbage body
-    body = rng.bytes(n - header_end) if rng.random() < 0.5 else rng.bytes(
-        int(rng.integers(0, 2 * (n - header_end))))
+  for _ in range(100):  # valid header, garbage body
+    body = (
+      rng.bytes(n - header_end)
+      if rng.random() < 0.5
+      else rng.bytes(int(rng.integers(0, 2 * (n - header_end))))
+    )
     add("garbage-body", blob[:header_end] + body)
-  for _ in range(50):                                    # foreign data
+  for _ in range(50):  # foreign data
     add("foreign", rng.bytes(int(rng.integers(0, 200))))
-  for _ in range(50):                                    # magic + garbage
+  for _ in range(50):  # magic + garbage
     add("magic+garbage", b"HEMP\x01" + rng.bytes(int(rng.integers(0, 300))))
   return cases
 
@@ -128,10 +131,11 @@ def test_fuzz_corruptions_raise_format_error(blob):
 
 def _fix_crcs(blob_bytes, header_end, records):
   b = bytearray(blob_bytes)
-  b[header_end - 4:header_end] = zlib.crc32(bytes(b[:header_end - 4])).to_bytes(4, "little")
+  b[header_end - 4 : header_end] = zlib.crc32(bytes(b[: header_end - 4])).to_bytes(4, "little")
   for off, length in records:
-    b[off + length:off + length + 4] = zlib.crc32(bytes(b[off:off + length])).to_bytes(
-        4, "little")
+    b[off + length : off + length + 4] = zlib.crc32(bytes(b[off : off + length])).to_bytes(
+      4, "little"
+    )
   return bytes(b)
 
 
@@ -149,19 +153,19 @@ def test_fuzz_checksum_valid_garbage_never_crashes(blob):
     if length == 0:
       continue
     mode = i % 3
-    if mode == 0:                          # flip bits inside one record body
+    if mode == 0:  # flip bits inside one record body
       for _ in range(int(rng.integers(1, 6))):
         j = off + int(rng.integers(length))
         b[j] ^= 1 << int(rng.integers(8))
-    elif mode == 1:                        # random body of the same length
-      b[off:off + length] = rng.bytes(length)
-    else:                                  # random header byte (not the magic/version)
+    elif mode == 1:  # random body of the same length
+      b[off : off + length] = rng.bytes(length)
+    else:  # random header byte (not the magic/version)
       j = int(rng.integers(5, header_end - 4))
       b[j] = int(rng.integers(256))
     data = _fix_crcs(bytes(b), header_end, records)
     t = time.perf_counter()
     try:
-      out = decompress(data, max_elements=10 ** 6)
+      out = decompress(data, max_elements=10**6)
       outcomes["decoded"] += 1
       assert isinstance(out, dict)
     except FormatError:
@@ -174,6 +178,7 @@ def test_fuzz_checksum_valid_garbage_never_crashes(blob):
 def test_garbage_payload_behind_valid_model_is_bounded():
   """The range decoder on random words: symbols stay in range, no crash, no hang."""
   from hemp_jax.codec._wire import Reader
+
   rng = np.random.default_rng(5)
   x = _markov(rng, 64, 32, 6)
   coded = coder.encode_symbols(x, 6)

@@ -13,15 +13,22 @@ import pytest
 
 from hemp_jax import cli
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "experiments", "configs")
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-                 if not os.path.basename(p).startswith("_") and not p.endswith("default.py"))
-PAPER_SETUPS = {"lenet5_mnist": ("lenet5", "mnist"), "lenet300_mnist": ("lenet_300_100", "mnist"),
-                "resnet32_cifar10": ("resnet32", "cifar10"),
-                "mobilenetv2_cifar10": ("mobilenet_v2_cifar", "cifar10"),
-                "resnet18_imagenet": ("resnet18", "imagenet2012"),
-                "resnet50_imagenet": ("resnet50", "imagenet2012")}
+CONFIG_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs"
+)
+CONFIGS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+  if not os.path.basename(p).startswith("_") and not p.endswith("default.py")
+)
+PAPER_SETUPS = {
+  "lenet5_mnist": ("lenet5", "mnist"),
+  "lenet300_mnist": ("lenet_300_100", "mnist"),
+  "resnet32_cifar10": ("resnet32", "cifar10"),
+  "mobilenetv2_cifar10": ("mobilenet_v2_cifar", "cifar10"),
+  "resnet18_imagenet": ("resnet18", "imagenet2012"),
+  "resnet50_imagenet": ("resnet50", "imagenet2012"),
+}
 
 
 def _load(name, arg=""):
@@ -49,13 +56,16 @@ def test_paper_setups_present():
     _load("lenet5_mnist", "bogus")
 
 
-SMOKE = [(n, "smoke") for n in CONFIGS] + [("lenet5_mnist", "paper,smoke"),
-                                           ("lenet300_mnist", "prune_sens,smoke")]
+SMOKE = [(n, "smoke") for n in CONFIGS] + [
+  ("lenet5_mnist", "paper,smoke"),
+  ("lenet300_mnist", "prune_sens,smoke"),
+]
 
 
 @pytest.mark.parametrize("name,arg", SMOKE, ids=[f"{n}:{a}" for n, a in SMOKE])
 def test_smoke_variant_trains(name, arg, tmp_path):
   from hemp_jax import train
+
   config = _load(name, arg)
   t0, c0 = time.time(), time.process_time()
   summary = train.train_and_evaluate(config, str(tmp_path))
@@ -66,7 +76,7 @@ def test_smoke_variant_trains(name, arg, tmp_path):
   assert summary["entropy_bits_per_param"] >= 0.0
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["model"] == config.model
-  if "file_bytes" in summary:   # the trainer writes model.hemp
+  if "file_bytes" in summary:  # the trainer writes model.hemp
     assert summary["file_bytes"] == os.path.getsize(tmp_path / "model.hemp")
   # Timing is reported (pytest -s), not asserted: the under-a-minute goal of issue #5 is
   # a CI budget, and a shared machine's wall/CPU time measures its neighbours. Measured
@@ -80,8 +90,10 @@ def test_init_checkpoint_finetunes_from_workdir_and_npz(tmp_path):
   """A smoke run's workdir (and an .npz of its params) starts another run."""
   import jax
   import numpy as np
-  from hemp_jax import experiment, train
+
+  from hemp_jax import train
   from hemp_jax.groups import path_name
+
   c = _load("lenet300_mnist", "none,smoke")
   train.train_and_evaluate(c, str(tmp_path / "a"))
   _, final = train.load_final_state(c, str(tmp_path / "a"))

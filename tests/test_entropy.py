@@ -1,7 +1,5 @@
 """The entropy estimator against independent numpy computations."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,10 +17,10 @@ def ngram_rate(idx, order, tuples, rate):
   m = idx.size
   if tuples == "disjoint":
     num = m // order
-    tup = idx[:num * order].reshape(num, order)
+    tup = idx[: num * order].reshape(num, order)
   else:
     num = m - order + 1
-    tup = np.stack([idx[i:i + num] for i in range(order)], axis=1)
+    tup = np.stack([idx[i : i + num] for i in range(order)], axis=1)
   return _rate_of_tuples(tup, order, rate)
 
 
@@ -106,7 +104,7 @@ def test_soft_equals_numpy_ngram_on_levels(order, num_levels, tuples, rate):
 def test_soft_equals_dense_outer_product_off_levels(order, tuples, rate):
   rng = np.random.default_rng(7 + order)
   c = np.sort(rng.normal(size=5)).astype(np.float32)
-  w = rng.normal(size=97).astype(np.float32) * 1.2   # some outside the range: clipped
+  w = rng.normal(size=97).astype(np.float32) * 1.2  # some outside the range: clipped
   expected = dense_reference_rate(w, c, order, tuples, rate)
   assert float(hj.soft_entropy(w, c, order, tuples, rate)) == pytest.approx(expected, abs=1e-5)
 
@@ -117,11 +115,13 @@ def test_sparse_path_equals_dense_path(monkeypatch, order, tuples, rate):
   rng = np.random.default_rng(3)
   c = np.sort(rng.normal(size=6)).astype(np.float32)
   w = rng.normal(size=301).astype(np.float32)
-  dense_val, dense_grad = jax.value_and_grad(
-      lambda x: hj.soft_entropy(x, c, order, tuples, rate))(w)
+  dense_val, dense_grad = jax.value_and_grad(lambda x: hj.soft_entropy(x, c, order, tuples, rate))(
+    w
+  )
   monkeypatch.setattr(ent, "DENSE_MAX_CELLS", 1)
   sparse_val, sparse_grad = jax.value_and_grad(
-      lambda x: hj.soft_entropy(x, c, order, tuples, rate))(w)
+    lambda x: hj.soft_entropy(x, c, order, tuples, rate)
+  )(w)
   assert float(sparse_val) == pytest.approx(float(dense_val), abs=1e-5)
   np.testing.assert_allclose(sparse_grad, dense_grad, atol=1e-5)
 
@@ -134,7 +134,8 @@ def test_sparse_path_large_cell_space_exact():
     expected = ngram_rate(idx, 4, tuples, rate)
     assert float(hj.soft_entropy(w, c, 4, tuples, rate)) == pytest.approx(expected, abs=1e-5)
     assert float(hj.empirical_entropy(idx, 256, 4, tuples, rate)) == pytest.approx(
-        expected, abs=1e-5)
+      expected, abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("tuples,rate", MODES)
@@ -144,7 +145,7 @@ def test_chunked_histogram_equals_unchunked(tuples, rate):
   w = rng.normal(size=1000).astype(np.float32)
   f = lambda x, ce: hj.soft_entropy(x, c, 3, tuples, rate, chunk_entries=ce)
   v1, g1 = jax.value_and_grad(f)(w, 1 << 20)
-  v2, g2 = jax.value_and_grad(f)(w, 64)     # 8 tuples per chunk, last chunk padded
+  v2, g2 = jax.value_and_grad(f)(w, 64)  # 8 tuples per chunk, last chunk padded
   assert float(v2) == pytest.approx(float(v1), abs=1e-6)
   np.testing.assert_allclose(g2, g1, atol=1e-6)
 
@@ -201,11 +202,13 @@ def test_jit_equals_eager(tuples, rate):
 
 def _params_tree(rng):
   return {
-      "conv": {"kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
-               "bias": rng.normal(size=(8,)).astype(np.float32)},
-      "dense1": {"kernel": rng.normal(size=(50, 30)).astype(np.float32)},
-      "dense2": {"kernel": rng.normal(size=(30, 10)).astype(np.float32)},
-      "big": {"kernel": rng.normal(size=(40, 70)).astype(np.float32)},
+    "conv": {
+      "kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
+      "bias": rng.normal(size=(8,)).astype(np.float32),
+    },
+    "dense1": {"kernel": rng.normal(size=(50, 30)).astype(np.float32)},
+    "dense2": {"kernel": rng.normal(size=(30, 10)).astype(np.float32)},
+    "big": {"kernel": rng.normal(size=(40, 70)).astype(np.float32)},
   }
 
 
@@ -216,13 +219,15 @@ def test_tree_vmapped_equals_loop_over_groups(order, tuples, rate):
   params = _params_tree(rng)
   codebooks = hj.fit_codebooks(params, 4, min_size=41)
   assert codebooks["conv"]["bias"] is None
-  names, rates, sizes = hj.tree_group_rates(params, codebooks, order=order, tuples=tuples,
-                                            rate=rate)
+  names, rates, sizes = hj.tree_group_rates(
+    params, codebooks, order=order, tuples=tuples, rate=rate
+  )
   loop = {}
   for path in ["conv/kernel", "dense1/kernel", "dense2/kernel", "big/kernel"]:
     a, b = path.split("/")
-    loop[path] = float(hj.soft_entropy(hj.scan_stream(params[a][b]), codebooks[a][b], order,
-                                       tuples, rate))
+    loop[path] = float(
+      hj.soft_entropy(hj.scan_stream(params[a][b]), codebooks[a][b], order, tuples, rate)
+    )
   assert sorted(names) == sorted(loop)
   for name, r in zip(names, rates):
     assert float(r) == pytest.approx(loop[name], abs=1e-5)
@@ -230,8 +235,9 @@ def test_tree_vmapped_equals_loop_over_groups(order, tuples, rate):
   expected = sum(loop[n] * sizes_by[n] for n in names) / sum(sizes)
   total = hj.tree_entropy(params, codebooks, order=order, tuples=tuples, rate=rate)
   assert float(total) == pytest.approx(expected, abs=1e-5)
-  jitted = jax.jit(lambda p, cb: hj.tree_entropy(p, cb, order=order, tuples=tuples,
-                                                 rate=rate))(params, codebooks)
+  jitted = jax.jit(lambda p, cb: hj.tree_entropy(p, cb, order=order, tuples=tuples, rate=rate))(
+    params, codebooks
+  )
   assert float(jitted) == pytest.approx(expected, abs=1e-5)
 
 
@@ -242,21 +248,28 @@ def test_tree_global_pool_equals_pooled_ngram(order, tuples, rate):
   params = _params_tree(rng)
   codebooks = hj.fit_codebooks(params, 4, min_size=41)
   # Snap to levels: pooled soft rate == exact n-gram of the pooled per-group tuples.
-  snapped_params = jax.tree.map(lambda cb, x: x if cb is None else np.asarray(hj.quantize(x, cb)),
-                                codebooks, params, is_leaf=lambda x: x is None)
+  snapped_params = jax.tree.map(
+    lambda cb, x: x if cb is None else np.asarray(hj.quantize(x, cb)),
+    codebooks,
+    params,
+    is_leaf=lambda x: x is None,
+  )
   tups = []
-  for cb, x in [(codebooks[a]["kernel"], snapped_params[a]["kernel"])
-                for a in ["conv", "dense1", "dense2", "big"]]:
+  for cb, x in [
+    (codebooks[a]["kernel"], snapped_params[a]["kernel"])
+    for a in ["conv", "dense1", "dense2", "big"]
+  ]:
     idx = np.asarray(hj.quantize_indices(hj.scan_stream(x), cb))
     if tuples == "disjoint":
       num = idx.size // order
-      tups.append(idx[:num * order].reshape(num, order))
+      tups.append(idx[: num * order].reshape(num, order))
     else:
       num = idx.size - order + 1
-      tups.append(np.stack([idx[i:i + num] for i in range(order)], axis=1))
+      tups.append(np.stack([idx[i : i + num] for i in range(order)], axis=1))
   expected = _rate_of_tuples(np.concatenate(tups), order, rate)
-  got = hj.tree_entropy(snapped_params, codebooks, order=order, tuples=tuples, rate=rate,
-                        pool="global")
+  got = hj.tree_entropy(
+    snapped_params, codebooks, order=order, tuples=tuples, rate=rate, pool="global"
+  )
   assert float(got) == pytest.approx(expected, abs=1e-5)
 
 
@@ -264,8 +277,9 @@ def test_tree_global_sparse_equals_dense(monkeypatch):
   rng = np.random.default_rng(4)
   params = _params_tree(rng)
   codebooks = hj.fit_codebooks(params, 4, min_size=41)
-  f = lambda p: hj.tree_entropy(p, codebooks, order=2, tuples="sliding", rate="conditional",
-                                pool="global")
+  f = lambda p: hj.tree_entropy(
+    p, codebooks, order=2, tuples="sliding", rate="conditional", pool="global"
+  )
   v1, g1 = jax.value_and_grad(f)(params)
   monkeypatch.setattr(ent, "DENSE_MAX_CELLS", 1)
   v2, g2 = jax.value_and_grad(f)(params)
@@ -289,10 +303,12 @@ def test_constant_tensor_has_zero_bits(method, order):
   params = {"w": np.full((20, 30), 0.37, np.float32)}
   codebooks = hj.fit_codebooks(params, 4, method=method)
   for tuples, rate in MODES:
-    assert float(hj.tree_entropy(params, codebooks, order=order, tuples=tuples,
-                                 rate=rate)) == pytest.approx(0.0, abs=1e-6)
-    assert float(hj.soft_entropy(params["w"], codebooks["w"], order, tuples,
-                                 rate)) == pytest.approx(0.0, abs=1e-6)
+    assert float(
+      hj.tree_entropy(params, codebooks, order=order, tuples=tuples, rate=rate)
+    ) == pytest.approx(0.0, abs=1e-6)
+    assert float(
+      hj.soft_entropy(params["w"], codebooks["w"], order, tuples, rate)
+    ) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("num_levels", [2, 4, 9])
@@ -306,8 +322,9 @@ def test_entropy_never_exceeds_log2_k(num_levels, order):
     assert 0 <= h <= np.log2(num_levels) + 1e-6
   # uniform i.i.d. symbols reach close to the bound at order 1
   idx = rng.integers(0, num_levels, size=20000)
-  assert float(hj.empirical_entropy(idx, num_levels)) == pytest.approx(np.log2(num_levels),
-                                                                       abs=0.01)
+  assert float(hj.empirical_entropy(idx, num_levels)) == pytest.approx(
+    np.log2(num_levels), abs=0.01
+  )
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -338,8 +355,9 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="pool"):
     hj.tree_entropy({"a": w}, {"a": c}, pool="layer")
   with pytest.raises(ValueError, match="same number of levels"):
-    hj.tree_entropy({"a": w, "b": w}, {"a": c, "b": np.array([0.0, 1.0], np.float32)},
-                    pool="global")
+    hj.tree_entropy(
+      {"a": w, "b": w}, {"a": c, "b": np.array([0.0, 1.0], np.float32)}, pool="global"
+    )
   with pytest.raises(ValueError, match="no quantized groups"):
     hj.tree_entropy({"a": w}, {"a": None})
 

@@ -35,16 +35,16 @@ MNIST = (2, 28, 28, 1)
 CIFAR = (2, 32, 32, 3)
 IMAGENET_SMALL = (2, 64, 64, 3)
 SPECS = {
-    "lenet_300_100": (10, MNIST, 266_610),
-    "lenet5": (10, MNIST, 431_080),
-    "resnet20": (10, CIFAR, 269_722),
-    "resnet32": (10, CIFAR, 464_154),
-    "resnet56": (10, CIFAR, 853_018),
-    "vgg16": (10, CIFAR, 14_728_266),
-    "mobilenet_v2": (1000, IMAGENET_SMALL, 3_504_872),
-    "mobilenet_v2_cifar": (10, CIFAR, 2_296_922),
-    "resnet18": (1000, IMAGENET_SMALL, 11_689_512),
-    "resnet50": (1000, IMAGENET_SMALL, 25_557_032),
+  "lenet_300_100": (10, MNIST, 266_610),
+  "lenet5": (10, MNIST, 431_080),
+  "resnet20": (10, CIFAR, 269_722),
+  "resnet32": (10, CIFAR, 464_154),
+  "resnet56": (10, CIFAR, 853_018),
+  "vgg16": (10, CIFAR, 14_728_266),
+  "mobilenet_v2": (1000, IMAGENET_SMALL, 3_504_872),
+  "mobilenet_v2_cifar": (10, CIFAR, 2_296_922),
+  "resnet18": (1000, IMAGENET_SMALL, 11_689_512),
+  "resnet50": (1000, IMAGENET_SMALL, 25_557_032),
 }
 IMAGENET_MODELS = ("mobilenet_v2", "resnet18", "resnet50")
 
@@ -64,8 +64,9 @@ def _abstract(name, num_classes, **kwargs):
 
   Cached because tracing a constructor is not free; callers never mutate it.
   """
-  return nnx.eval_shape(lambda: create_model(
-      name, num_classes=num_classes, rngs=_fast_rngs(), **kwargs))
+  return nnx.eval_shape(
+    lambda: create_model(name, num_classes=num_classes, rngs=_fast_rngs(), **kwargs)
+  )
 
 
 def _materialize(abstract_model, seed=0):
@@ -144,9 +145,11 @@ def test_compiled_init_equals_eager_init(name):
     if jnp.issubdtype(a.dtype, jnp.floating):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
   other = nnx.state(init_model(name, num_classes=10, seed=4))
-  assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other),
-                                                      jax.tree.leaves(compiled))
-                 if a.ndim >= 2)
+  assert not any(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(compiled))
+    if a.ndim >= 2
+  )
   with pytest.raises(ValueError, match="resnet20"):
     init_model("resnet21", num_classes=10)
 
@@ -173,15 +176,13 @@ def test_invalid_options_raise():
   with pytest.raises(ValueError, match="6n"):
     create_model("resnet20", num_classes=10, rngs=nnx.Rngs(0), depth=21)
   with pytest.raises(ValueError, match="variant"):
-    create_model("mobilenet_v2", num_classes=10, rngs=nnx.Rngs(0),
-                 variant="tiny")
+    create_model("mobilenet_v2", num_classes=10, rngs=nnx.Rngs(0), variant="tiny")
 
 
 def test_train_and_eval_modes_with_batchnorm():
   model = create_model("resnet20", num_classes=10, rngs=_fast_rngs())
   x = jax.random.normal(jax.random.key(1), CIFAR, jnp.float32)
-  forward = nnx.jit(lambda m, x, train: m(x, train=train),
-                    static_argnames="train")
+  forward = nnx.jit(lambda m, x, train: m(x, train=train), static_argnames="train")
 
   def running_mean():
     return np.asarray(model.bn.mean[...])

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "experiments", "quickstart.ipynb")
+NOTEBOOK = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.ipynb"
+)
 
 
 def test_quickstart_notebook_executes(tmp_path):
@@ -14,14 +15,21 @@ def test_quickstart_notebook_executes(tmp_path):
   nbclient = pytest.importorskip("nbclient")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # The kernel is this interpreter (the venv's ipykernel), whatever "python3" means on PATH.
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                   resources={"metadata": {"path": str(tmp_path)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  )
   env_python = os.path.dirname(sys.executable)
   os.environ["PATH"] = env_python + os.pathsep + os.environ.get("PATH", "")
   client.execute()
-  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                    for o in c.get("outputs", []))
+  outputs = "".join(
+    o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  )
   assert "bits/param" in outputs and "accuracy of the decoded file" in outputs
-  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if o.get("output_type") == "error"]
+  errors = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+    if o.get("output_type") == "error"
+  ]
   assert not errors

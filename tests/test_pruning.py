@@ -13,9 +13,13 @@ from hemp_jax import pruning
 
 def _params(seed=0):
   rng = np.random.default_rng(seed)
-  return {"dense": {"kernel": jnp.asarray(rng.normal(size=(20, 30)), jnp.float32),
-                    "bias": jnp.asarray(rng.normal(size=(30,)), jnp.float32)},
-          "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.float32)}}
+  return {
+    "dense": {
+      "kernel": jnp.asarray(rng.normal(size=(20, 30)), jnp.float32),
+      "bias": jnp.asarray(rng.normal(size=(30,)), jnp.float32),
+    },
+    "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.float32)},
+  }
 
 
 def _run(tx, params, steps, seed=1, state=None):
@@ -41,9 +45,10 @@ def test_schedule_shape():
 @pytest.mark.parametrize("method", ["magnitude", "sensitivity"])
 def test_exact_sparsity_and_zeros_stay(method):
   params = _params()
-  tx = pruning.prune(optax.sgd(0.1), sparsity=0.75, method=method, begin_step=2, end_step=8,
-                     frequency=2, min_size=50)
-  p, state = _run(tx, params, 9)   # the last mask update is at step index end_step
+  tx = pruning.prune(
+    optax.sgd(0.1), sparsity=0.75, method=method, begin_step=2, end_step=8, frequency=2, min_size=50
+  )
+  p, state = _run(tx, params, 9)  # the last mask update is at step index end_step
   masks = state.masks
   leaves = jax.tree.leaves(p)
   # Bias (30 elements) is below min_size: not pruned.
@@ -80,7 +85,7 @@ def test_masks_monotone_during_ramp():
     cur = [np.asarray(m) for m in state.masks if m is not None]
     if prev is not None:
       for a, b in zip(prev, cur):
-        assert np.all(b <= a)   # kept set only shrinks
+        assert np.all(b <= a)  # kept set only shrinks
     prev = cur
 
 
@@ -104,13 +109,22 @@ def test_sensitivity_picks_smallest_grad_times_weight():
   params = _params(5)
   rng = np.random.default_rng(9)
   grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
-  tx = pruning.prune(optax.sgd(0.0), sparsity=0.3, method="sensitivity", begin_step=0,
-                     end_step=0, frequency=1, min_size=50, grad_decay=0.0)
+  tx = pruning.prune(
+    optax.sgd(0.0),
+    sparsity=0.3,
+    method="sensitivity",
+    begin_step=0,
+    end_step=0,
+    frequency=1,
+    min_size=50,
+    grad_decay=0.0,
+  )
   state = tx.init(params)
   updates, state = tx.update(grads, state, params)
   new = optax.apply_updates(params, updates)
-  for x, g, m, y in zip(jax.tree.leaves(params), jax.tree.leaves(grads), state.masks,
-                        jax.tree.leaves(new)):
+  for x, g, m, y in zip(
+    jax.tree.leaves(params), jax.tree.leaves(grads), state.masks, jax.tree.leaves(new)
+  ):
     if m is None:
       continue
     score = (np.abs(np.asarray(g)) * np.abs(np.asarray(x))).reshape(-1)
@@ -129,8 +143,9 @@ def test_pruned_weights_land_on_exact_zero_level():
   tx = pruning.prune(optax.adam(1e-2), sparsity=0.8, begin_step=0, end_step=4, frequency=1)
   p, state = _run(tx, params, 6)
   cbs = hj.fit_codebooks(p, 4, zero_level=True, guard_levels=True, min_size=50)
-  for x, cb, m in zip(jax.tree.leaves(p), jax.tree.leaves(cbs, is_leaf=lambda v: v is None),
-                      state.masks):
+  for x, cb, m in zip(
+    jax.tree.leaves(p), jax.tree.leaves(cbs, is_leaf=lambda v: v is None), state.masks
+  ):
     if m is None:
       continue
     idx = np.asarray(hj.quantize_indices(x, cb))
@@ -141,21 +156,49 @@ def test_pruned_weights_land_on_exact_zero_level():
 
 def test_with_hemp_chain_and_config():
   from hemp_jax import train
-  c = ml_collections.ConfigDict({
+
+  c = ml_collections.ConfigDict(
+    {
       "num_epochs": 2,
-      "optimizer": {"name": "adam", "learning_rate": 1e-2, "schedule": "constant",
-                    "momentum": 0.0, "weight_decay": 0.0},
-      "quantizer": {"num_levels": 4, "method": "uniform", "guard_levels": True,
-                    "zero_level": True, "min_size": None},
-      "hemp": {"mode": "grad", "strength": 1.0, "order": 2, "tuples": "disjoint",
-               "rate": "block", "pool": "group", "refresh_every": 1, "lambda_q": 0.1},
-      "pruning": {"method": "magnitude", "sparsity": 0.6, "begin_epoch": 0.0,
-                  "end_epoch": 1.0, "frequency": 1, "min_size": 50, "grad_decay": 0.9},
-  })
+      "optimizer": {
+        "name": "adam",
+        "learning_rate": 1e-2,
+        "schedule": "constant",
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+      },
+      "quantizer": {
+        "num_levels": 4,
+        "method": "uniform",
+        "guard_levels": True,
+        "zero_level": True,
+        "min_size": None,
+      },
+      "hemp": {
+        "mode": "grad",
+        "strength": 1.0,
+        "order": 2,
+        "tuples": "disjoint",
+        "rate": "block",
+        "pool": "group",
+        "refresh_every": 1,
+        "lambda_q": 0.1,
+      },
+      "pruning": {
+        "method": "magnitude",
+        "sparsity": 0.6,
+        "begin_epoch": 0.0,
+        "end_epoch": 1.0,
+        "frequency": 1,
+        "min_size": 50,
+        "grad_decay": 0.9,
+      },
+    }
+  )
   tx = train.make_optimizer(c, steps_per_epoch=3)
   p, state = _run(tx, _params(7), 6)
   assert isinstance(state, pruning.PruneState)
-  assert train.state_codebooks(state) is not None     # HEMP state found inside
+  assert train.state_codebooks(state) is not None  # HEMP state found inside
   assert pruning.leaf_sparsity(p, state) == pytest.approx(0.6, abs=0.01)
   c.pruning.method = "none"
   assert not isinstance(train.make_optimizer(c, 3).init(_params()), pruning.PruneState)

@@ -25,7 +25,7 @@ def test_uniform_zero_level_is_exact_and_covers_range(weights, n):
   c = np.asarray(hj.uniform_codebook(weights, n, zero_level=True))
   assert c.shape == (n,)
   assert 0.0 in c and np.all(np.isfinite(c))
-  if n > 2:   # two levels with an exact zero cannot cover weights of both signs
+  if n > 2:  # two levels with an exact zero cannot cover weights of both signs
     assert c[0] <= weights.min() + 1e-7 and c[-1] >= weights.max() - 1e-7
   else:
     assert max(-c[0], c[-1]) >= max(-weights.min(), weights.max()) - 1e-7
@@ -54,10 +54,12 @@ def test_guard_levels(weights):
 
 
 def test_lloyd_mse_never_increases_and_beats_uniform(weights):
-  mses = [float(hj.quantization_mse(weights, hj.lloyd_max_codebook(weights, 6, num_iters=i)))
-          for i in range(0, 30)]
+  mses = [
+    float(hj.quantization_mse(weights, hj.lloyd_max_codebook(weights, 6, num_iters=i)))
+    for i in range(0, 30)
+  ]
   assert all(b <= a * (1 + 1e-6) for a, b in zip(mses, mses[1:]))
-  assert mses[-1] < 0.5 * mses[0]   # iteration 0 is the uniform codebook
+  assert mses[-1] < 0.5 * mses[0]  # iteration 0 is the uniform codebook
 
 
 def test_lloyd_converges_to_centroid_condition(weights):
@@ -82,10 +84,15 @@ def test_lloyd_gaussian_matches_known_levels():
   np.testing.assert_allclose(np.abs(c), [1.5104, 0.4528, 0.4528, 1.5104], atol=0.01)
 
 
-@pytest.mark.parametrize("fit", [
-    lambda w: hj.uniform_codebook(w, 4), lambda w: hj.lloyd_max_codebook(w, 4),
+@pytest.mark.parametrize(
+  "fit",
+  [
+    lambda w: hj.uniform_codebook(w, 4),
+    lambda w: hj.lloyd_max_codebook(w, 4),
     lambda w: hj.uniform_codebook(w, 4, zero_level=True),
-    lambda w: hj.lloyd_max_codebook(w, 3, method="gaussian")])
+    lambda w: hj.lloyd_max_codebook(w, 3, method="gaussian"),
+  ],
+)
 def test_constant_tensor_gets_valid_codebook_with_value_on_a_level(fit):
   w = np.full(100, -0.25, np.float32)
   c = np.asarray(fit(w))
@@ -139,11 +146,12 @@ def test_bad_codebooks_and_inputs():
 
 def test_fit_codebooks_selection():
   rng = np.random.default_rng(0)
-  params = {"a": {"kernel": rng.normal(size=(10, 10)).astype(np.float32),
-                  "bias": np.zeros(10, np.float32)},
-            "b": {"kernel": rng.normal(size=(30, 2)).astype(np.float32)},
-            "steps": np.arange(100)}
-  cbs = hj.fit_codebooks(params, 4)   # paper threshold: > 10 N = 40 elements
+  params = {
+    "a": {"kernel": rng.normal(size=(10, 10)).astype(np.float32), "bias": np.zeros(10, np.float32)},
+    "b": {"kernel": rng.normal(size=(30, 2)).astype(np.float32)},
+    "steps": np.arange(100),
+  }
+  cbs = hj.fit_codebooks(params, 4)  # paper threshold: > 10 N = 40 elements
   assert cbs["a"]["bias"] is None and cbs["steps"] is None
   assert cbs["a"]["kernel"].shape == (6,) and cbs["b"]["kernel"].shape == (6,)
   cbs = hj.fit_codebooks(params, 4, exclude=r"^b/", guard_levels=False, method="lloyd_max")

@@ -12,10 +12,16 @@ import hemp_jax as hj
 
 def _params(seed=0):
   rng = np.random.default_rng(seed)
-  return {"dense1": {"kernel": jnp.asarray(rng.normal(size=(12, 16)), jnp.float32),
-                     "bias": jnp.zeros(16, jnp.float32)},
-          "dense2": {"kernel": jnp.asarray(rng.normal(size=(16, 3)) * 0.3, jnp.float32),
-                     "bias": jnp.zeros(3, jnp.float32)}}
+  return {
+    "dense1": {
+      "kernel": jnp.asarray(rng.normal(size=(12, 16)), jnp.float32),
+      "bias": jnp.zeros(16, jnp.float32),
+    },
+    "dense2": {
+      "kernel": jnp.asarray(rng.normal(size=(16, 3)) * 0.3, jnp.float32),
+      "bias": jnp.zeros(3, jnp.float32),
+    },
+  }
 
 
 def _loss(params, x, y):
@@ -26,8 +32,10 @@ def _loss(params, x, y):
 
 def _batch(step):
   rng = np.random.default_rng(100 + step)
-  return (jnp.asarray(rng.normal(size=(8, 12)), jnp.float32),
-          jnp.asarray(rng.integers(0, 3, size=8)))
+  return (
+    jnp.asarray(rng.normal(size=(8, 12)), jnp.float32),
+    jnp.asarray(rng.integers(0, 3, size=8)),
+  )
 
 
 KW = dict(order=2, num_levels=4, min_size=41)
@@ -66,8 +74,7 @@ def test_chain_equals_penalty_added_to_loss(make_opt):
 
   @jax.jit
   def step_penalty(p, s, x, y):
-    g = jax.grad(lambda q: _loss(q, x, y) + hj.entropy_penalty(q, cbs, strength=lam,
-                                                               order=2))(p)
+    g = jax.grad(lambda q: _loss(q, x, y) + hj.entropy_penalty(q, cbs, strength=lam, order=2))(p)
     u, s = opt.update(g, s, p)
     return optax.apply_updates(p, u), s
 
@@ -87,8 +94,11 @@ def test_regularizer_lowers_entropy():
   state = tx.init(params)
   cbs = hj.codebooks_tree(params, state[0].codebooks)
   h0 = float(hj.tree_entropy(params, cbs, order=2))
-  step = jax.jit(lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
-      tx.update(jax.tree.map(jnp.zeros_like, p), s, p)))
+  step = jax.jit(
+    lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
+      tx.update(jax.tree.map(jnp.zeros_like, p), s, p)
+    )
+  )
   for _ in range(30):
     params, state = step(params, state)
   assert float(hj.tree_entropy(params, cbs, order=2)) < 0.8 * h0
@@ -141,10 +151,10 @@ def test_refresh_every_reuses_cached_gradient():
   g0 = jax.grad(lambda p: hj.tree_entropy(p, cbs, order=2))(params)
   moved = jax.tree.map(lambda x: x * 0.9, params)
   g_moved = jax.grad(lambda p: hj.tree_entropy(p, cbs, order=2))(moved)
-  out0, state = tx.update(zeros, state, params)      # step 0: refresh at params
-  out1, state = tx.update(zeros, state, moved)       # step 1: cached (params' gradient)
+  out0, state = tx.update(zeros, state, params)  # step 0: refresh at params
+  out1, state = tx.update(zeros, state, moved)  # step 1: cached (params' gradient)
   out2, state = tx.update(zeros, state, moved)
-  out3, state = tx.update(zeros, state, moved)       # step 3: refresh at moved
+  out3, state = tx.update(zeros, state, moved)  # step 3: refresh at moved
   k = ("dense1", "kernel")
   np.testing.assert_allclose(out0[k[0]][k[1]], g0[k[0]][k[1]], atol=1e-7)
   np.testing.assert_allclose(out1[k[0]][k[1]], g0[k[0]][k[1]], atol=1e-7)
@@ -158,10 +168,10 @@ def test_refit_every_refits_codebooks():
   state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
   scaled = jax.tree.map(lambda x: 2 * x, params)
-  _, s1 = tx.update(zeros, state, scaled)   # count 0: no refit
-  _, s2 = tx.update(zeros, s1, scaled)      # count 1: no refit
-  _, s3 = tx.update(zeros, s2, scaled)      # count 2: refit from scaled params
-  c0 = state.codebooks[1]   # leaves: dense1/bias, dense1/kernel, dense2/bias, dense2/kernel
+  _, s1 = tx.update(zeros, state, scaled)  # count 0: no refit
+  _, s2 = tx.update(zeros, s1, scaled)  # count 1: no refit
+  _, s3 = tx.update(zeros, s2, scaled)  # count 2: refit from scaled params
+  c0 = state.codebooks[1]  # leaves: dense1/bias, dense1/kernel, dense2/bias, dense2/kernel
   assert state.codebooks[0] is None
   np.testing.assert_array_equal(s2.codebooks[1], c0)
   np.testing.assert_allclose(s3.codebooks[1], 2 * np.asarray(c0), rtol=1e-5)
@@ -206,8 +216,10 @@ def _direct_paper_update(params, steps, *, lr, wd, lambda_h, lambda_q, order, re
       w1_32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), w1)
       gh = jax.grad(lambda p: hj.tree_entropy(p, codebooks, order=order))(w1_32)
       cached_gh = {n: np.asarray(gh[n[0]][n[1]], np.float64) for n in names}
-      cached_q = {n: np.asarray(hj.quantize(w1_32[n[0]][n[1]], codebooks[n[0]][n[1]]),
-                                np.float64) for n in names}
+      cached_q = {
+        n: np.asarray(hj.quantize(w1_32[n[0]][n[1]], codebooks[n[0]][n[1]]), np.float64)
+        for n in names
+      }
     for n in names:
       gn = np.abs(g[n[0]][n[1]])
       s = 1 - gn / gn.max()
@@ -222,8 +234,16 @@ def _direct_paper_update(params, steps, *, lr, wd, lambda_h, lambda_q, order, re
 def test_paper_recipe_matches_direct_update_rule():
   params = _params(6)
   kw = dict(lr=0.1, wd=1e-4, lambda_h=1.0, lambda_q=0.1, order=2, refresh=3)
-  tx = hj.paper_recipe(learning_rate=kw["lr"], weight_decay=kw["wd"], lambda_h=1.0,
-                       lambda_q=0.1, order=2, num_levels=4, refresh_every=3, min_size=41)
+  tx = hj.paper_recipe(
+    learning_rate=kw["lr"],
+    weight_decay=kw["wd"],
+    lambda_h=1.0,
+    lambda_q=0.1,
+    order=2,
+    num_levels=4,
+    refresh_every=3,
+    min_size=41,
+  )
   state = tx.init(params)
 
   @jax.jit

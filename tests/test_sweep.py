@@ -1,14 +1,15 @@
 """A tiny sweep (digits, a few steps): points finish, resume recomputes nothing, report."""
 
-import json
 import os
-
-import numpy as np
 
 from hemp_jax import cli, codec, report, sweep
 
-SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "experiments", "sweeps", "mnist5k_offline.py")
+SWEEP = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  "experiments",
+  "sweeps",
+  "mnist5k_offline.py",
+)
 
 
 def test_full_sweep_spec_loads():
@@ -17,9 +18,17 @@ def test_full_sweep_spec_loads():
     pts = [p for p in s.points if p.config.model == model]
     assert len(pts) >= 24
     methods = {p.method for p in pts}
-    assert {"float", "ptq-uniform", "ptq-lloyd_max", "noreg-uniform", "hemp-uniform",
-            "hemp-lloyd_max", "prune-magnitude", "prune-sensitivity",
-            "hemp+prune-magnitude"} <= methods
+    assert {
+      "float",
+      "ptq-uniform",
+      "ptq-lloyd_max",
+      "noreg-uniform",
+      "hemp-uniform",
+      "hemp-lloyd_max",
+      "prune-magnitude",
+      "prune-sensitivity",
+      "hemp+prune-magnitude",
+    } <= methods
     assert {p.axes.get("order") for p in pts if p.method == "hemp-uniform"} >= {1, 2, 3, 4}
     assert all(p.config.dataset == "mnist5k" for p in pts)
 
@@ -27,8 +36,7 @@ def test_full_sweep_spec_loads():
 def test_tiny_sweep_resumes_and_reports(tmp_path, monkeypatch):
   results, scratch = str(tmp_path / "res"), str(tmp_path / "scratch")
   spec = SWEEP + ":tiny"
-  assert cli.main(["sweep", spec, "--results", results, "--scratch", scratch,
-                   "--no-progress"]) == 0
+  assert cli.main(["sweep", spec, "--results", results, "--scratch", scratch, "--no-progress"]) == 0
   recs = sweep.load_results(results)
   assert [r["id"] for r in recs] == [p.id for p in sweep.load_sweep(spec).points]
   for r in recs:
@@ -42,14 +50,18 @@ def test_tiny_sweep_resumes_and_reports(tmp_path, monkeypatch):
     assert decoded
   ptq = next(r for r in recs if r["kind"] == "ptq")
   pruned = next(r for r in recs if r["axes"].get("order") == 2)
-  assert pruned["sparsity"] >= 0.5   # 50% pruned: exact zeros on the zero level
+  assert pruned["sparsity"] >= 0.5  # 50% pruned: exact zeros on the zero level
   # Second invocation: nothing is recomputed (run_point is never called).
-  mtimes = {n: os.path.getmtime(os.path.join(results, "points", n))
-            for n in os.listdir(os.path.join(results, "points"))}
-  monkeypatch.setattr(sweep, "run_point", lambda *a, **k: (_ for _ in ()).throw(
-      AssertionError("a finished point was recomputed")))
-  assert cli.main(["sweep", spec, "--results", results, "--scratch", scratch,
-                   "--no-progress"]) == 0
+  mtimes = {
+    n: os.path.getmtime(os.path.join(results, "points", n))
+    for n in os.listdir(os.path.join(results, "points"))
+  }
+  monkeypatch.setattr(
+    sweep,
+    "run_point",
+    lambda *a, **k: (_ for _ in ()).throw(AssertionError("a finished point was recomputed")),
+  )
+  assert cli.main(["sweep", spec, "--results", results, "--scratch", scratch, "--no-progress"]) == 0
   assert mtimes == {n: os.path.getmtime(os.path.join(results, "points", n)) for n in mtimes}
   # A deleted point is recomputed, and only that one.
   monkeypatch.undo()
@@ -63,19 +75,24 @@ def test_tiny_sweep_resumes_and_reports(tmp_path, monkeypatch):
   out = str(tmp_path / "report")
   assert cli.main(["report", results, "--out", out]) == 0
   files = set(os.listdir(out))
-  assert {"report.md", "lenet_300_100_accuracy_vs_rate.png",
-          "lenet_300_100_weight_histograms.png"} <= files
+  assert {
+    "report.md",
+    "lenet_300_100_accuracy_vs_rate.png",
+    "lenet_300_100_weight_histograms.png",
+  } <= files
   text = open(os.path.join(out, "report.md")).read()
   for r in recs:
     assert r["id"] in text
 
 
 def test_pareto_and_best_within():
-  recs = [{"id": "a", "file_bytes": 100, "test_accuracy_decoded": 0.90},
-          {"id": "b", "file_bytes": 50, "test_accuracy_decoded": 0.95},
-          {"id": "c", "file_bytes": 200, "test_accuracy_decoded": 0.97},
-          {"id": "d", "file_bytes": 30, "test_accuracy_decoded": 0.80},
-          {"id": "e", "failed": "diverged"}]
+  recs = [
+    {"id": "a", "file_bytes": 100, "test_accuracy_decoded": 0.90},
+    {"id": "b", "file_bytes": 50, "test_accuracy_decoded": 0.95},
+    {"id": "c", "file_bytes": 200, "test_accuracy_decoded": 0.97},
+    {"id": "d", "file_bytes": 30, "test_accuracy_decoded": 0.80},
+    {"id": "e", "failed": "diverged"},
+  ]
   assert [r["id"] for r in report.pareto_front(recs)] == ["d", "b", "c"]
   assert report.best_within(recs, 0.97, 0.01)["id"] == "c"
   assert report.best_within(recs, 0.96, 0.01)["id"] == "b"

@@ -7,15 +7,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 import hemp_jax as hj
 from hemp_jax import cli, train
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs",
-                              "default.py")
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(__file__), "..", "experiments", "configs", "default.py"
+)
 
 
 class _SmallBN(nnx.Module):
@@ -33,13 +33,24 @@ class _SmallBN(nnx.Module):
 
 def _config(**hemp):
   c = ml_collections.ConfigDict()
-  c.optimizer = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.05, momentum=0.9,
-                                               weight_decay=1e-4, schedule="constant"))
-  c.quantizer = ml_collections.ConfigDict(dict(num_levels=4, method="uniform",
-                                               guard_levels=True, min_size=None))
-  c.hemp = ml_collections.ConfigDict(dict(mode="grad", strength=5.0, order=2,
-                                          tuples="disjoint", rate="block", pool="group",
-                                          refresh_every=1, lambda_q=0.1))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4, schedule="constant")
+  )
+  c.quantizer = ml_collections.ConfigDict(
+    dict(num_levels=4, method="uniform", guard_levels=True, min_size=None)
+  )
+  c.hemp = ml_collections.ConfigDict(
+    dict(
+      mode="grad",
+      strength=5.0,
+      order=2,
+      tuples="disjoint",
+      rate="block",
+      pool="group",
+      refresh_every=1,
+      lambda_q=0.1,
+    )
+  )
   c.hemp.update(hemp)
   c.num_epochs = 1
   return c
@@ -54,7 +65,7 @@ def _digits_batches(n_steps, batch=16):
 def _run(step, state, batches):
   for images, labels in batches:
     state, m = step(state, jnp.asarray(images), jnp.asarray(labels))
-    float(m["loss"])      # sync every step: CPU collectives deadlock otherwise
+    float(m["loss"])  # sync every step: CPU collectives deadlock otherwise
   return state
 
 
@@ -67,13 +78,16 @@ def test_jit_mesh_4_devices_equals_1_device(mode):
   graphdef, state0 = train.create_train_state(config, model, tx)
   step = train.make_train_step(graphdef, tx)
   batches = _digits_batches(4)
-  one = _run(train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:1])),
-             state0, batches)
+  one = _run(
+    train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:1])), state0, batches
+  )
   _, state0b = train.create_train_state(config, _SmallBN(rngs=nnx.Rngs(0)), tx)
-  four = _run(train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:4])),
-              state0b, batches)
-  for a, b in zip(jax.tree.leaves((one.params, one.model_state)),
-                  jax.tree.leaves((four.params, four.model_state))):
+  four = _run(
+    train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:4])), state0b, batches
+  )
+  for a, b in zip(
+    jax.tree.leaves((one.params, one.model_state)), jax.tree.leaves((four.params, four.model_state))
+  ):
     np.testing.assert_allclose(a, b, atol=1e-5)
   assert int(four.step) == 4
 
@@ -86,7 +100,8 @@ def test_pmap_4_devices_equals_1_device():
   batches = _digits_batches(4)
   single = _run(jax.jit(train.make_train_step(graphdef, tx)), state0, batches)
   _, state0b = train.create_train_state(
-      config, hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1)), tx)
+    config, hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1)), tx
+  )
   pmapped = _run(train.pmap_train_step(graphdef, tx, jax.devices()[:4]), state0b, batches)
   for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(pmapped.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -113,7 +128,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
   full = _loop_config(3)
   s_full = train.train_and_evaluate(full, str(tmp_path / "full"))
   part = _loop_config(1)
-  train.train_and_evaluate(part, str(tmp_path / "resumed"))      # "killed" after epoch 1
+  train.train_and_evaluate(part, str(tmp_path / "resumed"))  # "killed" after epoch 1
   s_res = train.train_and_evaluate(_loop_config(3), str(tmp_path / "resumed"))
   _, a = train.load_final_state(full, str(tmp_path / "full"))
   _, b = train.load_final_state(full, str(tmp_path / "resumed"))
@@ -129,20 +144,26 @@ def test_metrics_and_summary_files(tmp_path):
   s = train.train_and_evaluate(_loop_config(2), str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert len(rows) == 2
-  for key in ["epoch", "train_loss", "test_accuracy", "test_accuracy_quantized",
-              "entropy_soft", "entropy_exact"]:
+  for key in [
+    "epoch",
+    "train_loss",
+    "test_accuracy",
+    "test_accuracy_quantized",
+    "entropy_soft",
+    "entropy_exact",
+  ]:
     assert key in rows[0]
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary == s
-  for key in ["test_accuracy", "test_accuracy_quantized", "entropy_bits_per_param",
-              "num_params"]:
+  for key in ["test_accuracy", "test_accuracy_quantized", "entropy_bits_per_param", "num_params"]:
     assert key in summary
   assert summary["num_params"] == 266610 - 784 * 300 + 64 * 300
   assert 0 < summary["entropy_bits_per_param"] <= np.log2(6)
   # the .hemp file: real size, decodes to the quantized model
   assert summary["file_bytes"] == os.path.getsize(tmp_path / "model.hemp")
-  assert summary["compression_ratio"] == pytest.approx(4 * summary["num_params"]
-                                                       / summary["file_bytes"])
+  assert summary["compression_ratio"] == pytest.approx(
+    4 * summary["num_params"] / summary["file_bytes"]
+  )
   assert summary["test_accuracy_decoded"] == summary["test_accuracy_quantized"]
   _, state = train.load_final_state(_loop_config(2), str(tmp_path))
   decoded = train.read_model_file(str(tmp_path / "model.hemp"), state)
@@ -153,8 +174,10 @@ def test_metrics_and_summary_files(tmp_path):
 
 def test_cli_compress_inspect_decompress_evaluate(tmp_path, capsys):
   summary = train.train_and_evaluate(_loop_config(1), str(tmp_path))
-  assert train.evaluate_model_file(_loop_config(1), str(tmp_path / "model.hemp")) == \
-      summary["test_accuracy_decoded"]
+  assert (
+    train.evaluate_model_file(_loop_config(1), str(tmp_path / "model.hemp"))
+    == summary["test_accuracy_decoded"]
+  )
   out = tmp_path / "again.hemp"
   assert cli.main(["compress", "--workdir", str(tmp_path), "-o", str(out)]) == 0
   assert out.read_bytes() == (tmp_path / "model.hemp").read_bytes()
@@ -183,13 +206,25 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
 
 
 def test_cli_train_with_overrides(tmp_path, capsys):
-  rc = cli.main(["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path),
-                 "--config.num_epochs=1", "--config.max_train_examples", "256",
-                 "--config.progress=false", "--config.hemp.order=1",
-                 "--config.eval_batch_size=1000"])
+  rc = cli.main(
+    [
+      "train",
+      "--config",
+      DEFAULT_CONFIG,
+      "--workdir",
+      str(tmp_path),
+      "--config.num_epochs=1",
+      "--config.max_train_examples",
+      "256",
+      "--config.progress=false",
+      "--config.hemp.order=1",
+      "--config.eval_batch_size=1000",
+    ]
+  )
   assert rc == 0
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["model"] == "lenet5" and summary["entropy_order"] == 1
   with pytest.raises(SystemExit, match="unknown config field"):
-    cli.main(["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path),
-              "--config.hemp.nope=1"])
+    cli.main(
+      ["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path), "--config.hemp.nope=1"]
+    )

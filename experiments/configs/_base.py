@@ -30,21 +30,21 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def default_config() -> ml_collections.ConfigDict:
   """``default.py``'s config, plus the fields the experiment configs add."""
   c = load_python_file(os.path.join(_HERE, "default.py"), "hemp_default_config").get_config()
-  c.data_dir = ml_collections.config_dict.placeholder(str)    # TFDS data dir (None: default)
-  c.mock_data = False       # serve random TFDS examples (tfds.testing.mock_data): smoke runs
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir (None: default)
+  c.mock_data = False  # serve random TFDS examples (tfds.testing.mock_data): smoke runs
   c.image_size = ml_collections.config_dict.placeholder(int)  # ImageNet crop (None: 224)
   # Fine-tuning: a `hemp-jax train` workdir, a .hemp file or an .npz of params to start
   # from (see hemp_jax.experiment.load_init_checkpoint). None: random init.
   c.init_checkpoint = ml_collections.config_dict.placeholder(str)
   c.pruning = ml_collections.ConfigDict()
-  c.pruning.method = "none"          # "none" | "magnitude" | "sensitivity"
-  c.pruning.sparsity = 0.9           # final fraction of zeros per pruned tensor
+  c.pruning.method = "none"  # "none" | "magnitude" | "sensitivity"
+  c.pruning.sparsity = 0.9  # final fraction of zeros per pruned tensor
   c.pruning.begin_epoch = 0.0
   c.pruning.end_epoch = ml_collections.config_dict.placeholder(float)  # None: 3/4 of epochs
-  c.pruning.frequency = 10           # steps between mask updates during the ramp
-  c.pruning.min_size = 100           # smaller tensors (biases) are never pruned
-  c.pruning.grad_decay = 0.9         # EMA of |dL/dw| for the sensitivity score
-  c.pruning.include = ml_collections.config_dict.placeholder(str)   # regex on leaf names
+  c.pruning.frequency = 10  # steps between mask updates during the ramp
+  c.pruning.min_size = 100  # smaller tensors (biases) are never pruned
+  c.pruning.grad_decay = 0.9  # EMA of |dL/dw| for the sensitivity score
+  c.pruning.include = ml_collections.config_dict.placeholder(str)  # regex on leaf names
   c.quantizer.include = ml_collections.config_dict.placeholder(str)  # regex on leaf names
   return c
 
@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
 def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The paper code's training update (DESIGN §2)."""
   c.hemp.mode = "paper"
-  c.hemp.strength = 1.0        # lambda_H
+  c.hemp.strength = 1.0  # lambda_H
   c.hemp.lambda_q = 0.1
   c.hemp.order = 3
   c.hemp.refresh_every = 10
@@ -67,8 +67,9 @@ def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def apply_variant(c: ml_collections.ConfigDict, arg: str | None, *, smoke_dataset: str,
-                  smoke_mock: bool) -> ml_collections.ConfigDict:
+def apply_variant(
+  c: ml_collections.ConfigDict, arg: str | None, *, smoke_dataset: str, smoke_mock: bool
+) -> ml_collections.ConfigDict:
   """Applies the comma-separated variant tokens of ``arg`` (see the module docstring)."""
   tokens = [t for t in (arg or "").split(",") if t]
   known = {"grad", "paper", "none", "prune", "prune_sens", "smoke"}
@@ -77,10 +78,10 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None, *, smoke_datase
     raise ValueError(f"unknown config variant(s) {bad}; known: {sorted(known)}")
   if "paper" in tokens:
     paper_recipe(c)
-    c.qat_epochs = 0          # the paper's recipe has no quantization-aware epochs
+    c.qat_epochs = 0  # the paper's recipe has no quantization-aware epochs
   elif "none" in tokens:
     c.hemp.mode = "none"
-    c.qat_epochs = 0          # needs the HEMP state's codebooks
+    c.qat_epochs = 0  # needs the HEMP state's codebooks
   if "prune" in tokens or "prune_sens" in tokens:
     c.pruning.method = "sensitivity" if "prune_sens" in tokens else "magnitude"
     c.quantizer.method = "uniform"
@@ -114,7 +115,7 @@ def mnist(model: str, arg: str | None) -> ml_collections.ConfigDict:
   c.hemp.mode = "grad"
   c.hemp.strength = 30.0
   c.hemp.order = 3
-  c.qat_epochs = 6   # last epochs quantization-aware (straight-through)
+  c.qat_epochs = 6  # last epochs quantization-aware (straight-through)
   tokens = [t for t in (arg or "").split(",") if t]
   if "offline" in tokens:
     c.dataset = "mnist5k"
@@ -123,8 +124,9 @@ def mnist(model: str, arg: str | None) -> ml_collections.ConfigDict:
   return apply_variant(c, ",".join(tokens), smoke_dataset="mnist5k", smoke_mock=False)
 
 
-def _sgd_hemp(c: ml_collections.ConfigDict, *, learning_rate: float, weight_decay: float,
-              qat_epochs: int) -> None:
+def _sgd_hemp(
+  c: ml_collections.ConfigDict, *, learning_rate: float, weight_decay: float, qat_epochs: int
+) -> None:
   """SGD + momentum 0.9, cosine schedule, lambda 10, order 3, refresh every 10 steps."""
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = learning_rate
@@ -134,7 +136,7 @@ def _sgd_hemp(c: ml_collections.ConfigDict, *, learning_rate: float, weight_deca
   c.hemp.mode = "grad"
   c.hemp.strength = 10.0
   c.hemp.order = 3
-  c.qat_epochs = qat_epochs   # last epochs quantization-aware (straight-through)
+  c.qat_epochs = qat_epochs  # last epochs quantization-aware (straight-through)
   c.hemp.refresh_every = 10
 
 
@@ -146,8 +148,9 @@ def _smoke_subset(c: ml_collections.ConfigDict, arg: str | None, include: str) -
     c.batch_size = c.eval_batch_size = 4
 
 
-def cifar10(model: str, arg: str | None, *, learning_rate: float, weight_decay: float,
-            smoke_include: str) -> ml_collections.ConfigDict:
+def cifar10(
+  model: str, arg: str | None, *, learning_rate: float, weight_decay: float, smoke_include: str
+) -> ml_collections.ConfigDict:
   """A model trained on tfds CIFAR-10 for 160 epochs (SGD, cosine, lambda 10)."""
   c = default_config()
   c.model = model
@@ -171,7 +174,7 @@ def imagenet_finetune(model: str, arg: str | None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 250
   c.num_epochs = 10
   _sgd_hemp(c, learning_rate=0.01, weight_decay=1e-4, qat_epochs=2)
-  c.quantizer.min_size = 1000   # keep BatchNorm/bias vectors in float
+  c.quantizer.min_size = 1000  # keep BatchNorm/bias vectors in float
   c = apply_variant(c, arg, smoke_dataset="imagenet2012", smoke_mock=True)
   _smoke_subset(c, arg, r"(stem/conv|fc)/kernel$")
   if "smoke" in (arg or ""):

@@ -19,10 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.eval_batch_size = 500
   c.num_epochs = 24
-  c.max_train_examples = ml_collections.config_dict.placeholder(int)   # None: all 4000
+  c.max_train_examples = ml_collections.config_dict.placeholder(int)  # None: all 4000
   c.max_steps_per_epoch = ml_collections.config_dict.placeholder(int)  # None: full epochs
-  c.qat_epochs = 8                # last epochs: task loss on the quantized net (STE)
-  c.parallel = "jit"             # "jit" (NamedSharding over a ("data",) mesh) or "pmap"
+  c.qat_epochs = 8  # last epochs: task loss on the quantized net (STE)
+  c.parallel = "jit"  # "jit" (NamedSharding over a ("data",) mesh) or "pmap"
   c.progress = True
 
   c.optimizer = ml_collections.ConfigDict()
@@ -33,14 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
 
   c.quantizer = ml_collections.ConfigDict()
-  c.quantizer.num_levels = 4      # N real levels (+2 guard levels)
+  c.quantizer.num_levels = 4  # N real levels (+2 guard levels)
   c.quantizer.method = "uniform"  # or "lloyd_max"
   c.quantizer.guard_levels = True
   c.quantizer.zero_level = False
-  c.quantizer.min_size = ml_collections.config_dict.placeholder(int)   # None: 10 N + 1
+  c.quantizer.min_size = ml_collections.config_dict.placeholder(int)  # None: 10 N + 1
 
   c.hemp = ml_collections.ConfigDict()
-  c.hemp.mode = "grad"            # "none" | "grad" (add_entropy_grad) | "paper"
+  c.hemp.mode = "grad"  # "none" | "grad" (add_entropy_grad) | "paper"
   c.hemp.strength = 7.0
   c.hemp.order = 3
   c.hemp.tuples = "disjoint"

@@ -13,8 +13,9 @@ import os
 
 from hemp_jax.experiment import load_python_file
 
-_base = load_python_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"),
-                         "hemp_configs_base")
+_base = load_python_file(
+  os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"), "hemp_configs_base"
+)
 
 
 def get_config(arg: str | None = None):

@@ -18,10 +18,16 @@ import os
 
 from hemp_jax.experiment import load_python_file
 
-_base = load_python_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"),
-                         "hemp_configs_base")
+_base = load_python_file(
+  os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"), "hemp_configs_base"
+)
 
 
 def get_config(arg: str | None = None):
-  return _base.cifar10("mobilenet_v2_cifar", arg, learning_rate=0.05, weight_decay=4e-5,
-                        smoke_include=r"head/conv/kernel$")
+  return _base.cifar10(
+    "mobilenet_v2_cifar",
+    arg,
+    learning_rate=0.05,
+    weight_decay=4e-5,
+    smoke_include=r"head/conv/kernel$",
+  )

@@ -18,10 +18,12 @@ import os
 
 from hemp_jax.experiment import load_python_file
 
-_base = load_python_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"),
-                         "hemp_configs_base")
+_base = load_python_file(
+  os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"), "hemp_configs_base"
+)
 
 
 def get_config(arg: str | None = None):
-  return _base.cifar10("resnet32", arg, learning_rate=0.1, weight_decay=5e-4,
-                        smoke_include=r"blocks/14/conv2/kernel$")
+  return _base.cifar10(
+    "resnet32", arg, learning_rate=0.1, weight_decay=5e-4, smoke_include=r"blocks/14/conv2/kernel$"
+  )

@@ -68,7 +68,7 @@ class Reader:
     """The next ``n`` bytes (a slice of the buffer)."""
     if n < 0 or n > self.end - self.pos:
       self.fail(f"truncated: {name} needs {n} bytes, {self.end - self.pos} left")
-    s = self.buf[self.pos:self.pos + n]
+    s = self.buf[self.pos : self.pos + n]
     self.pos += n
     return s
 
@@ -111,5 +111,5 @@ def unpack_bits(data, count: int, bits: int) -> np.ndarray:
   if bits == 0 or count == 0:
     return np.zeros(count, np.int64)
   raw = np.frombuffer(bytes(data), np.uint8)
-  flat = np.unpackbits(raw, bitorder="little")[:count * bits].reshape(count, bits)
+  flat = np.unpackbits(raw, bitorder="little")[: count * bits].reshape(count, bits)
   return (flat.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=1)

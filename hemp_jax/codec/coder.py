@@ -91,24 +91,30 @@ from typing import Sequence
 import constriction
 import numpy as np
 
-from hemp_jax.codec._wire import (FormatError, Reader, pack_bits, unpack_bits, varint_size,
-                                  write_varint)
+from hemp_jax.codec._wire import (
+  FormatError,
+  Reader,
+  pack_bits,
+  unpack_bits,
+  varint_size,
+  write_varint,
+)
 
 __all__ = [
-    "CodedStream",
-    "ModelInfo",
-    "MAX_ORDER",
-    "MAX_CONTEXTS",
-    "MAX_CONTEXT_ALPHABET",
-    "MIN_CONTEXT_COLUMNS",
-    "allowed_orders",
-    "matrix_view",
-    "segments",
-    "coded_view",
-    "encode_symbols",
-    "decode_symbols",
-    "parse_model",
-    "context_counts",
+  "CodedStream",
+  "ModelInfo",
+  "MAX_ORDER",
+  "MAX_CONTEXTS",
+  "MAX_CONTEXT_ALPHABET",
+  "MIN_CONTEXT_COLUMNS",
+  "allowed_orders",
+  "matrix_view",
+  "segments",
+  "coded_view",
+  "encode_symbols",
+  "decode_symbols",
+  "parse_model",
+  "context_counts",
 ]
 
 MAX_ORDER = 3
@@ -120,9 +126,9 @@ SEGMENT_MIN_ROWS = 256
 S_VALUES = (1, 2, 3, 4, 6, 8, 12, 16)
 MAX_CODE_BITS = 8
 _WEIGHT_BITS = 40
-_MAX_SHIFT = 30           # j // s <= 30: weights stay >= 2**9
-_FLOOR_SHIFT = 20         # nonzero weights >= (row sum) / 2**20
-_ENCODE_CHUNK = 1 << 20   # gathered probabilities per encode call (floats)
+_MAX_SHIFT = 30  # j // s <= 30: weights stay >= 2**9
+_FLOOR_SHIFT = 20  # nonzero weights >= (row sum) / 2**20
+_ENCODE_CHUNK = 1 << 20  # gathered probabilities per encode call (floats)
 
 _Categorical = constriction.stream.model.Categorical
 _RangeEncoder = constriction.stream.queue.RangeEncoder
@@ -136,7 +142,7 @@ def _iroot(x: int, k: int) -> int:
   lo, hi = 1, 1 << (x.bit_length() // k + 1)
   while lo < hi:
     mid = (lo + hi + 1) // 2
-    if mid ** k <= x:
+    if mid**k <= x:
       lo = mid
     else:
       hi = mid - 1
@@ -153,8 +159,9 @@ _WEIGHTS = {s: _weight_table(s) for s in S_VALUES}
 # index by code: code 0 -> weight 0, code c -> W_s(c - 1)
 _CODE_WEIGHTS = {s: np.concatenate([np.zeros(1, np.int64), w]) for s, w in _WEIGHTS.items()}
 _ALL_CODE_WEIGHTS = np.concatenate([_CODE_WEIGHTS[s] for s in S_VALUES])
-_CODE_OFFSET = dict(zip(S_VALUES, np.cumsum([0] + [_CODE_WEIGHTS[s].size
-                                                   for s in S_VALUES[:-1]]).tolist()))
+_CODE_OFFSET = dict(
+  zip(S_VALUES, np.cumsum([0] + [_CODE_WEIGHTS[s].size for s in S_VALUES[:-1]]).tolist())
+)
 
 
 def _max_j(s: int, b: int) -> int:
@@ -164,6 +171,7 @@ def _max_j(s: int, b: int) -> int:
 @dataclass(frozen=True)
 class CodedStream:
   """One coded leaf: the model section and the payload (see the module docstring)."""
+
   order: int
   model: bytes
   payload: bytes
@@ -173,12 +181,13 @@ class CodedStream:
 @dataclass(frozen=True)
 class ModelInfo:
   """A parsed model section."""
+
   order: int
   pad: int
   s: int
   bits: int
-  present: np.ndarray      # context ids with a table, increasing
-  codes: np.ndarray        # (P, A) int64 log-codes
+  present: np.ndarray  # context ids with a table, increasing
+  codes: np.ndarray  # (P, A) int64 log-codes
   model_bytes: int
 
 
@@ -245,7 +254,7 @@ def allowed_orders(shape: Sequence[int], alphabet: int, max_order: int = MAX_ORD
   if cols < MIN_CONTEXT_COLUMNS or rows < 2:
     return orders
   for m in range(1, min(int(max_order), MAX_ORDER) + 1):
-    if alphabet ** m <= MAX_CONTEXTS:
+    if alphabet**m <= MAX_CONTEXTS:
       orders.append(m)
   return orders
 
@@ -258,7 +267,7 @@ def _contexts(x: np.ndarray, alphabet: int, order: int, pad: int) -> np.ndarray:
   for j in range(1, order + 1):
     if j < rows:
       ctx[j:] += x[:-j].astype(np.int64) * mult
-    ctx[:min(j, rows)] += pad * mult
+    ctx[: min(j, rows)] += pad * mult
     mult *= alphabet
   return ctx
 
@@ -267,13 +276,13 @@ def context_counts(x: np.ndarray, alphabet: int, order: int, pad: int) -> np.nda
   """Counts ``(A**m, A)`` of (context, symbol) pairs of the matrix ``x``."""
   ctx = _contexts(x, alphabet, order, pad)
   joint = ctx.reshape(-1) * alphabet + x.reshape(-1)
-  return np.bincount(joint, minlength=alphabet ** order * alphabet).reshape(-1, alphabet)
+  return np.bincount(joint, minlength=alphabet**order * alphabet).reshape(-1, alphabet)
 
 
 def _model_bytes(order: int, alphabet: int, pad: int, present: int, bits: int) -> int:
   size = 1 + (present * alphabet * bits + 7) // 8
   if order:
-    size += varint_size(pad) + (alphabet ** order + 7) // 8
+    size += varint_size(pad) + (alphabet**order + 7) // 8
   return size
 
 
@@ -305,13 +314,13 @@ def _best_codes(counts: np.ndarray):
   for s_index, s in enumerate(S_VALUES):
     j0 = np.rint(s * lr).astype(np.int64)
     cap = (_MAX_SHIFT + 1) * s - 1
-    need = min(int(j0[occ].max(initial=0)), cap) + 1      # largest code wanted
+    need = min(int(j0[occ].max(initial=0)), cap) + 1  # largest code wanted
     b_full = min(max(need.bit_length(), 1), MAX_CODE_BITS)
     for b in range(max(1, b_full - 2), b_full + 1):
       cands.append((s_index, b))
       all_codes.append(np.where(occ, np.minimum(j0, _max_j(s, b)) + 1, 0))
       offsets.append(_CODE_OFFSET[s])
-  codes = np.stack(all_codes)                                  # (cands, P, A)
+  codes = np.stack(all_codes)  # (cands, P, A)
   w = _ALL_CODE_WEIGHTS[codes + np.array(offsets)[:, None, None]]
   floor = w.sum(axis=2, keepdims=True) >> _FLOOR_SHIFT
   w = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float64)
@@ -334,8 +343,9 @@ def _bytes_to_words(data) -> np.ndarray:
   return np.frombuffer(data + b"\x00" * pad, "<u4").astype(np.uint32)
 
 
-def encode_symbols(symbols: np.ndarray, alphabet: int, *,
-                   max_order: int = MAX_ORDER) -> CodedStream:
+def encode_symbols(
+  symbols: np.ndarray, alphabet: int, *, max_order: int = MAX_ORDER
+) -> CodedStream:
   """Codes a leaf's compact symbols (ints in ``[0, alphabet)``, the leaf's shape).
 
   Requires at least one symbol and ``alphabet >= 2``. Tries every allowed order and keeps
@@ -365,8 +375,12 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, *,
     if best is not None:
       # the exact conditional entropy is a lower bound of any table's cost
       occ = counts > 0
-      h_bits = float((counts[occ] * np.log2(
-          np.broadcast_to(ctx_tot[present][:, None], counts.shape)[occ] / counts[occ])).sum())
+      h_bits = float(
+        (
+          counts[occ]
+          * np.log2(np.broadcast_to(ctx_tot[present][:, None], counts.shape)[occ] / counts[occ])
+        ).sum()
+      )
       if h_bits + 8 * _model_bytes(m, a, pad, present.size, 1) >= best[0]:
         continue
     bits, s_index, b, codes = _best_codes(counts)
@@ -379,7 +393,7 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, *,
   model = bytearray([m | (s_index << 2) | ((b - 1) << 5)])
   if m:
     write_varint(model, pad)
-    mask = np.zeros(a ** m, np.uint8)
+    mask = np.zeros(a**m, np.uint8)
     mask[present] = 1
     model += np.packbits(mask, bitorder="little").tobytes()
   model += pack_bits(codes.reshape(-1), b)
@@ -389,16 +403,16 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, *,
   if m == 0:
     enc.encode(x.reshape(-1), _Categorical(weights[0], perfect=False))
   else:
-    table = np.ones((a ** m, a), np.float32)
+    table = np.ones((a**m, a), np.float32)
     table[present] = weights
     family = _Categorical(perfect=False)
     if m < top:
-      ctx %= a ** m
+      ctx %= a**m
     step = max(1, _ENCODE_CHUNK // max(1, cols * a))
     for r0 in range(0, rows, step):
-      c = ctx[r0:r0 + step].reshape(-1)
+      c = ctx[r0 : r0 + step].reshape(-1)
       probs = np.take(table, c, axis=0, mode="clip")
-      enc.encode(x[r0:r0 + step].reshape(-1), family, probs)
+      enc.encode(x[r0 : r0 + step].reshape(-1), family, probs)
   payload = _words_to_bytes(enc.get_compressed())
   return CodedStream(order=m, model=bytes(model), payload=payload, estimated_bits=bits)
 
@@ -415,9 +429,11 @@ def parse_model(reader: Reader, shape: Sequence[int], alphabet: int) -> ModelInf
   pad = 0
   if m:
     pad = reader.varint("pad symbol", max_value=a - 1)
-    nctx = a ** m
-    mask = np.unpackbits(np.frombuffer(bytes(reader.take((nctx + 7) // 8, "context bitmap")),
-                                       np.uint8), bitorder="little")[:nctx]
+    nctx = a**m
+    mask = np.unpackbits(
+      np.frombuffer(bytes(reader.take((nctx + 7) // 8, "context bitmap")), np.uint8),
+      bitorder="little",
+    )[:nctx]
     present = np.flatnonzero(mask)
   else:
     present = np.zeros(1, np.int64)
@@ -430,8 +446,9 @@ def parse_model(reader: Reader, shape: Sequence[int], alphabet: int) -> ModelInf
     reader.fail("a context table has no symbol with nonzero probability")
   if m and present.size == 0:
     reader.fail("context model without any context")
-  return ModelInfo(order=m, pad=pad, s=s, bits=b, present=present, codes=codes,
-                   model_bytes=reader.pos - start)
+  return ModelInfo(
+    order=m, pad=pad, s=s, bits=b, present=present, codes=codes, model_bytes=reader.pos - start
+  )
 
 
 def decode_symbols(reader: Reader, shape: Sequence[int], alphabet: int) -> np.ndarray:
@@ -445,16 +462,15 @@ def decode_symbols(reader: Reader, shape: Sequence[int], alphabet: int) -> np.nd
   try:
     dec = _RangeDecoder(_bytes_to_words(payload))
     if info.order == 0:
-      out = np.asarray(dec.decode(_Categorical(weights[0], perfect=False), rows * cols),
-                       np.int32)
+      out = np.asarray(dec.decode(_Categorical(weights[0], perfect=False), rows * cols), np.int32)
     else:
       m = info.order
-      nctx = a ** m
+      nctx = a**m
       table = np.ones((nctx, a), np.float32)
       table[info.present] = weights
       family = _Categorical(perfect=False)
       out = np.empty((rows, cols), np.int32)
-      ctx = np.full(cols, sum(info.pad * a ** j for j in range(m)), np.int64)
+      ctx = np.full(cols, sum(info.pad * a**j for j in range(m)), np.int64)
       probs = np.empty((cols, a), np.float32)
       for r in range(rows):
         np.take(table, ctx, axis=0, out=probs, mode="clip")

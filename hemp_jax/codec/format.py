@@ -69,23 +69,23 @@ from hemp_jax.codec import coder
 from hemp_jax.codec._wire import FormatError, Reader, write_varint
 
 __all__ = [
-    "FormatError",
-    "FORMAT_VERSION",
-    "MAGIC",
-    "DEFAULT_MAX_ELEMENTS",
-    "LeafReport",
-    "Report",
-    "compress",
-    "decompress",
-    "inspect",
-    "format_inspection",
-    "load_into",
-    "compress_file",
-    "decompress_file",
+  "FormatError",
+  "FORMAT_VERSION",
+  "MAGIC",
+  "DEFAULT_MAX_ELEMENTS",
+  "LeafReport",
+  "Report",
+  "compress",
+  "decompress",
+  "inspect",
+  "format_inspection",
+  "load_into",
+  "compress_file",
+  "decompress_file",
 ]
 
 MAGIC = b"HEMP"
-FORMAT_VERSION = 2          # written; 2 added float record mode 3 (byte planes)
+FORMAT_VERSION = 2  # written; 2 added float record mode 3 (byte planes)
 _READABLE_VERSIONS = (1, 2)
 DEFAULT_MAX_ELEMENTS = 1 << 31
 _MAX_RANK = 32
@@ -93,17 +93,35 @@ _MAX_PATH_DEPTH = 64
 _MAX_LEVELS = 1 << 16
 _KIND_FLOAT, _KIND_QUANTIZED = 0, 1
 _FLOAT_RAW, _FLOAT_CONSTANT, _FLOAT_ZLIB, _FLOAT_PLANES = 0, 1, 2, 3
-_FLOAT_MODES = {_FLOAT_RAW: "raw", _FLOAT_CONSTANT: "constant", _FLOAT_ZLIB: "zlib",
-                _FLOAT_PLANES: "planes"}
+_FLOAT_MODES = {
+  _FLOAT_RAW: "raw",
+  _FLOAT_CONSTANT: "constant",
+  _FLOAT_ZLIB: "zlib",
+  _FLOAT_PLANES: "planes",
+}
 # A byte plane longer than this is zlib-compressed only if its first _PLANE_PROBE bytes
 # shrink by _PLANE_MIN_GAIN at zlib level 1 (a random mantissa byte does not).
 _PLANE_PROBE = 1 << 16
 _PLANE_MIN_GAIN = 0.03
 
-_DTYPES = [np.dtype(d) for d in (
-    np.float32, np.float16, jnp.bfloat16, np.float64,
-    np.int8, np.int16, np.int32, np.int64,
-    np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)]
+_DTYPES = [
+  np.dtype(d)
+  for d in (
+    np.float32,
+    np.float16,
+    jnp.bfloat16,
+    np.float64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+  )
+]
 _DTYPE_CODE = {d: i for i, d in enumerate(_DTYPES)}
 
 
@@ -113,8 +131,9 @@ _DTYPE_CODE = {d: i for i, d in enumerate(_DTYPES)}
 def _dtype_code(dtype) -> int:
   dtype = np.dtype(dtype)
   if dtype not in _DTYPE_CODE:
-    raise ValueError(f"unsupported leaf dtype {dtype}; supported: "
-                     + ", ".join(str(d) for d in _DTYPES))
+    raise ValueError(
+      f"unsupported leaf dtype {dtype}; supported: " + ", ".join(str(d) for d in _DTYPES)
+    )
   return _DTYPE_CODE[dtype]
 
 
@@ -219,7 +238,7 @@ def _float_body(x: np.ndarray) -> bytes:
     body[1] = flags
     if flags and len(body) < len(best):
       best = bytes(body)
-    if flags == (1 << size) - 1:    # all planes compress: one stream may be smaller still
+    if flags == (1 << size) - 1:  # all planes compress: one stream may be smaller still
       z = bytes([_FLOAT_ZLIB]) + zlib.compress(planes.tobytes(), 9)
       if len(z) < len(best):
         best = z
@@ -258,8 +277,7 @@ def _decode_float(r: Reader, dtype, shape, n: int) -> np.ndarray:
       r.fail("constant record for an empty leaf")
     data = bytes(r.take(size, "constant value")) * n
   elif mode == _FLOAT_ZLIB:
-    planes = _inflate_exact(r, bytes(r.take(r.remaining, "zlib data")), n * size,
-                            "zlib data")
+    planes = _inflate_exact(r, bytes(r.take(r.remaining, "zlib data")), n * size, "zlib data")
     data = np.frombuffer(planes, np.uint8).reshape(size, n).T.tobytes()
   elif mode == _FLOAT_PLANES:
     flags = r.u8("byte plane flags")
@@ -269,8 +287,7 @@ def _decode_float(r: Reader, dtype, shape, n: int) -> np.ndarray:
     for j in range(size):
       if flags >> j & 1:
         length = r.varint("byte plane length", max_value=r.remaining)
-        planes.append(_inflate_exact(r, bytes(r.take(length, "byte plane")), n,
-                                     f"byte plane {j}"))
+        planes.append(_inflate_exact(r, bytes(r.take(length, "byte plane")), n, f"byte plane {j}"))
       else:
         planes.append(bytes(r.take(n, f"byte plane {j}")))
     data = np.frombuffer(b"".join(planes), np.uint8).reshape(size, n).T.tobytes()
@@ -348,8 +365,9 @@ def _parse_quantized_head(r: Reader, dtype, n: int):
     r.expect_end("empty quantized record")
     return k, np.zeros(k, bool), np.zeros(0, dtype)
   if partial:
-    bits = np.unpackbits(np.frombuffer(bytes(r.take((k + 7) // 8, "used-level bitmap")),
-                                       np.uint8), bitorder="little")
+    bits = np.unpackbits(
+      np.frombuffer(bytes(r.take((k + 7) // 8, "used-level bitmap")), np.uint8), bitorder="little"
+    )
     used = bits[:k].astype(bool)
     if bits[k:].any():
       r.fail("used-level bitmap has bits beyond the codebook size")
@@ -415,8 +433,10 @@ def _flatten(params, codebooks):
     arr = np.asarray(x)
     _dtype_code(arr.dtype)
     if cb is not None and not _is_floating(arr.dtype):
-      raise ValueError(f"leaf {_name(comps)!r} has a codebook but dtype {arr.dtype}; only "
-                       "float leaves can be quantized")
+      raise ValueError(
+        f"leaf {_name(comps)!r} has a codebook but dtype {arr.dtype}; only "
+        "float leaves can be quantized"
+      )
     out.append((comps, arr, cb))
   if len(out) > 1 and any(len(c) == 0 for c, _, _ in out):
     raise ValueError("a params tree with several leaves needs a path for each")
@@ -426,8 +446,9 @@ def _flatten(params, codebooks):
 # ---------------------------------------------------------------------------- public
 
 
-def compress(params, codebooks=None, *, max_order: int = coder.MAX_ORDER,
-             **quantizer_options) -> bytes:
+def compress(
+  params, codebooks=None, *, max_order: int = coder.MAX_ORDER, **quantizer_options
+) -> bytes:
   """Encodes a params pytree into ``.hemp`` bytes.
 
   Args:
@@ -448,13 +469,17 @@ def compress(params, codebooks=None, *, max_order: int = coder.MAX_ORDER,
   """
   if codebooks is None:
     if "num_levels" not in quantizer_options:
-      raise ValueError("compress needs codebooks, or quantizer options with num_levels to "
-                       "fit them (e.g. num_levels=4)")
+      raise ValueError(
+        "compress needs codebooks, or quantizer options with num_levels to "
+        "fit them (e.g. num_levels=4)"
+      )
     from hemp_jax import groups
+
     codebooks = groups.fit_codebooks(params, **quantizer_options)
   elif quantizer_options:
-    raise ValueError(f"quantizer options {sorted(quantizer_options)} only apply when "
-                     "codebooks is None")
+    raise ValueError(
+      f"quantizer options {sorted(quantizer_options)} only apply when codebooks is None"
+    )
   if not 0 <= int(max_order) <= coder.MAX_ORDER:
     raise ValueError(f"max_order must be in 0..{coder.MAX_ORDER}, got {max_order}")
   leaves = _flatten(params, codebooks)
@@ -470,8 +495,11 @@ def compress(params, codebooks=None, *, max_order: int = coder.MAX_ORDER,
     else:
       kind, (body, _) = _KIND_QUANTIZED, _quantized_body(arr, cb, int(max_order))
     keep = 0
-    while keep < min(len(prev), len(comps)) and prev[keep] == comps[keep] \
-        and type(prev[keep]) is type(comps[keep]):
+    while (
+      keep < min(len(prev), len(comps))
+      and prev[keep] == comps[keep]
+      and type(prev[keep]) is type(comps[keep])
+    ):
       keep += 1
     write_varint(header, keep)
     write_varint(header, len(comps) - keep)
@@ -500,13 +528,15 @@ def _as_buffer(blob) -> bytes:
 
 def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
   r = Reader(buf, what="hemp header")
-  if len(buf) < len(MAGIC) or buf[:len(MAGIC)] != MAGIC:
+  if len(buf) < len(MAGIC) or buf[: len(MAGIC)] != MAGIC:
     raise FormatError("not a .hemp file (bad magic)")
   r.pos = len(MAGIC)
   version = r.u8("format version")
   if version not in _READABLE_VERSIONS:
-    raise FormatError(f"unsupported .hemp format version {version} (this reader supports "
-                      f"{', '.join(map(str, _READABLE_VERSIONS))})")
+    raise FormatError(
+      f"unsupported .hemp format version {version} (this reader supports "
+      f"{', '.join(map(str, _READABLE_VERSIONS))})"
+    )
   count = r.varint("number of leaves", max_value=len(buf))
   entries: list[_Entry] = []
   prev: tuple = ()
@@ -523,8 +553,7 @@ def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
     if kind == _KIND_QUANTIZED and not _is_floating(dtype):
       r.fail(f"leaf {_name(comps)!r}: quantized leaf with non-float dtype {dtype}")
     rank = r.varint(f"leaf {i} rank", max_value=_MAX_RANK)
-    shape = tuple(r.varint(f"leaf {i} dimension", max_value=max_elements)
-                  for _ in range(rank))
+    shape = tuple(r.varint(f"leaf {i} dimension", max_value=max_elements) for _ in range(rank))
     n = math.prod(shape)
     total += n
     if n > max_elements or total > max_elements:
@@ -557,8 +586,8 @@ def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
 def _record_reader(buf: bytes, e: _Entry) -> Reader:
   what = f"record {_name(e.comps)!r}"
   end = e.offset + e.length
-  crc = int.from_bytes(buf[end:end + 4], "little")
-  if zlib.crc32(buf[e.offset:end]) != crc:
+  crc = int.from_bytes(buf[end : end + 4], "little")
+  if zlib.crc32(buf[e.offset : end]) != crc:
     raise FormatError(f"{what}: checksum mismatch (file damaged)")
   return Reader(buf, e.offset, end, what=what)
 
@@ -617,19 +646,20 @@ def decompress(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Any:
 @dataclasses.dataclass
 class LeafReport:
   """One leaf of an :func:`inspect` report. Byte counts exclude the leaf's header entry."""
+
   path: str
   shape: tuple
   dtype: str
-  kind: str                  # "quantized" or "float"
+  kind: str  # "quantized" or "float"
   num_params: int
-  record_bytes: int          # body + 4-byte checksum
+  record_bytes: int  # body + 4-byte checksum
   levels: int | None = None  # K, the codebook size
   used_levels: int | None = None
-  order: int | None = None   # context order of the coder (None: nothing coded)
-  codebook_bytes: int = 0    # K header, used-level bitmap, level values
-  table_bytes: int = 0       # coder model section (context tables)
-  payload_bytes: int = 0     # range coder payload (float leaves: the stored values)
-  storage: str = ""          # float leaves: raw / constant / zlib / planes
+  order: int | None = None  # context order of the coder (None: nothing coded)
+  codebook_bytes: int = 0  # K header, used-level bitmap, level values
+  table_bytes: int = 0  # coder model section (context tables)
+  payload_bytes: int = 0  # range coder payload (float leaves: the stored values)
+  storage: str = ""  # float leaves: raw / constant / zlib / planes
 
   @property
   def bits_per_param(self) -> float:
@@ -639,9 +669,10 @@ class LeafReport:
 @dataclasses.dataclass
 class Report:
   """What :func:`inspect` finds in a file."""
+
   version: int
   file_bytes: int
-  header_bytes: int          # including the header checksum
+  header_bytes: int  # including the header checksum
   leaves: list
 
   @property
@@ -664,22 +695,27 @@ class Report:
       d["shape"] = list(l.shape)
       d["bits_per_param"] = l.bits_per_param
       leaves.append(d)
-    return {"version": self.version, "file_bytes": self.file_bytes,
-            "header_bytes": self.header_bytes, "num_params": self.num_params,
-            "quantized_params": self.quantized_params,
-            "bits_per_param": self.bits_per_param, "totals": self.totals(),
-            "leaves": leaves}
+    return {
+      "version": self.version,
+      "file_bytes": self.file_bytes,
+      "header_bytes": self.header_bytes,
+      "num_params": self.num_params,
+      "quantized_params": self.quantized_params,
+      "bits_per_param": self.bits_per_param,
+      "totals": self.totals(),
+      "leaves": leaves,
+    }
 
   def totals(self) -> dict:
     """Byte totals by part of the file."""
     return {
-        "file": self.file_bytes,
-        "header": self.header_bytes,
-        "record_checksums": 4 * len(self.leaves),
-        "payload": sum(l.payload_bytes for l in self.leaves if l.kind == "quantized"),
-        "tables": sum(l.table_bytes for l in self.leaves),
-        "codebooks": sum(l.codebook_bytes for l in self.leaves),
-        "float": sum(l.record_bytes - 4 for l in self.leaves if l.kind == "float"),
+      "file": self.file_bytes,
+      "header": self.header_bytes,
+      "record_checksums": 4 * len(self.leaves),
+      "payload": sum(l.payload_bytes for l in self.leaves if l.kind == "quantized"),
+      "tables": sum(l.table_bytes for l in self.leaves),
+      "codebooks": sum(l.codebook_bytes for l in self.leaves),
+      "float": sum(l.record_bytes - 4 for l in self.leaves if l.kind == "float"),
     }
 
 
@@ -696,9 +732,14 @@ def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
     for e in entries:
       r = _record_reader(buf, e)
       n = math.prod(e.shape)
-      rep = LeafReport(path=_name(e.comps), shape=e.shape, dtype=str(e.dtype),
-                       kind="quantized" if e.kind == _KIND_QUANTIZED else "float",
-                       num_params=n, record_bytes=e.length + 4)
+      rep = LeafReport(
+        path=_name(e.comps),
+        shape=e.shape,
+        dtype=str(e.dtype),
+        kind="quantized" if e.kind == _KIND_QUANTIZED else "float",
+        num_params=n,
+        record_bytes=e.length + 4,
+      )
       if e.kind == _KIND_FLOAT:
         mode = r.u8("float record mode")
         rep.storage = _FLOAT_MODES.get(mode, f"mode {mode}")
@@ -712,8 +753,9 @@ def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
           rep.order, rep.table_bytes = info.order, info.model_bytes
           rep.payload_bytes = r.remaining
       leaves.append(rep)
-    return Report(version=buf[len(MAGIC)], file_bytes=len(buf), header_bytes=header_end,
-                  leaves=leaves)
+    return Report(
+      version=buf[len(MAGIC)], file_bytes=len(buf), header_bytes=header_end, leaves=leaves
+    )
   except FormatError:
     raise
   except (KeyboardInterrupt, SystemExit):
@@ -724,32 +766,60 @@ def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
 
 def format_inspection(report: Report) -> str:
   """A human-readable table of an :func:`inspect` report."""
-  rows = [("path", "shape", "dtype", "kind", "K", "used", "order", "payload", "table",
-           "codebook", "record", "bits/param")]
+  rows = [
+    (
+      "path",
+      "shape",
+      "dtype",
+      "kind",
+      "K",
+      "used",
+      "order",
+      "payload",
+      "table",
+      "codebook",
+      "record",
+      "bits/param",
+    )
+  ]
   for l in report.leaves:
     quant = l.kind == "quantized"
-    rows.append((
-        l.path or "<root>", "x".join(str(d) for d in l.shape) or "()", l.dtype,
+    rows.append(
+      (
+        l.path or "<root>",
+        "x".join(str(d) for d in l.shape) or "()",
+        l.dtype,
         l.kind if quant else f"float/{l.storage}",
-        str(l.levels) if quant else "-", str(l.used_levels) if quant else "-",
+        str(l.levels) if quant else "-",
+        str(l.used_levels) if quant else "-",
         str(l.order) if l.order is not None else "-",
-        str(l.payload_bytes), str(l.table_bytes), str(l.codebook_bytes),
-        str(l.record_bytes), f"{l.bits_per_param:.4f}"))
+        str(l.payload_bytes),
+        str(l.table_bytes),
+        str(l.codebook_bytes),
+        str(l.record_bytes),
+        f"{l.bits_per_param:.4f}",
+      )
+    )
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   lines = []
   for j, r in enumerate(rows):
-    lines.append("  ".join(c.ljust(w) if i < 4 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths))))
+    lines.append(
+      "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    )
     if j == 0:
       lines.append("-" * len(lines[0]))
   t = report.totals()
   lines.append("")
-  lines.append(f".hemp v{report.version}: {report.file_bytes} bytes, {report.num_params} "
-               f"params ({report.quantized_params} quantized), "
-               f"{report.bits_per_param:.4f} bits/param")
-  lines.append(f"  header {t['header']} B, record checksums {t['record_checksums']} B, payload "
-               f"{t['payload']} B, tables {t['tables']} B, codebooks {t['codebooks']} B, "
-               f"float values {t['float']} B")
+  lines.append(
+    f".hemp v{report.version}: {report.file_bytes} bytes, {report.num_params} "
+    f"params ({report.quantized_params} quantized), "
+    f"{report.bits_per_param:.4f} bits/param"
+  )
+  lines.append(
+    f"  header {t['header']} B, record checksums {t['record_checksums']} B, payload "
+    f"{t['payload']} B, tables {t['tables']} B, codebooks {t['codebooks']} B, "
+    f"float values {t['float']} B"
+  )
   return "\n".join(lines)
 
 
@@ -772,6 +842,7 @@ def load_into(template, decoded):
       has a different shape or dtype.
   """
   from hemp_jax.groups import path_name
+
   dec_flat, _ = jax.tree_util.tree_flatten_with_path(decoded)
   by_name = {}
   for p, v in dec_flat:
@@ -786,12 +857,13 @@ def load_into(template, decoded):
     seen.add(name)
     t_shape, v_shape = tuple(np.shape(t)), tuple(np.shape(v))
     if t_shape != v_shape:
-      raise ValueError(f"leaf {name!r}: shape mismatch, template {t_shape} vs decoded "
-                       f"{v_shape}")
+      raise ValueError(f"leaf {name!r}: shape mismatch, template {t_shape} vs decoded {v_shape}")
     t_dtype = getattr(t, "dtype", None)
     if t_dtype is not None and np.dtype(t_dtype) != np.asarray(v).dtype:
-      raise ValueError(f"leaf {name!r}: dtype mismatch, template {np.dtype(t_dtype)} vs "
-                       f"decoded {np.asarray(v).dtype}")
+      raise ValueError(
+        f"leaf {name!r}: dtype mismatch, template {np.dtype(t_dtype)} vs "
+        f"decoded {np.asarray(v).dtype}"
+      )
     values.append(v)
   for p, _ in dec_flat:
     name = path_name(p)

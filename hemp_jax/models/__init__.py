@@ -27,28 +27,36 @@ from hemp_jax.models.resnet_imagenet import ResNet
 from hemp_jax.models.vgg import VGG
 
 __all__ = [
-    "LeNet300100", "LeNet5", "ResNetCifar", "VGG", "MobileNetV2", "ResNet",
-    "MODELS", "create_model", "init_model", "count_params",
+  "LeNet300100",
+  "LeNet5",
+  "ResNetCifar",
+  "VGG",
+  "MobileNetV2",
+  "ResNet",
+  "MODELS",
+  "create_model",
+  "init_model",
+  "count_params",
 ]
 
 #: Read-only registry: name -> constructor ``(*, num_classes, rngs, **kw)``.
-MODELS: types.MappingProxyType[str, Callable[..., nnx.Module]] = (
-    types.MappingProxyType({
-        "lenet_300_100": LeNet300100,
-        "lenet5": LeNet5,
-        "resnet20": functools.partial(ResNetCifar, depth=20),
-        "resnet32": functools.partial(ResNetCifar, depth=32),
-        "resnet56": functools.partial(ResNetCifar, depth=56),
-        "vgg16": functools.partial(VGG, depth=16),
-        "mobilenet_v2": functools.partial(MobileNetV2, variant="imagenet"),
-        "mobilenet_v2_cifar": functools.partial(MobileNetV2, variant="cifar"),
-        "resnet18": functools.partial(ResNet, depth=18),
-        "resnet50": functools.partial(ResNet, depth=50),
-    }))
+MODELS: types.MappingProxyType[str, Callable[..., nnx.Module]] = types.MappingProxyType(
+  {
+    "lenet_300_100": LeNet300100,
+    "lenet5": LeNet5,
+    "resnet20": functools.partial(ResNetCifar, depth=20),
+    "resnet32": functools.partial(ResNetCifar, depth=32),
+    "resnet56": functools.partial(ResNetCifar, depth=56),
+    "vgg16": functools.partial(VGG, depth=16),
+    "mobilenet_v2": functools.partial(MobileNetV2, variant="imagenet"),
+    "mobilenet_v2_cifar": functools.partial(MobileNetV2, variant="cifar"),
+    "resnet18": functools.partial(ResNet, depth=18),
+    "resnet50": functools.partial(ResNet, depth=50),
+  }
+)
 
 
-def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs,
-                 **kwargs: Any) -> nnx.Module:
+def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
   """Builds a registered model.
 
   Args:
@@ -64,8 +72,7 @@ def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs,
     ValueError: If ``name`` is not registered.
   """
   if name not in MODELS:
-    raise ValueError(
-        f"Unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
   return MODELS[name](num_classes=num_classes, rngs=rngs, **kwargs)
 
 
@@ -94,14 +101,14 @@ def init_model(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> 
   graphdefs = []
 
   def initial_state():
-    graphdef, state = nnx.split(create_model(name, num_classes=num_classes,
-                                             rngs=nnx.Rngs(seed), **kwargs))
-    graphdefs.append(graphdef)   # static structure, recorded by the one trace below
+    graphdef, state = nnx.split(
+      create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
+    )
+    graphdefs.append(graphdef)  # static structure, recorded by the one trace below
     return state
 
   lowered = jax.jit(initial_state).lower()
-  options = ({"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu"
-             else None)
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
   return nnx.merge(graphdefs[0], lowered.compile(compiler_options=options)())
 
 

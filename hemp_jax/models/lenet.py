@@ -19,8 +19,7 @@ class LeNet300100(nnx.Module):
   With 10 classes it has 266,610 trainable parameters (LeCun et al., 1998).
   """
 
-  def __init__(self, *, num_classes: int = 10, in_features: int = 784,
-               rngs: nnx.Rngs):
+  def __init__(self, *, num_classes: int = 10, in_features: int = 784, rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -59,8 +58,7 @@ class LeNet5(nnx.Module):
   CHW); this only matters when porting weights of the first dense layer.
   """
 
-  def __init__(self, *, num_classes: int = 10, in_channels: int = 1,
-               rngs: nnx.Rngs):
+  def __init__(self, *, num_classes: int = 10, in_channels: int = 1, rngs: nnx.Rngs):
     """Builds the network for 28x28 inputs.
 
     Args:

@@ -29,10 +29,24 @@ import jax.numpy as jnp
 from flax import nnx
 
 # (expansion t, output channels c, repeats n, first stride s).
-_IMAGENET_CFG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-_CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
-              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_IMAGENET_CFG = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 2),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
+_CIFAR_CFG = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 1),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -48,16 +62,29 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 class ConvBN(nnx.Module):
   """Bias-free convolution -> BatchNorm -> optional activation."""
 
-  def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1,
-               *, groups: int = 1,
-               activation: Callable[[jax.Array], jax.Array] | None = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    kernel: int = 1,
+    stride: int = 1,
+    *,
+    groups: int = 1,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
+    rngs: nnx.Rngs,
+  ):
     pad = (kernel - 1) // 2
-    self.conv = nnx.Conv(in_ch, out_ch, (kernel, kernel),
-                         strides=(stride, stride),
-                         padding=((pad, pad), (pad, pad)),
-                         feature_group_count=groups, use_bias=False,
-                         kernel_init=_CONV_INIT, rngs=rngs)
+    self.conv = nnx.Conv(
+      in_ch,
+      out_ch,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      feature_group_count=groups,
+      use_bias=False,
+      kernel_init=_CONV_INIT,
+      rngs=rngs,
+    )
     self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, rngs=rngs)
     self.activation = activation
 
@@ -69,8 +96,9 @@ class ConvBN(nnx.Module):
 class InvertedResidual(nnx.Module):
   """Expand (1x1) -> depthwise (3x3) -> linear projection (1x1) block."""
 
-  def __init__(self, in_ch: int, out_ch: int, expansion: int, stride: int, *,
-               cifar: bool, rngs: nnx.Rngs):
+  def __init__(
+    self, in_ch: int, out_ch: int, expansion: int, stride: int, *, cifar: bool, rngs: nnx.Rngs
+  ):
     """Builds the block.
 
     Args:
@@ -84,15 +112,14 @@ class InvertedResidual(nnx.Module):
     """
     act = nnx.relu if cifar else jax.nn.relu6
     hidden = in_ch * expansion
-    self.expand = (ConvBN(in_ch, hidden, activation=act, rngs=rngs)
-                   if cifar or expansion != 1 else None)
-    self.depthwise = ConvBN(hidden, hidden, 3, stride, groups=hidden,
-                            activation=act, rngs=rngs)
+    self.expand = (
+      ConvBN(in_ch, hidden, activation=act, rngs=rngs) if cifar or expansion != 1 else None
+    )
+    self.depthwise = ConvBN(hidden, hidden, 3, stride, groups=hidden, activation=act, rngs=rngs)
     self.project = ConvBN(hidden, out_ch, rngs=rngs)
     if cifar:
       self.residual = stride == 1
-      self.shortcut = (ConvBN(in_ch, out_ch, rngs=rngs)
-                       if stride == 1 and in_ch != out_ch else None)
+      self.shortcut = ConvBN(in_ch, out_ch, rngs=rngs) if stride == 1 and in_ch != out_ch else None
     else:
       self.residual = stride == 1 and in_ch == out_ch
       self.shortcut = None
@@ -108,9 +135,16 @@ class InvertedResidual(nnx.Module):
 class MobileNetV2(nnx.Module):
   """MobileNetV2 classifier; see the module docstring for the variants."""
 
-  def __init__(self, *, num_classes: int = 1000, variant: str = "imagenet",
-               width_mult: float = 1.0, dropout_rate: float | None = None,
-               in_channels: int = 3, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int = 1000,
+    variant: str = "imagenet",
+    width_mult: float = 1.0,
+    dropout_rate: float | None = None,
+    in_channels: int = 3,
+    rngs: nnx.Rngs,
+  ):
     """Builds the network.
 
     Args:
@@ -127,8 +161,7 @@ class MobileNetV2(nnx.Module):
       ValueError: If ``variant`` is unknown.
     """
     if variant not in ("imagenet", "cifar"):
-      raise ValueError(
-          f"variant must be 'imagenet' or 'cifar', got {variant!r}")
+      raise ValueError(f"variant must be 'imagenet' or 'cifar', got {variant!r}")
     cifar = variant == "cifar"
     act = nnx.relu if cifar else jax.nn.relu6
     cfg = _CIFAR_CFG if cifar else _IMAGENET_CFG
@@ -137,19 +170,16 @@ class MobileNetV2(nnx.Module):
 
     ch = make_divisible(32 * width_mult)
     last = make_divisible(1280 * max(1.0, width_mult))
-    self.stem = ConvBN(in_channels, ch, 3, 1 if cifar else 2, activation=act,
-                       rngs=rngs)
+    self.stem = ConvBN(in_channels, ch, 3, 1 if cifar else 2, activation=act, rngs=rngs)
     blocks = []
     for t, c, n, s in cfg:
       out_ch = make_divisible(c * width_mult)
       for i in range(n):
-        blocks.append(InvertedResidual(ch, out_ch, t, s if i == 0 else 1,
-                                       cifar=cifar, rngs=rngs))
+        blocks.append(InvertedResidual(ch, out_ch, t, s if i == 0 else 1, cifar=cifar, rngs=rngs))
         ch = out_ch
     self.blocks = nnx.List(blocks)
     self.head = ConvBN(ch, last, activation=act, rngs=rngs)
-    self.dropout = (nnx.Dropout(dropout_rate, rngs=rngs)
-                    if dropout_rate > 0 else None)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if dropout_rate > 0 else None
     self.fc = nnx.Linear(last, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

@@ -25,9 +25,16 @@ _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
-  return nnx.Conv(in_ch, out_ch, (3, 3), strides=(stride, stride),
-                  padding=((1, 1), (1, 1)), use_bias=False,
-                  kernel_init=_CONV_INIT, rngs=rngs)
+  return nnx.Conv(
+    in_ch,
+    out_ch,
+    (3, 3),
+    strides=(stride, stride),
+    padding=((1, 1), (1, 1)),
+    use_bias=False,
+    kernel_init=_CONV_INIT,
+    rngs=rngs,
+  )
 
 
 def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -38,8 +45,7 @@ def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 class BasicBlock(nnx.Module):
   """Two 3x3 conv-BN layers with an option-A (parameter-free) shortcut."""
 
-  def __init__(self, in_ch: int, out_ch: int, stride: int, *,
-               rngs: nnx.Rngs):
+  def __init__(self, in_ch: int, out_ch: int, stride: int, *, rngs: nnx.Rngs):
     """Builds the block.
 
     Args:
@@ -57,7 +63,7 @@ class BasicBlock(nnx.Module):
 
   def _shortcut(self, x: jax.Array) -> jax.Array:
     if self.stride != 1:
-      x = x[:, ::self.stride, ::self.stride, :]
+      x = x[:, :: self.stride, :: self.stride, :]
     if self.pad:
       lo = self.pad // 2
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (lo, self.pad - lo)))
@@ -72,8 +78,9 @@ class BasicBlock(nnx.Module):
 class ResNetCifar(nnx.Module):
   """CIFAR ResNet of depth ``6n + 2`` with option-A shortcuts."""
 
-  def __init__(self, *, depth: int = 20, num_classes: int = 10,
-               in_channels: int = 3, rngs: nnx.Rngs):
+  def __init__(
+    self, *, depth: int = 20, num_classes: int = 10, in_channels: int = 3, rngs: nnx.Rngs
+  ):
     """Builds the network.
 
     Args:

@@ -27,13 +27,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 # depth -> (uses bottleneck blocks, blocks per stage).
-CONFIGS = types.MappingProxyType({
+CONFIGS = types.MappingProxyType(
+  {
     18: (False, (2, 2, 2, 2)),
     34: (False, (3, 4, 6, 3)),
     50: (True, (3, 4, 6, 3)),
     101: (True, (3, 4, 23, 3)),
     152: (True, (3, 8, 36, 3)),
-})
+  }
+)
 
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -41,13 +43,18 @@ _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 class ConvBN(nnx.Module):
   """Bias-free convolution (PyTorch-style symmetric padding) -> BatchNorm."""
 
-  def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, *,
-               rngs: nnx.Rngs):
+  def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs):
     pad = (kernel - 1) // 2
-    self.conv = nnx.Conv(in_ch, out_ch, (kernel, kernel),
-                         strides=(stride, stride),
-                         padding=((pad, pad), (pad, pad)), use_bias=False,
-                         kernel_init=_CONV_INIT, rngs=rngs)
+    self.conv = nnx.Conv(
+      in_ch,
+      out_ch,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=_CONV_INIT,
+      rngs=rngs,
+    )
     self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -60,10 +67,12 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(self, in_ch: int, planes: int, stride: int, *, rngs: nnx.Rngs):
-    self.layers = nnx.List([ConvBN(in_ch, planes, 3, stride, rngs=rngs),
-                            ConvBN(planes, planes, 3, rngs=rngs)])
-    self.downsample = (ConvBN(in_ch, planes, 1, stride, rngs=rngs)
-                       if stride != 1 or in_ch != planes else None)
+    self.layers = nnx.List(
+      [ConvBN(in_ch, planes, 3, stride, rngs=rngs), ConvBN(planes, planes, 3, rngs=rngs)]
+    )
+    self.downsample = (
+      ConvBN(in_ch, planes, 1, stride, rngs=rngs) if stride != 1 or in_ch != planes else None
+    )
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     return _residual(self, x, train)
@@ -76,18 +85,22 @@ class Bottleneck(nnx.Module):
 
   def __init__(self, in_ch: int, planes: int, stride: int, *, rngs: nnx.Rngs):
     out_ch = planes * self.expansion
-    self.layers = nnx.List([ConvBN(in_ch, planes, 1, rngs=rngs),
-                            ConvBN(planes, planes, 3, stride, rngs=rngs),
-                            ConvBN(planes, out_ch, 1, rngs=rngs)])
-    self.downsample = (ConvBN(in_ch, out_ch, 1, stride, rngs=rngs)
-                       if stride != 1 or in_ch != out_ch else None)
+    self.layers = nnx.List(
+      [
+        ConvBN(in_ch, planes, 1, rngs=rngs),
+        ConvBN(planes, planes, 3, stride, rngs=rngs),
+        ConvBN(planes, out_ch, 1, rngs=rngs),
+      ]
+    )
+    self.downsample = (
+      ConvBN(in_ch, out_ch, 1, stride, rngs=rngs) if stride != 1 or in_ch != out_ch else None
+    )
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     return _residual(self, x, train)
 
 
-def _residual(block: BasicBlock | Bottleneck, x: jax.Array,
-              train: bool) -> jax.Array:
+def _residual(block: BasicBlock | Bottleneck, x: jax.Array, train: bool) -> jax.Array:
   """ReLU between the block's conv-BN layers, then ReLU(y + shortcut(x))."""
   y = x
   for i, layer in enumerate(block.layers):
@@ -101,8 +114,9 @@ def _residual(block: BasicBlock | Bottleneck, x: jax.Array,
 class ResNet(nnx.Module):
   """ImageNet ResNet of a given depth (torchvision layout)."""
 
-  def __init__(self, *, depth: int = 50, num_classes: int = 1000,
-               in_channels: int = 3, rngs: nnx.Rngs):
+  def __init__(
+    self, *, depth: int = 50, num_classes: int = 1000, in_channels: int = 3, rngs: nnx.Rngs
+  ):
     """Builds the network.
 
     Args:

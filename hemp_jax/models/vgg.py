@@ -22,15 +22,36 @@ import types
 import jax
 from flax import nnx
 
-CONFIGS = types.MappingProxyType({
+CONFIGS = types.MappingProxyType(
+  {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M",
-         512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-         512, 512, 512, "M"),
-    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-         512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
-})
+    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    19: (
+      64,
+      64,
+      "M",
+      128,
+      128,
+      "M",
+      256,
+      256,
+      256,
+      256,
+      "M",
+      512,
+      512,
+      512,
+      512,
+      "M",
+      512,
+      512,
+      512,
+      512,
+      "M",
+    ),
+  }
+)
 
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -39,8 +60,9 @@ class ConvBN(nnx.Module):
   """3x3 convolution (with bias) -> BatchNorm -> ReLU."""
 
   def __init__(self, in_ch: int, out_ch: int, *, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(in_ch, out_ch, (3, 3), padding=((1, 1), (1, 1)),
-                         kernel_init=_CONV_INIT, rngs=rngs)
+    self.conv = nnx.Conv(
+      in_ch, out_ch, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_CONV_INIT, rngs=rngs
+    )
     self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -50,8 +72,9 @@ class ConvBN(nnx.Module):
 class VGG(nnx.Module):
   """VGG-11/13/16/19 with BatchNorm and a single linear classifier."""
 
-  def __init__(self, *, depth: int = 16, num_classes: int = 10,
-               in_channels: int = 3, rngs: nnx.Rngs):
+  def __init__(
+    self, *, depth: int = 16, num_classes: int = 10, in_channels: int = 3, rngs: nnx.Rngs
+  ):
     """Builds the network.
 
     Args:
