@@ -46,6 +46,7 @@ from hemp_jax.regularizer import (
   AddEntropyGradState,
   HempSecondStepState,
   add_entropy_grad,
+  authors_entropy_scale,
   codebooks_tree,
   entropy_penalty,
   hemp_second_step,

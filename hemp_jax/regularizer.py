@@ -47,7 +47,12 @@ __all__ = [
   "paper_recipe",
   "codebooks_tree",
   "fit_leaf_codebooks",
+  "authors_entropy_scale",
+  "LAMBDA_UNITS",
 ]
+
+# Units of ``lambda_h`` in :func:`hemp_second_step` / :func:`paper_recipe`.
+LAMBDA_UNITS = ("per_param", "authors")
 
 
 class QuantizerConfig(NamedTuple):
@@ -60,6 +65,7 @@ class QuantizerConfig(NamedTuple):
   min_size: int | None = None
   include: str | None = None
   exclude: str | None = None
+  lloyd_method: str = "empirical"
 
 
 class EntropyConfig(NamedTuple):
@@ -124,20 +130,22 @@ def fit_leaf_codebooks(
     raise ValueError(
       "no parameter is selected for quantization: check min_size, include/exclude and mask"
     )
-  out = []
-  for sel, x in zip(selected, jax.tree.leaves(params)):
-    out.append(
-      grp.fit_codebook(
-        x,
-        quantizer.num_levels,
-        method=quantizer.method,
-        guard_levels=quantizer.guard_levels,
-        zero_level=quantizer.zero_level,
-      )
-      if sel
-      else None
-    )
-  return tuple(out)
+  return tuple(
+    _fit_one(x, quantizer) if sel else None for sel, x in zip(selected, jax.tree.leaves(params))
+  )
+
+
+def _fit_one(x, quantizer: QuantizerConfig) -> jax.Array:
+  """One leaf's codebook as ``quantizer`` describes it."""
+  lloyd = {"lloyd_method": quantizer.lloyd_method} if quantizer.method == "lloyd_max" else {}
+  return grp.fit_codebook(
+    x,
+    quantizer.num_levels,
+    method=quantizer.method,
+    guard_levels=quantizer.guard_levels,
+    zero_level=quantizer.zero_level,
+    **lloyd,
+  )
 
 
 def codebooks_tree(params, codebooks: tuple) -> Any:
@@ -195,15 +203,7 @@ def _every(count, period: int | None):
 
 def _refit(params, codebooks: tuple, quantizer: QuantizerConfig) -> tuple:
   return tuple(
-    None
-    if cb is None
-    else grp.fit_codebook(
-      x,
-      quantizer.num_levels,
-      method=quantizer.method,
-      guard_levels=quantizer.guard_levels,
-      zero_level=quantizer.zero_level,
-    ).astype(cb.dtype)
+    None if cb is None else _fit_one(x, quantizer).astype(cb.dtype)
     for x, cb in zip(jax.tree.leaves(params), codebooks)
   )
 
@@ -235,6 +235,7 @@ def add_entropy_grad(
   refresh_every: int = 1,
   refit_every: int | None = None,
   mask: Any = None,
+  lloyd_method: str = "empirical",
 ) -> optax.GradientTransformation:
   """Adds ``strength * grad H(params)`` to the updates (the HEMP regularizer).
 
@@ -257,12 +258,13 @@ def add_entropy_grad(
     refit_every: refit the codebooks every this many steps (None: frozen).
     mask: like ``optax.add_decayed_weights``: a boolean pytree or a callable giving one;
       only True leaves are regularized (combined with the selection above).
+    lloyd_method: "empirical" or "gaussian" for ``method="lloyd_max"``.
 
   Returns:
     An ``optax.GradientTransformation``.
   """
   quantizer = QuantizerConfig(
-    num_levels, method, guard_levels, zero_level, min_size, include, exclude
+    num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
   )
   entropy = EntropyConfig(order, tuples, rate, pool)
   ent._check_options(order, tuples, rate)
@@ -298,6 +300,32 @@ def add_entropy_grad(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def authors_entropy_scale(order: int) -> float:
+  """Factor that turns the authors' ``lambda_H`` into a per-parameter strength.
+
+  The paper's code (DESIGN §5) differentiates the order-n joint entropy ``H_n`` in bits
+  per n-tuple of one histogram pooled over all quantized tensors; this library's
+  estimator differentiates ``H_n / n`` in bits per parameter (``pool="global"`` gives the
+  same pooled histogram). So at orders 1, 3, 4, ... their gradient is ``n`` times ours and
+  their ``lambda_H`` is our strength divided by ``n``. At order 2 their code trains with a
+  hand-written gradient (the partner weight's tent weight fixed at 1/2, divided by the
+  number of parameters) that equals ours per parameter (correlation 0.99999, measured),
+  so the factor is 1 there. Their update multiplies by ``lambda_H`` twice; we apply it
+  once (identical at their default ``lambda_H = 1``), and we do not copy their order-2
+  clamp of each gradient element to +-0.01.
+
+  Args:
+    order: the tuple length n (>= 1).
+
+  Returns:
+    ``s`` such that ``lambda_h * s * grad(H_n / n)`` is the authors' entropy step.
+  """
+  order = int(order)
+  if order < 1:
+    raise ValueError(f"order must be >= 1, got {order}")
+  return 1.0 if order == 2 else float(order)
+
+
 def _sensitivity(g):
   """S = 1 - |g| / max|g| for one tensor (1 everywhere when the gradient is all zero)."""
   a = jnp.abs(g)
@@ -328,6 +356,8 @@ def hemp_second_step(
   refresh_every: int = 10,
   sensitivity: bool = True,
   mask: Any = None,
+  lloyd_method: str = "empirical",
+  lambda_units: str = "per_param",
 ) -> optax.GradientTransformation:
   """The paper's update: ``inner``'s step, then an unscaled, gated entropy/pull step.
 
@@ -343,21 +373,37 @@ def hemp_second_step(
     lambda_h, lambda_q: weights of the entropy gradient and of the pull to the levels.
     refresh_every: period of the ``grad H`` / ``Q`` refresh.
     sensitivity: use the gate ``S``.
+    lloyd_method: "empirical" or "gaussian" (the paper's code) for ``method="lloyd_max"``.
+    lambda_units: "per_param" — ``grad H`` is the gradient of the rate in bits per
+      parameter (this library's estimator); "authors" — ``lambda_h`` means what the
+      paper's code means: the gradient of ``H_n`` in bits per n-tuple of one histogram
+      pooled over all quantized tensors (needs ``pool="global"``; the conversion is
+      :func:`authors_entropy_scale`).
     Other arguments: as in :func:`add_entropy_grad`.
 
   Returns:
     An ``optax.GradientTransformation`` whose updates already include the clip.
   """
   quantizer = QuantizerConfig(
-    num_levels, method, guard_levels, zero_level, min_size, include, exclude
+    num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
   )
   entropy = EntropyConfig(order, tuples, rate, pool)
   ent._check_options(order, tuples, rate)
   if refresh_every < 1:
     raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+  if lambda_units not in LAMBDA_UNITS:
+    raise ValueError(f"lambda_units must be one of {LAMBDA_UNITS}, got {lambda_units!r}")
+  if lambda_units == "authors" and (pool != "global" or rate != "block"):
+    raise ValueError(
+      "lambda_units='authors' is the authors' pooled entropy: use pool='global' and "
+      f"rate='block' (got pool={pool!r}, rate={rate!r})"
+    )
+  scale = authors_entropy_scale(order) if lambda_units == "authors" else 1.0
 
   def refresh(w1, codebooks):
     grads = _entropy_grad(w1, codebooks, entropy)
+    if scale != 1.0:
+      grads = tuple(None if g is None else g * scale for g in grads)
     targets = tuple(
       None if cb is None else q.quantize(x, cb) for x, cb in zip(jax.tree.leaves(w1), codebooks)
     )
@@ -422,14 +468,23 @@ def paper_recipe(
   order: int = 3,
   num_levels: int = 4,
   refresh_every: int = 10,
+  method: str = "lloyd_max",
+  lloyd_method: str = "gaussian",
+  pool: str = "global",
+  lambda_units: str = "authors",
   **kwargs,
 ) -> optax.GradientTransformation:
   """The paper code's training update as one optax transformation.
 
   ``hemp_second_step(chain(add_decayed_weights(wd), sgd(lr, momentum)), ...)`` with the
-  paper's defaults (lr 0.1, momentum 0, weight decay 1e-4, lambda_H 1, lambda_Q 0.1,
-  order 3, N = 4 plus guard levels, refresh every 10 steps). ``learning_rate`` may be an
-  optax schedule.
+  paper code's defaults: lr 0.1, momentum 0, weight decay 1e-4, ``lambda_H = 1`` and
+  ``lambda_Q = 0.1`` in the authors' units (:func:`authors_entropy_scale`), order 3, one
+  histogram pooled over all quantized tensors, N = 4 Lloyd-Max levels of a Gaussian fit
+  plus two guard levels, fitted on the starting params and frozen, tensors above 10 N
+  elements quantized, refresh every 10 steps, the sensitivity gate and the clamp to the
+  real levels. ``learning_rate`` may be an optax schedule; ``lambda_units="per_param"``,
+  ``pool="group"``, ``method="uniform"`` or ``lloyd_method="empirical"`` depart from the
+  paper knowingly.
   """
   inner = optax.chain(
     optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None)
@@ -441,5 +496,9 @@ def paper_recipe(
     order=order,
     num_levels=num_levels,
     refresh_every=refresh_every,
+    method=method,
+    lloyd_method=lloyd_method,
+    pool=pool,
+    lambda_units=lambda_units,
     **kwargs,
   )

@@ -100,6 +100,7 @@ def _quantizer_kwargs(config) -> dict:
     min_size=qc.get("min_size", None),
     include=qc.get("include", None),
     exclude=qc.get("exclude", None),
+    lloyd_method=qc.get("lloyd_method", "empirical"),
   )
 
 
@@ -115,12 +116,20 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
     * ``"none"`` — the plain optimizer (baseline);
     * ``"grad"`` — ``chain(add_entropy_grad(strength), weight decay, optimizer)``;
     * ``"paper"`` — :func:`hemp_jax.paper_recipe` (SGD + the gated unscaled step).
+      ``hemp.strength`` is the authors' ``lambda_H`` (``hemp.lambda_units="authors"``,
+      the default: their pooled entropy in bits per tuple, so the entropy is pooled over
+      all quantized tensors whatever ``hemp.pool`` says) or a per-parameter strength
+      (``hemp.lambda_units="per_param"``, with ``hemp.pool``).
   """
   from hemp_jax import pruning  # config.pruning: optional wrapper (issue #5)
 
   opt, h = config.optimizer, config.hemp
   lr = _learning_rate(config, steps_per_epoch)
   if h.mode == "paper":
+    units = h.get("lambda_units", "authors")
+    entropy_kw = _entropy_kwargs(config)
+    if units == "authors":
+      entropy_kw["pool"] = "global"
     return pruning.pruning_from_config(
       config,
       reg.paper_recipe(
@@ -131,7 +140,8 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
         lambda_q=h.get("lambda_q", 0.1),
         refresh_every=h.refresh_every,
         sensitivity=h.get("sensitivity", True),
-        **_entropy_kwargs(config),
+        lambda_units=units,
+        **entropy_kw,
         **_quantizer_kwargs(config),
       ),
       steps_per_epoch,

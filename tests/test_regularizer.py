@@ -243,6 +243,9 @@ def test_paper_recipe_matches_direct_update_rule():
     num_levels=4,
     refresh_every=3,
     min_size=41,
+    method="uniform",
+    pool="group",
+    lambda_units="per_param",
   )
   state = tx.init(params)
 
@@ -262,3 +265,105 @@ def test_paper_recipe_matches_direct_update_rule():
   cb = hj.codebooks_tree(params, state.codebooks)["dense1"]["kernel"]
   k = np.asarray(p["dense1"]["kernel"])
   assert k.min() >= float(cb[1]) - 1e-7 and k.max() <= float(cb[-2]) + 1e-7
+
+
+# ------------------------------------------------------------- the authors' units
+
+
+def _tent_rows(w, cb):
+  """Tent memberships and their derivatives, (M, K) each, written out in numpy."""
+  k = np.clip(np.searchsorted(cb, w, side="right") - 1, 0, len(cb) - 2)
+  d = cb[k + 1] - cb[k]
+  t = np.clip((w - cb[k]) / d, 0.0, 1.0)
+  inside = ((w - cb[k]) / d >= 0) & ((w - cb[k]) / d <= 1)
+  pi = np.zeros((w.size, len(cb)))
+  dpi = np.zeros_like(pi)
+  rows = np.arange(w.size)
+  pi[rows, k] += 1 - t
+  pi[rows, k + 1] += t
+  dpi[rows, k] -= inside / d
+  dpi[rows, k + 1] += inside / d
+  return pi, dpi
+
+
+def _authors_entropy_grad(streams, cbs, order):
+  """grad of the pooled order-n joint entropy in bits per n-tuple (the authors' quantity).
+
+  ``P(s) = (1/T) sum_tuples prod_m pi_{s_m}``, one dense K^n table pooled over all
+  tensors; ``dH/dw_j = -(1/T) sum_s log2 P(s) dprod/dw_j`` (the ``+1/ln 2`` term sums to
+  zero). Independent of the library: tuples by explicit loops, dense outer products.
+  """
+  tuples = []  # (tensor index, start) of every disjoint tuple
+  rows = []
+  for g, (w, cb) in enumerate(zip(streams, cbs)):
+    pi, dpi = _tent_rows(w, cb)
+    rows.append((pi, dpi))
+    tuples += [(g, j) for j in range(0, w.size - order + 1, order)]
+  K = len(cbs[0])
+  table = np.zeros((K,) * order)
+  for g, j in tuples:
+    outer = np.ones(())
+    for m in range(order):
+      outer = np.multiply.outer(outer, rows[g][0][j + m])
+    table += outer
+  P = table / len(tuples)
+  logp = np.log2(np.where(P > 0, P, 1.0))
+  grads = [np.zeros(w.size) for w in streams]
+  for g, j in tuples:
+    pi, dpi = rows[g]
+    for m in range(order):
+      outer = np.ones(())
+      for mm in range(order):
+        outer = np.multiply.outer(outer, dpi[j + mm] if mm == m else pi[j + mm])
+      grads[g][j + m] = -(logp * outer).sum() / len(tuples)
+  H = -(P[P > 0] * np.log2(P[P > 0])).sum()
+  return H, grads
+
+
+@pytest.mark.parametrize("order", [1, 3, 4])
+def test_paper_recipe_in_authors_units_matches_their_update(order):
+  """One step of paper_recipe at the authors' lambda_H against their update in numpy:
+  SGD step, then w - S * (lambda_H * grad H_n[bits/tuple, pooled] + lambda_Q (w - Q)),
+  clamped to the real levels; two quantized tensors pooled into one histogram."""
+  params = _params(3)
+  lam_h, lam_q, lr, wd = 0.7, 0.1, 0.1, 1e-4
+  tx = hj.paper_recipe(
+    learning_rate=lr, weight_decay=wd, lambda_h=lam_h, lambda_q=lam_q, order=order, min_size=41
+  )
+  state = tx.init(params)
+  cbs = hj.codebooks_tree(params, state.codebooks)
+  x, y = _batch(0)
+  g = jax.grad(_loss)(params, x, y)
+  u, _ = tx.update(g, state, params)
+  ours = optax.apply_updates(params, u)
+
+  names = [("dense1", "kernel"), ("dense2", "kernel")]
+  w1 = {n: np.asarray(params[n[0]][n[1]], np.float64) for n in names}
+  gn = {n: np.asarray(g[n[0]][n[1]], np.float64) for n in names}
+  w1 = {n: w1[n] - lr * (gn[n] + wd * w1[n]) for n in names}
+  cb = {n: np.asarray(cbs[n[0]][n[1]], np.float64) for n in names}
+  # the scan order shared by estimator and coder: output unit by output unit
+  streams = [np.asarray(hj.scan_stream(jnp.asarray(w1[n])), np.float64) for n in names]
+  _, gstream = _authors_entropy_grad(streams, [cb[n] for n in names], order)
+  for n, gs in zip(names, gstream):
+    gh = np.asarray(hj.unscan_stream(jnp.asarray(gs), w1[n].shape), np.float64)
+    qv = cb[n][np.argmin(np.abs(w1[n][..., None] - cb[n]), axis=-1)]
+    s = 1 - np.abs(gn[n]) / np.abs(gn[n]).max()
+    w2 = np.clip(w1[n] - s * (lam_h * gh + lam_q * (w1[n] - qv)), cb[n][1], cb[n][-2])
+    np.testing.assert_allclose(ours[n[0]][n[1]], w2, atol=3e-6, rtol=0)
+    assert np.abs(gh).max() > 1e-3  # the entropy term is not vanishing in this test
+  # float leaves (biases) get the SGD step only
+  b = np.asarray(params["dense1"]["bias"]) - lr * (
+    np.asarray(g["dense1"]["bias"]) + wd * np.asarray(params["dense1"]["bias"])
+  )
+  np.testing.assert_allclose(ours["dense1"]["bias"], b, atol=1e-7)
+
+
+def test_authors_entropy_scale_and_units_guard():
+  assert [hj.authors_entropy_scale(n) for n in (1, 2, 3, 4)] == [1.0, 1.0, 3.0, 4.0]
+  with pytest.raises(ValueError, match="order"):
+    hj.authors_entropy_scale(0)
+  with pytest.raises(ValueError, match="pool='global'"):
+    hj.paper_recipe(pool="group")
+  with pytest.raises(ValueError, match="lambda_units"):
+    hj.paper_recipe(lambda_units="bits")

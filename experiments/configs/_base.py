@@ -52,13 +52,17 @@ def default_config() -> ml_collections.ConfigDict:
 def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The paper code's training update (DESIGN §2)."""
   c.hemp.mode = "paper"
-  c.hemp.strength = 1.0  # lambda_H
+  c.hemp.strength = 1.0  # lambda_H, in the authors' units (regularizer.authors_entropy_scale)
+  c.hemp.lambda_units = "authors"  # their pooled H_n in bits per tuple ("per_param": ours)
+  c.hemp.pool = "global"  # one histogram over all quantized tensors, as their code
   c.hemp.lambda_q = 0.1
   c.hemp.order = 3
   c.hemp.refresh_every = 10
   c.hemp.sensitivity = True
   c.quantizer.num_levels = 4
   c.quantizer.guard_levels = True
+  c.quantizer.method = "lloyd_max"  # the paper's code: Lloyd-Max levels of a Gaussian fit
+  c.quantizer.lloyd_method = "gaussian"  # "empirical": Lloyd on the actual weights
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 0.1
   c.optimizer.momentum = 0.0

@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.quantizer = ml_collections.ConfigDict()
   c.quantizer.num_levels = 4  # N real levels (+2 guard levels)
   c.quantizer.method = "uniform"  # or "lloyd_max"
+  c.quantizer.lloyd_method = "empirical"  # lloyd_max: "empirical" or "gaussian" (the paper)
   c.quantizer.guard_levels = True
   c.quantizer.zero_level = False
   c.quantizer.min_size = ml_collections.config_dict.placeholder(int)  # None: 10 N + 1
@@ -48,4 +49,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.hemp.pool = "group"
   c.hemp.refresh_every = 1
   c.hemp.lambda_q = 0.1
+  c.hemp.lambda_units = "authors"  # paper mode: strength is the authors' lambda_H
   return c
