@@ -50,5 +50,6 @@ from hemp_jax.regularizer import (
   codebooks_tree,
   entropy_penalty,
   hemp_second_step,
+  is_degenerate,
   paper_recipe,
 )

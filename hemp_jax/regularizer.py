@@ -48,7 +48,9 @@ __all__ = [
   "codebooks_tree",
   "fit_leaf_codebooks",
   "authors_entropy_scale",
+  "is_degenerate",
   "LAMBDA_UNITS",
+  "DEGENERATE",
 ]
 
 # Units of ``lambda_h`` in :func:`hemp_second_step` / :func:`paper_recipe`.
@@ -83,6 +85,7 @@ class AddEntropyGradState(NamedTuple):
   count: jax.Array  # updates applied so far (int32)
   codebooks: tuple  # one codebook or None per params leaf
   entropy_grad: tuple  # cached grad H per leaf (refresh_every > 1), else ()
+  pending: tuple = ()  # per leaf: codebook not fitted yet (degenerate="defer"), else ()
 
 
 class HempSecondStepState(NamedTuple):
@@ -93,6 +96,7 @@ class HempSecondStepState(NamedTuple):
   entropy_grad: tuple  # cached grad H per leaf (None for float leaves)
   targets: tuple  # cached Q(w) per leaf (None for float leaves)
   inner_state: Any
+  pending: tuple = ()  # per leaf: codebook not fitted yet (degenerate="defer"), else ()
 
 
 def _mask_leaves(mask, params) -> list | None:
@@ -103,14 +107,56 @@ def _mask_leaves(mask, params) -> list | None:
   return jax.tree.leaves(mask)
 
 
+DEGENERATE = ("defer", "float", "keep")
+
+
+def is_degenerate(x, rel_tol: float = 1e-6) -> jax.Array:
+  """True where a tensor's values span (near) nothing: ``max - min <= rel_tol * max(1, |x|max)``.
+
+  Flax initializes biases (and batch-norm scales) to constants: a codebook fitted there
+  has levels within +-0.001 of the constant and cannot hold the trained values.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  span = jnp.max(x) - jnp.min(x)
+  return span <= rel_tol * jnp.maximum(1.0, jnp.max(jnp.abs(x)))
+
+
+def _check_degenerate(degenerate: str, fit_step: int | None):
+  if degenerate not in DEGENERATE:
+    raise ValueError(f"degenerate must be one of {DEGENERATE}, got {degenerate!r}")
+  if degenerate == "defer" and (fit_step is None or int(fit_step) < 1):
+    raise ValueError(
+      f"degenerate='defer' needs degenerate_fit_step >= 1 (the step at which the codebooks "
+      f"of constant leaves are fitted), got {fit_step!r}"
+    )
+
+
+def _pending_flags(params, codebooks: tuple, degenerate: str) -> tuple:
+  """Per quantized leaf, whether its codebook waits for the warm-up (``()`` if unused)."""
+  if degenerate != "defer":
+    return ()
+  return tuple(
+    None if cb is None else is_degenerate(x) for x, cb in zip(jax.tree.leaves(params), codebooks)
+  )
+
+
 def fit_leaf_codebooks(
-  params, quantizer: QuantizerConfig, mask=None, *, order: int = 1, tuples: str = "disjoint"
+  params,
+  quantizer: QuantizerConfig,
+  mask=None,
+  *,
+  order: int = 1,
+  tuples: str = "disjoint",
+  degenerate: str = "keep",
 ) -> tuple:
   """Codebooks for every leaf of ``params`` (flat tuple, ``None`` for float leaves).
 
   Leaves are selected by ``quantizer`` (size threshold, include/exclude regexes on path
   names) and, if given, by ``mask`` (a boolean pytree like ``params`` or a callable
   returning one); leaves too short for one tuple of ``order`` stay in float.
+  ``degenerate="float"`` also leaves in float every leaf whose values are constant
+  (:func:`is_degenerate`; needs concrete params); "keep" and "defer" fit them like the
+  others (a placeholder for "defer", refitted after the warm-up by the transforms).
   """
   min_size = quantizer.min_size
   if min_size is None:
@@ -130,9 +176,13 @@ def fit_leaf_codebooks(
     raise ValueError(
       "no parameter is selected for quantization: check min_size, include/exclude and mask"
     )
-  return tuple(
-    _fit_one(x, quantizer) if sel else None for sel, x in zip(selected, jax.tree.leaves(params))
-  )
+  leaves = jax.tree.leaves(params)
+  if degenerate == "float":
+    try:
+      selected = [sel and not bool(is_degenerate(x)) for sel, x in zip(selected, leaves)]
+    except jax.errors.ConcretizationTypeError:
+      raise ValueError("degenerate='float' needs concrete params (call init outside jit)") from None
+  return tuple(_fit_one(x, quantizer) if sel else None for sel, x in zip(selected, leaves))
 
 
 def _fit_one(x, quantizer: QuantizerConfig) -> jax.Array:
@@ -218,6 +268,33 @@ def _maybe_refit(count, params, codebooks, quantizer, refit_every):
   )
 
 
+def _fit_pending(count, params, codebooks: tuple, pending: tuple, quantizer, fit_step):
+  """At ``count == fit_step`` fits the codebooks still pending; returns (codebooks, pending)."""
+  if not pending:
+    return codebooks, pending
+  now = count == fit_step
+
+  def fit():
+    return tuple(
+      cb if p is None else jnp.where(p, _fit_one(x, quantizer).astype(cb.dtype), cb)
+      for x, cb, p in zip(jax.tree.leaves(params), codebooks, pending)
+    )
+
+  codebooks = jax.lax.cond(now, fit, lambda: codebooks)
+  pending = tuple(None if p is None else p & ~now for p in pending)
+  return codebooks, pending
+
+
+def _drop_pending(grads: tuple, pending: tuple) -> tuple:
+  """Zero entropy gradient on leaves whose codebook is not fitted yet."""
+  if not pending:
+    return grads
+  return tuple(
+    g if (g is None or p is None) else jnp.where(p, jnp.zeros_like(g), g)
+    for g, p in zip(grads, pending)
+  )
+
+
 def add_entropy_grad(
   strength: float,
   *,
@@ -236,6 +313,8 @@ def add_entropy_grad(
   refit_every: int | None = None,
   mask: Any = None,
   lloyd_method: str = "empirical",
+  degenerate: str = "keep",
+  degenerate_fit_step: int | None = None,
 ) -> optax.GradientTransformation:
   """Adds ``strength * grad H(params)`` to the updates (the HEMP regularizer).
 
@@ -259,6 +338,12 @@ def add_entropy_grad(
     mask: like ``optax.add_decayed_weights``: a boolean pytree or a callable giving one;
       only True leaves are regularized (combined with the selection above).
     lloyd_method: "empirical" or "gaussian" for ``method="lloyd_max"``.
+    degenerate: leaves whose starting values are constant (Flax's zero biases), whose
+      codebook would hold nothing: "defer" — no entropy gradient on them until step
+      ``degenerate_fit_step``, where their codebook is fitted on the weights of then;
+      "float" — kept in float; "keep" — fitted at init like the others (levels within
+      +-0.001 of the constant).
+    degenerate_fit_step: the warm-up length for ``degenerate="defer"`` (steps).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -270,32 +355,42 @@ def add_entropy_grad(
   ent._check_options(order, tuples, rate)
   if refresh_every < 1:
     raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+  _check_degenerate(degenerate, degenerate_fit_step)
 
   def init_fn(params):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
-    codebooks = fit_leaf_codebooks(params, quantizer, mask, order=order, tuples=tuples)
+    codebooks = fit_leaf_codebooks(
+      params, quantizer, mask, order=order, tuples=tuples, degenerate=degenerate
+    )
     cached = _zeros_like_quantized(params, codebooks) if refresh_every > 1 else ()
-    return AddEntropyGradState(jnp.zeros([], jnp.int32), codebooks, cached)
+    pending = _pending_flags(params, codebooks, degenerate)
+    return AddEntropyGradState(jnp.zeros([], jnp.int32), codebooks, cached, pending)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     codebooks = _maybe_refit(state.count, params, state.codebooks, quantizer, refit_every)
+    codebooks, pending = _fit_pending(
+      state.count, params, codebooks, state.pending, quantizer, degenerate_fit_step
+    )
     if refresh_every > 1:
+      refresh_now = _every(state.count, refresh_every)
+      if pending:
+        refresh_now = refresh_now | (state.count == degenerate_fit_step)
       grads = jax.lax.cond(
-        _every(state.count, refresh_every),
-        lambda: _entropy_grad(params, codebooks, entropy),
+        refresh_now,
+        lambda: _drop_pending(_entropy_grad(params, codebooks, entropy), pending),
         lambda: state.entropy_grad,
       )
       cached = grads
     else:
-      grads = _entropy_grad(params, codebooks, entropy)
+      grads = _drop_pending(_entropy_grad(params, codebooks, entropy), pending)
       cached = ()
     leaves, treedef = jax.tree.flatten(updates)
     new = [u if g is None else u + strength * g.astype(u.dtype) for u, g in zip(leaves, grads)]
     count = optax.safe_int32_increment(state.count)
-    return treedef.unflatten(new), AddEntropyGradState(count, codebooks, cached)
+    return treedef.unflatten(new), AddEntropyGradState(count, codebooks, cached, pending)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -358,6 +453,9 @@ def hemp_second_step(
   mask: Any = None,
   lloyd_method: str = "empirical",
   lambda_units: str = "per_param",
+  degenerate: str = "keep",
+  degenerate_fit_step: int | None = None,
+  refit_every: int | None = None,
 ) -> optax.GradientTransformation:
   """The paper's update: ``inner``'s step, then an unscaled, gated entropy/pull step.
 
@@ -379,6 +477,10 @@ def hemp_second_step(
       paper's code means: the gradient of ``H_n`` in bits per n-tuple of one histogram
       pooled over all quantized tensors (needs ``pool="global"``; the conversion is
       :func:`authors_entropy_scale`).
+    refit_every: refit the codebooks on the weights every this many steps (the authors'
+      ``--bound_recompute``; None: frozen).
+    degenerate, degenerate_fit_step: as in :func:`add_entropy_grad`; a pending leaf gets
+      the inner step only (no entropy step, pull or clamp) until its codebook is fitted.
     Other arguments: as in :func:`add_entropy_grad`.
 
   Returns:
@@ -399,6 +501,7 @@ def hemp_second_step(
       f"rate='block' (got pool={pool!r}, rate={rate!r})"
     )
   scale = authors_entropy_scale(order) if lambda_units == "authors" else 1.0
+  _check_degenerate(degenerate, degenerate_fit_step)
 
   def refresh(w1, codebooks):
     grads = _entropy_grad(w1, codebooks, entropy)
@@ -412,7 +515,9 @@ def hemp_second_step(
   def init_fn(params):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
-    codebooks = fit_leaf_codebooks(params, quantizer, mask, order=order, tuples=tuples)
+    codebooks = fit_leaf_codebooks(
+      params, quantizer, mask, order=order, tuples=tuples, degenerate=degenerate
+    )
     # Two separate zero trees: a donated state must not hold one buffer twice.
     return HempSecondStepState(
       jnp.zeros([], jnp.int32),
@@ -420,6 +525,7 @@ def hemp_second_step(
       _zeros_like_quantized(params, codebooks),
       _zeros_like_quantized(params, codebooks),
       inner.init(params),
+      _pending_flags(params, codebooks, degenerate),
     )
 
   def update_fn(updates, state, params=None):
@@ -427,21 +533,32 @@ def hemp_second_step(
       raise ValueError(NO_PARAMS_MSG)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params)
     w1 = optax.apply_updates(params, inner_updates)
+    codebooks = _maybe_refit(state.count, w1, state.codebooks, quantizer, refit_every)
+    codebooks, pending = _fit_pending(
+      state.count, w1, codebooks, state.pending, quantizer, degenerate_fit_step
+    )
+    refresh_now = _every(state.count, refresh_every)
+    if pending:
+      refresh_now = refresh_now | (state.count == degenerate_fit_step)
+    if refit_every:
+      refresh_now = refresh_now | _every(state.count, refit_every)
     grads, targets = jax.lax.cond(
-      _every(state.count, refresh_every),
-      lambda: refresh(w1, state.codebooks),
+      refresh_now,
+      lambda: refresh(w1, codebooks),
       lambda: (state.entropy_grad, state.targets),
     )
     w_leaves, treedef = jax.tree.flatten(params)
     out = []
-    for w, w_1, u, g, cb, gh, tq in zip(
+    flags = pending or (None,) * len(codebooks)
+    for w, w_1, u, g, cb, gh, tq, p in zip(
       w_leaves,
       jax.tree.leaves(w1),
       jax.tree.leaves(inner_updates),
       jax.tree.leaves(updates),
-      state.codebooks,
+      codebooks,
       grads,
       targets,
+      flags,
     ):
       if cb is None:
         out.append(u)
@@ -449,9 +566,10 @@ def hemp_second_step(
       gate = _sensitivity(g) if sensitivity else 1.0
       w2 = w_1 - gate * (lambda_h * gh + lambda_q * (w_1 - tq))
       lo, hi = _level_range(cb, guard_levels)
-      out.append((jnp.clip(w2, lo, hi) - w).astype(u.dtype))
+      step = (jnp.clip(w2, lo, hi) - w).astype(u.dtype)
+      out.append(step if p is None else jnp.where(p, u, step))
     new_state = HempSecondStepState(
-      optax.safe_int32_increment(state.count), state.codebooks, grads, targets, inner_state
+      optax.safe_int32_increment(state.count), codebooks, grads, targets, inner_state, pending
     )
     return treedef.unflatten(out), new_state
 

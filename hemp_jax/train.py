@@ -104,6 +104,16 @@ def _quantizer_kwargs(config) -> dict:
   )
 
 
+def _degenerate_kwargs(config, steps_per_epoch: int) -> dict:
+  """How leaves that start constant get their codebooks (``quantizer.degenerate``)."""
+  qc = config.quantizer
+  mode = qc.get("degenerate", "keep")
+  if mode != "defer":
+    return dict(degenerate=mode)
+  epochs = qc.get("degenerate_fit_epochs", 1.0)
+  return dict(degenerate=mode, degenerate_fit_step=max(1, round(epochs * steps_per_epoch)))
+
+
 def _entropy_kwargs(config) -> dict:
   h = config.hemp
   return dict(order=h.order, tuples=h.tuples, rate=h.rate, pool=h.pool)
@@ -140,9 +150,11 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
         lambda_q=h.get("lambda_q", 0.1),
         refresh_every=h.refresh_every,
         sensitivity=h.get("sensitivity", True),
+        refit_every=h.get("refit_every", None),
         lambda_units=units,
         **entropy_kw,
         **_quantizer_kwargs(config),
+        **_degenerate_kwargs(config, steps_per_epoch),
       ),
       steps_per_epoch,
     )
@@ -163,6 +175,7 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
         refit_every=h.get("refit_every", None),
         **_entropy_kwargs(config),
         **_quantizer_kwargs(config),
+        **_degenerate_kwargs(config, steps_per_epoch),
       )
     )
   elif h.mode != "none":

@@ -367,3 +367,93 @@ def test_authors_entropy_scale_and_units_guard():
     hj.paper_recipe(pool="group")
   with pytest.raises(ValueError, match="lambda_units"):
     hj.paper_recipe(lambda_units="bits")
+
+
+# ------------------------------------------------------ leaves that start constant
+
+
+def _params_zero_bias(seed=0):
+  p = _params(seed)
+  p["dense1"]["bias"] = jnp.zeros(48, jnp.float32)  # quantized (> min_size), starts at 0
+  p["dense1"]["kernel"] = jnp.asarray(np.random.default_rng(seed).normal(size=(12, 48)))
+  p["dense2"]["kernel"] = jnp.asarray(np.random.default_rng(seed + 1).normal(size=(48, 3)) * 0.3)
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p)
+
+
+def test_is_degenerate():
+  assert bool(hj.is_degenerate(jnp.zeros(5))) and bool(hj.is_degenerate(jnp.full(4, 3.0)))
+  assert not bool(hj.is_degenerate(jnp.array([0.0, 1e-3])))
+
+
+def test_degenerate_float_keeps_constant_leaves_in_float():
+  params = _params_zero_bias()
+  st = hj.add_entropy_grad(1.0, degenerate="float", **KW).init(params)
+  cbs = hj.codebooks_tree(params, st.codebooks)
+  assert cbs["dense1"]["bias"] is None and cbs["dense1"]["kernel"] is not None
+  st = hj.add_entropy_grad(1.0, degenerate="keep", **KW).init(params)
+  cb = hj.codebooks_tree(params, st.codebooks)["dense1"]["bias"]
+  assert float(cb[-2] - cb[1]) <= 2e-3  # the degenerate codebook "keep" gives
+
+
+def test_degenerate_defer_fits_after_warmup_and_skips_gradient_before():
+  params = _params_zero_bias(1)
+  fit_step = 3
+  tx = hj.add_entropy_grad(0.5, degenerate="defer", degenerate_fit_step=fit_step, **KW)
+  state = tx.init(params)
+  flags = hj.codebooks_tree(params, state.pending)
+  assert bool(flags["dense1"]["bias"]) and not bool(flags["dense1"]["kernel"])
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+  p = params
+  for i in range(fit_step + 2):
+    g = jax.grad(_loss_zero_bias)(p, *_batch(i))
+    u, new_state = step(g, state, p)
+    cbs = hj.codebooks_tree(p, new_state.codebooks)
+    if i < fit_step:  # bias: loss gradient only; its codebook is still the placeholder
+      np.testing.assert_array_equal(u["dense1"]["bias"], g["dense1"]["bias"])
+    if i == fit_step:  # fitted on the weights of this step
+      expected = hj.fit_codebooks(p, 4, min_size=41)["dense1"]["bias"]
+      np.testing.assert_allclose(cbs["dense1"]["bias"], expected, rtol=1e-6)
+      assert float(expected[-2] - expected[1]) > 1e-2  # the trained spread, not +-0.001
+    if i >= fit_step:  # then the full entropy gradient with the new codebooks
+      gh = jax.grad(lambda q: hj.tree_entropy(q, cbs, order=2))(p)
+      np.testing.assert_allclose(
+        u["dense1"]["bias"], g["dense1"]["bias"] + 0.5 * gh["dense1"]["bias"], atol=1e-6
+      )
+    assert bool(hj.codebooks_tree(p, new_state.pending)["dense1"]["bias"]) == (i < fit_step)
+    # the kernel is regularized from step 0
+    assert float(jnp.abs(u["dense1"]["kernel"] - g["dense1"]["kernel"]).max()) > 0
+    p = optax.apply_updates(p, jax.tree.map(lambda a: -0.5 * a, u))
+    state = new_state
+
+
+def _loss_zero_bias(params, x, y):
+  h = jnp.tanh(x @ params["dense1"]["kernel"] + params["dense1"]["bias"])
+  logits = h @ params["dense2"]["kernel"] + params["dense2"]["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@pytest.mark.parametrize("degenerate", ["keep", "defer"])
+def test_paper_recipe_does_not_pin_constant_leaves_with_defer(degenerate):
+  params = _params_zero_bias(2)
+  kw = dict(degenerate_fit_step=4) if degenerate == "defer" else {}
+  tx = hj.paper_recipe(
+    lambda_h=1.0, order=1, min_size=41, refresh_every=1, degenerate=degenerate, **kw
+  )
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s, x, y):
+    u, s = tx.update(jax.grad(_loss_zero_bias)(p, x, y), s, p)
+    return optax.apply_updates(p, u), s
+
+  p = params
+  for i in range(4):
+    p, state = step(p, state, *_batch(i))
+  spread = float(jnp.abs(p["dense1"]["bias"]).max())
+  if degenerate == "keep":  # clamped to the levels of the zero start: pinned near 0
+    assert spread <= 2e-3
+  else:  # SGD only during the warm-up: the bias moves freely
+    assert spread > 5e-3
+    p, state = step(p, state, *_batch(4))  # fit step: codebook from the trained bias
+    cb = hj.codebooks_tree(p, state.codebooks)["dense1"]["bias"]
+    assert float(cb[-2] - cb[1]) > 5e-3

@@ -39,6 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.quantizer.guard_levels = True
   c.quantizer.zero_level = False
   c.quantizer.min_size = ml_collections.config_dict.placeholder(int)  # None: 10 N + 1
+  # Leaves that start constant (zero biases): "keep" (a codebook of the start, +-0.001),
+  # "defer" (codebook fitted after degenerate_fit_epochs, no entropy gradient before),
+  # "float" (never quantized).
+  c.quantizer.degenerate = "keep"
+  c.quantizer.degenerate_fit_epochs = 1.0
 
   c.hemp = ml_collections.ConfigDict()
   c.hemp.mode = "grad"  # "none" | "grad" (add_entropy_grad) | "paper"
@@ -48,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.hemp.rate = "block"
   c.hemp.pool = "group"
   c.hemp.refresh_every = 1
+  c.hemp.refit_every = ml_collections.config_dict.placeholder(int)  # None: codebooks frozen
   c.hemp.lambda_q = 0.1
   c.hemp.lambda_units = "authors"  # paper mode: strength is the authors' lambda_H
   return c
