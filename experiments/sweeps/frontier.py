@@ -1,0 +1,119 @@
+"""The 3-seed rate–accuracy frontier on MNIST-5k (LeNet-5, LeNet-300-100).
+
+    hemp-jax sweep experiments/sweeps/frontier.py --results experiments/results/frontier \
+        --scratch /tmp/hemp_frontier
+    python experiments/frontier.py experiments/results/frontier /tmp/hemp_frontier
+
+Every candidate runs once per seed (0, 1, 2: initialization and batch order; the test
+split is fixed). Each seed has its own float model (``<model>-float-seed<s>``), trained
+from scratch with that seed; the candidates of that seed fine-tune from it, so the float
+accuracy the 1-pp rule compares against comes from the same seeds.
+``get_sweep("explore")`` runs every candidate on seed 0 only (the search);
+``get_sweep("a,b")`` runs the named candidates on the three seeds.
+"""
+
+import os
+
+from hemp_jax.experiment import load_python_file
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEEDS = (0, 1, 2)
+PRE_EPOCHS = {"lenet5": 10, "lenet300": 15}
+CONFIG_FILE = {"lenet5": "lenet5_mnist", "lenet300": "lenet300_mnist"}
+
+# name -> (model, fine-tuning epochs, overrides ("a__b" = config.a.b), method label)
+_PRUNE = dict(
+  pruning__min_size=1000, pruning__end_epoch=2.0, quantizer__zero_level=True, qat_epochs=1
+)
+CANDIDATES = {
+  # LeNet-5: HEMP (order 3, N = 8 + zero level) with loss-sensitivity pruning, long fine-tune.
+  "l5-hp-sens0.9-s10-e30": (
+    "lenet5",
+    30,
+    dict(_PRUNE, pruning__method="sensitivity", pruning__sparsity=0.9, hemp__strength=10.0),
+    "hemp+prune-sensitivity",
+  ),
+  "l5-hp-sens0.9-s5-e30": (
+    "lenet5",
+    30,
+    dict(_PRUNE, pruning__method="sensitivity", pruning__sparsity=0.9, hemp__strength=5.0),
+    "hemp+prune-sensitivity",
+  ),
+  "l5-hp-sens0.95-s5-e30": (
+    "lenet5",
+    30,
+    dict(_PRUNE, pruning__method="sensitivity", pruning__sparsity=0.95, hemp__strength=5.0),
+    "hemp+prune-sensitivity",
+  ),
+  # LeNet-300-100.
+  "l3-h-s5-e30": ("lenet300", 30, dict(hemp__strength=5.0, qat_epochs=1), "hemp"),
+  "l3-h-s10-e30": ("lenet300", 30, dict(hemp__strength=10.0, qat_epochs=1), "hemp"),
+  "l3-hp-mag0.9-s5-e30": (
+    "lenet300",
+    30,
+    dict(_PRUNE, pruning__method="magnitude", pruning__sparsity=0.9, hemp__strength=5.0),
+    "hemp+prune-magnitude",
+  ),
+  "l3-hp-sens0.9-s5-e30": (
+    "lenet300",
+    30,
+    dict(_PRUNE, pruning__method="sensitivity", pruning__sparsity=0.9, hemp__strength=5.0),
+    "hemp+prune-sensitivity",
+  ),
+}
+FRONTIER = ()  # the candidates run on three seeds (filled in once the search has run)
+
+
+def _config(model, arg):
+  path = os.path.join(_ROOT, "configs", CONFIG_FILE[model] + ".py")
+  return load_python_file(path, "hemp_cfg_" + CONFIG_FILE[model]).get_config(arg)
+
+
+def _base(model, seed, epochs, mode):
+  c = _config(model, "offline")
+  c.progress = False
+  c.seed = seed
+  c.num_epochs = epochs
+  c.hemp.mode = mode
+  c.hemp.refresh_every = 4
+  c.hemp.order = 3
+  c.quantizer.num_levels = 8
+  c.qat_epochs = 0
+  return c
+
+
+def _set(c, overrides):
+  for k, v in overrides.items():
+    node, parts = c, k.split("__")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = v
+  return c
+
+
+def get_sweep(arg=None):
+  from hemp_jax.sweep import Point, Sweep
+
+  if arg == "explore":
+    names, seeds = list(CANDIDATES), (0,)
+  else:
+    names = [n for n in (arg or ",".join(FRONTIER)).split(",") if n]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+      raise ValueError(f"unknown frontier candidate(s) {unknown}; known: {sorted(CANDIDATES)}")
+    seeds = SEEDS
+  pts, floats = [], set()
+  for name in names:
+    model, epochs, overrides, method = CANDIDATES[name]
+    for seed in seeds:
+      pre = f"{model}-float-seed{seed}"
+      if pre not in floats:
+        floats.add(pre)
+        c = _base(model, seed, PRE_EPOCHS[model], "none")
+        c.quantizer.num_levels = 4
+        pts.append(Point(pre, "pretrain", c, "float", None, {"seed": seed}))
+      c = _set(_base(model, seed, epochs, "grad"), overrides)
+      axes = {"seed": seed, "candidate": name, "epochs": epochs}
+      pts.append(Point(f"{name}-seed{seed}", "train", c, method, pre, axes))
+  pts.sort(key=lambda p: 0 if p.kind == "pretrain" else 1)
+  return Sweep("frontier", pts, __doc__.splitlines()[0])
