@@ -698,7 +698,17 @@ def read_model_file(path: str, template: TrainState) -> TrainState:
   """
   from hemp_jax import codec
 
-  tree = codec.load_into(_model_file_tree(template), codec.decompress_file(path))
+  decoded = codec.decompress_file(path)
+  if isinstance(decoded, dict) and set(decoded) == {"params", "model_state"}:
+    tree = codec.load_into(_model_file_tree(template), decoded)
+  else:  # a file of the params alone (sweep points, a compressed params checkpoint)
+    if jax.tree.leaves(template.model_state):
+      raise ValueError(
+        f"{path} holds parameters only, but this model also needs its batch-norm "
+        "statistics (model_state): compress a `hemp-jax train` workdir instead"
+      )
+    tree = {"params": codec.load_into(template.params, decoded), "model_state": {}}
+    tree["model_state"] = template.model_state
   tree = jax.tree.map(jnp.asarray, tree)
   return template._replace(params=tree["params"], model_state=tree["model_state"])
 

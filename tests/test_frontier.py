@@ -1,0 +1,68 @@
+"""The frontier tools: seed statistics and files of params alone that `evaluate` reads."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import hemp_jax as hj
+from hemp_jax import cli, codec, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import frontier  # noqa: E402
+
+
+def _write(pdir, rid, model, acc, dec, size, f32=1000):
+  rec = {
+    "id": rid,
+    "model": model,
+    "test_accuracy": acc,
+    "test_accuracy_decoded": dec,
+    "file_bytes": size,
+    "float32_bytes": f32,
+  }
+  with open(os.path.join(pdir, rid + ".json"), "w") as f:
+    json.dump(rec, f)
+
+
+def test_summarize_seed_statistics(tmp_path):
+  pdir = tmp_path / "points"
+  pdir.mkdir()
+  for s, a in enumerate([0.96, 0.97, 0.95]):
+    _write(pdir, f"lenet5-float-seed{s}", "lenet5", a, a - 0.01, 900)
+  for s, (d, b) in enumerate([(0.955, 10), (0.953, 12), (0.950, 14)]):
+    _write(pdir, f"cand-a-seed{s}", "lenet5", 0.0, d, b)
+  _write(pdir, "cand-b-seed0", "lenet5", 0.0, 0.90, 5)
+  _write(pdir, "cand-b-seed7", "lenet5", 0.0, 0.99, 5)  # no float model of seed 7: ignored
+  rows = {r["candidate"]: r for r in frontier.summarize(frontier.load_records(str(tmp_path)))}
+  a = rows["cand-a"]
+  assert a["seeds"] == [0, 1, 2]
+  np.testing.assert_allclose(a["acc_mean"], np.mean([0.955, 0.953, 0.950]))
+  np.testing.assert_allclose(a["acc_std"], np.std([0.955, 0.953, 0.950], ddof=1))
+  np.testing.assert_allclose(a["bytes_mean"], 12.0)
+  np.testing.assert_allclose(a["bytes_std"], 2.0)
+  np.testing.assert_allclose(a["gap_pp"], 100 * (0.96 - np.mean([0.955, 0.953, 0.950])))
+  np.testing.assert_allclose(a["ratio"], 1000 / 12)
+  assert a["within_band"]  # 0.96 - 0.9527: 0.73 pp
+  b = rows["cand-b"]
+  assert b["seeds"] == [0] and b["acc_std"] == 0.0 and not b["within_band"]  # 6 pp
+  assert "cand-a" in frontier.format_table(list(rows.values()))
+
+
+def test_evaluate_reads_a_file_of_params_alone(tmp_path):
+  """Sweep points store the params tree alone; `hemp-jax evaluate` reads those too."""
+  config = cli.load_config(os.path.join(ROOT, "experiments/configs/default.py"))
+  graphdef, state, _, pipe = train.build(config)
+  path = str(tmp_path / "p.hemp")
+  params = jax.tree.map(np.asarray, state.params)
+  codebooks = hj.fit_codebooks(params, 4)
+  codec.compress_file(params, path, codebooks=codebooks)
+  quantized = train.quantize_params(state.params, codebooks)
+  direct = train._evaluate(
+    jax.jit(train.make_eval_step(graphdef)), quantized, state.model_state, pipe.eval()
+  )
+  assert train.evaluate_model_file(config, path) == pytest.approx(direct, abs=0)
