@@ -8,8 +8,9 @@
 ``.safetensors``   read with the ``safetensors`` numpy API; keys are split on ``.``
                    (the PyTorch ``state_dict`` convention: ``layer1.0.conv1.weight``)
 orbax directory    a PyTree checkpoint (a directory holding ``_METADATA``), a step
-                   directory of a ``CheckpointManager`` (its items), or a manager root
-                   (its latest step); restored without a target, as numpy arrays
+                   directory of a ``CheckpointManager`` (its items, as a dict by item name;
+                   a single item named ``default`` is returned as is), or a manager
+                   root (its latest step); restored without a target, as numpy arrays
 ``.msgpack``       ``flax.serialization.msgpack_restore`` of the file bytes
 ``.hemp``          :func:`hemp_jax.codec.decompress`
 =================  ======================================================================
@@ -27,7 +28,6 @@ coder, losslessly (same decoded values, bit for bit).
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from typing import Any
@@ -150,44 +150,7 @@ def _read_npz(path: str) -> dict:
 def _read_safetensors(path: str) -> dict:
   from safetensors.numpy import load_file
 
-  try:
-    flat = load_file(path)
-  except Exception as e:  # bf16 tensors have no numpy dtype in the numpy API
-    if "bfloat16" not in str(e) and "BF16" not in str(e):
-      raise
-    flat = _read_safetensors_bf16(path)
-  return unflatten_names(flat, ".")
-
-
-def _read_safetensors_bf16(path: str) -> dict:
-  import ml_dtypes
-
-  dtypes = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-  }
-  with open(path, "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
-    data = f.read()
-  flat = {}
-  for key, info in header.items():
-    if key == "__metadata__":
-      continue
-    if info["dtype"] not in dtypes:
-      raise ValueError(f"tensor {key!r}: unsupported safetensors dtype {info['dtype']}")
-    a, b = info["data_offsets"]
-    arr = np.frombuffer(data[a:b], np.dtype(dtypes[info["dtype"]]).newbyteorder("<"))
-    flat[key] = arr.astype(dtypes[info["dtype"]]).reshape(info["shape"])
-  return flat
+  return unflatten_names(load_file(path), ".")
 
 
 def _read_msgpack(path: str) -> Any:
@@ -245,6 +208,8 @@ def _read_orbax(path: str) -> dict:
   ckpt = ocp.PyTreeCheckpointer()
   if items == [path]:
     return _to_numpy_tree(ckpt.restore(path))
+  if len(items) == 1 and os.path.basename(items[0]) == "default":  # a manager's one item
+    return _to_numpy_tree(ckpt.restore(items[0]))
   return {os.path.basename(d): _to_numpy_tree(ckpt.restore(d)) for d in items}
 
 
@@ -324,12 +289,7 @@ def write_checkpoint(tree, path, fmt: str | None = None) -> int:
   elif fmt == "safetensors":
     from safetensors.numpy import save_file
 
-    bf16 = [k for k, v in flat.items() if v.dtype.name == "bfloat16"]
-    if bf16:
-      raise ValueError(
-        f"{path}: the safetensors numpy API cannot write bfloat16 ({bf16[0]!r}); write .npz"
-      )
-    save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, tmp)
+    save_file({k: np.require(v, requirements="C") for k, v in flat.items()}, tmp)
   else:
     raise ValueError(f"cannot write {fmt!r} checkpoints (npz or safetensors)")
   os.replace(tmp, path)
