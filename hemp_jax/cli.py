@@ -181,6 +181,7 @@ def _compress_checkpoint(args):
       exclude=args.exclude,
       quantize_vectors=args.quantize_vectors,
       quantize_norm_stats=args.quantize_norm_stats,
+      zero_level=not args.no_zero_level,
       progress=False if args.no_progress else None,
     )
   except codec.FormatError as e:
@@ -304,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     "--quantize-norm-stats",
     action="store_true",
     help="quantize normalization statistics too (running means/variances)",
+  )
+  p.add_argument(
+    "--no-zero-level",
+    action="store_true",
+    help="grids without a level at 0 (every weight keeps its sign; better at ~1 bit/param)",
   )
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=_cmd_compress, takes_overrides=True)
