@@ -216,3 +216,13 @@ def test_orbax_manager_root_reads_latest_step(tmp_path):
   got = checkpoints.read_checkpoint(str(root))
   assert got["w"].tolist() == [2.0] * 4
   shutil.rmtree(root)
+
+
+def test_unflatten_names_keeps_conflicting_keys_whole():
+  flat = {"a.b": 1, "a.b.c": 2, "x.y": 3, ".hidden": 4, "p..q": 5}
+  tree = checkpoints.unflatten_names(flat, ".")
+  assert tree == {"a": {"b": 1}, "a.b.c": 2, "x": {"y": 3}, ".hidden": 4, "p..q": 5}
+  assert checkpoints.flatten_tree({"a": {"b": np.ones(1)}, "x": {"y": np.ones(1)}}, ".").keys() == {
+    "a.b",
+    "x.y",
+  }
