@@ -92,6 +92,7 @@ _ECSQ_ITERS = 8
 _LLOYD_ITERS = 25
 _LLOYD_LEVELS = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256)
 _STEP_GRID = 2.0 ** np.arange(-8.0, 2.01, 1 / 3)  # step / robust scale
+_ECSQ_WINDOW = 2.0 ** np.arange(-1.0, 1.34, 1 / 3)  # ECSQ steps / the uniform step
 
 
 class SortedStats(NamedTuple):
@@ -162,6 +163,16 @@ def _fit(st: SortedStats, levels: np.ndarray, thresholds: np.ndarray) -> Fit:
   return Fit(levels, thresholds, cnt, sqerr, estimate_bits(cnt, st.itemsize))
 
 
+def _distinct(levels: np.ndarray) -> np.ndarray:
+  """A sorted array without repeats (levels that rounding made equal)."""
+  if levels.size < 2:
+    return levels
+  keep = np.empty(levels.size, bool)
+  keep[0] = True
+  np.greater(levels[1:], levels[:-1], out=keep[1:])
+  return levels if keep.all() else levels[keep]
+
+
 def _round_levels(levels: np.ndarray, dtype) -> np.ndarray:
   """Levels as the file stores them (leaf dtype, then float32 codebooks), float64."""
   r = np.asarray(levels, np.float64).astype(dtype).astype(np.float32).astype(np.float64)
@@ -184,7 +195,7 @@ def fit_uniform(st: SortedStats, step: float, dtype=np.float32, zero_level: bool
       f"(at most {1 << 16}); use a larger step"
     )
   levels = _round_levels((np.arange(lo, hi + 1) + off) * step, dtype)
-  return _nearest(st, np.unique(levels))
+  return _nearest(st, _distinct(levels))
 
 
 def _nearest(st: SortedStats, levels: np.ndarray) -> Fit:
@@ -305,8 +316,9 @@ def fit_ecsq(
 
 def _assign(st: SortedStats, levels: np.ndarray, cost: np.ndarray) -> Fit:
   """Assignment by the lower envelope; levels merged by rounding are merged first."""
-  levels, idx = np.unique(levels, return_index=True)
-  cost = cost[idx]
+  if levels.size > 1 and not (np.diff(levels) > 0).all():
+    levels, idx = np.unique(levels, return_index=True)
+    cost = cost[idx]
   lv, thr = _envelope(levels, cost)
   cnt, s1, s2 = _cells(st, thr)
   used = cnt > 0
@@ -357,18 +369,30 @@ def relative_error(fit: Fit, st: SortedStats) -> float:
 # ------------------------------------------------------------------------ families
 
 
-def _family(st: SortedStats, method: str, dtype, zero_level: bool = True) -> list:
-  """(parameter, fit thunk) from the finest to the coarsest member of a method's family."""
+def _family(st: SortedStats, method: str, dtype, zero_level: bool = True, steps=None) -> list:
+  """(parameter, fit thunk) from the finest to the coarsest member of a method's family.
+
+  ``steps``: the steps to try (uniform/ecsq); default a geometric grid (ratio 2^(1/3))
+  from 2^-8 to 4 times the tensor's robust scale.
+  """
   if method == "lloyd":
     return [
       (float(k), (lambda k=k: fit_lloyd(st, k, dtype=dtype, zero_level=zero_level)))
       for k in _LLOYD_LEVELS[::-1]
     ]
-  steps = st.scale * _STEP_GRID
+  steps = st.scale * _STEP_GRID if steps is None else np.asarray(steps, np.float64)
   span = st.w[-1] - st.w[0]
   steps = steps[span / steps < (1 << 16) - 2]
   fn = fit_uniform if method == "uniform" else fit_ecsq
   return [(float(s), (lambda s=s: fn(st, s, dtype=dtype, zero_level=zero_level))) for s in steps]
+
+
+def _step_at_error(pts, target: float) -> float:
+  """The step of a (uniform) family at which its relative error reaches ``target``."""
+  errs = np.array([max(e, 1e-300) for _, _, e in pts])
+  steps = np.array([a for a, _, _ in pts])
+  order = np.argsort(errs)
+  return float(np.exp(np.interp(math.log(target), np.log(errs[order]), np.log(steps[order]))))
 
 
 def _refine(st, method, dtype, zero_level, lo_param, hi_param, ok, rounds=6):
@@ -519,14 +543,24 @@ def quantize_tree(
       fits[p] = fn(st, num_levels, dtype=x.dtype, zero_level=zero_level)
       results[p].param = num_levels
     else:
-      fam = _family(st, method, x.dtype, zero_level)
-      pts = []
-      for param, thunk in fam:
-        f = thunk()
-        pts.append((param, f, relative_error(f, st)))
-      curves[p] = pts
-    if progress is not None:
+      # ECSQ is ~10x the work of a uniform fit: its family is only tried over a window
+      # of steps around the uniform step that meets the target (found first)
+      fam = _family(st, "uniform" if method == "ecsq" else method, x.dtype, zero_level)
+      curves[p] = [(param, f, relative_error(f, st)) for param, f in ((a, t()) for a, t in fam)]
+    if progress is not None and method != "ecsq":
       progress(x.size)
+  if curves and method == "ecsq":
+    if bits_per_param is not None:
+      target = _equal_error_target(curves, stats, bits_per_param)
+    else:
+      target = max_rel_error
+    for p, pts in curves.items():
+      st, dtype = stats[p], np.asarray(flat[p]).dtype
+      s_u = _step_at_error(pts, target)
+      fam = _family(st, "ecsq", dtype, zero_level, s_u * _ECSQ_WINDOW)
+      curves[p] = [(param, f, relative_error(f, st)) for param, f in ((a, t()) for a, t in fam)]
+      if progress is not None:
+        progress(st.n)
 
   if curves:
     if bits_per_param is not None:
@@ -622,8 +656,8 @@ def _apply(x: np.ndarray, f: Fit) -> tuple[np.ndarray, np.ndarray]:
 def _exact_rel_error(x, q) -> float:
   a = np.asarray(x, np.float64)
   d = a - np.asarray(q, np.float64)
-  e = float(np.vdot(a, a))
-  return math.sqrt(float(np.vdot(d, d)) / e) if e > 0 else 0.0
+  e = float(np.square(a).sum())  # not BLAS vdot: its threads spin on a busy machine
+  return math.sqrt(float(np.square(d).sum()) / e) if e > 0 else 0.0
 
 
 # ------------------------------------------------------------------- checkpoints
