@@ -112,6 +112,29 @@ def _cmd_compress(args, rest):
   if args.workdir is not None:
     if args.checkpoint is not None:
       raise UsageError("give either a CHECKPOINT or --workdir DIR, not both")
+    defaults = build_parser().parse_args(["compress", "x"])
+    ptq_options = [
+      "--" + k.replace("_", "-")
+      for k in (
+        "method",
+        "levels",
+        "step",
+        "bits_per_param",
+        "max_rel_error",
+        "min_size",
+        "include",
+        "exclude",
+        "quantize_vectors",
+        "quantize_norm_stats",
+        "no_zero_level",
+      )
+      if getattr(args, k) != getattr(defaults, k)
+    ]
+    if ptq_options:
+      raise UsageError(
+        f"{', '.join(ptq_options)}: quantization options apply to a CHECKPOINT; --workdir "
+        "uses the codebooks of its training config"
+      )
     return _compress_workdir(args, rest)
   if args.checkpoint is None:
     raise UsageError("compress needs a CHECKPOINT (or --workdir DIR of `hemp-jax train`)")

@@ -185,6 +185,8 @@ def test_workdir_and_checkpoint_are_exclusive(tmp_path):
     _run(["compress", "a.npz", "--workdir", str(tmp_path)])
   with pytest.raises(UsageError, match="needs a CHECKPOINT"):
     _run(["compress"])
+  with pytest.raises(UsageError, match="--bits-per-param, --no-zero-level: quantization options"):
+    _run(["compress", "--workdir", str(tmp_path), "--bits-per-param", "2", "--no-zero-level"])
 
 
 def test_safetensors_bf16_reader(tmp_path):
