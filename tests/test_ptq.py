@@ -219,3 +219,42 @@ def test_bad_targets():
     ptq.quantize_tree(flat, method="lloyd", step=0.1)
   with pytest.raises(ValueError, match="needs .* levels"):
     ptq.fit_uniform(ptq.sorted_stats(flat["w"]), 1e-9)
+
+
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(bits_per_param=2.0),
+    dict(max_rel_error=0.1),
+    dict(step=0.05),
+    dict(num_levels=4),
+    dict(method="ecsq", bits_per_param=2.0),
+    dict(method="lloyd", num_levels=4),
+    dict(bits_per_param=2.0, zero_level=False),
+  ],
+)
+def test_edge_tensors_and_dtypes_round_trip(kw):
+  import ml_dtypes
+
+  rng = np.random.default_rng(0)
+  flat = {
+    "zero/kernel": np.zeros((32, 32), np.float32),
+    "const/kernel": np.full((32, 32), 0.3, np.float32),
+    "neg/kernel": np.full((32, 32), -0.2, np.float32),
+    "bf16/kernel": rng.laplace(0, 0.1, (64, 64)).astype(ml_dtypes.bfloat16),
+    "f64/kernel": rng.laplace(0, 0.1, (64, 64)),
+    "f16/kernel": rng.laplace(0, 0.1, (64, 64)).astype(np.float16),
+    "nan/kernel": np.full((32, 32), np.nan, np.float32),
+  }
+  values, cbs, results = ptq.quantize_tree(flat, **kw)
+  res = {r.path: r for r in results}
+  assert not res["nan/kernel"].quantized and res["nan/kernel"].reason == "non-finite values"
+  for p in ("zero/kernel", "const/kernel", "neg/kernel"):  # one level, exact
+    assert res[p].quantized and res[p].levels == 1 and res[p].rel_error == 0.0, p
+  blob = codec.compress(
+    checkpoints.unflatten_names(values, "/"), checkpoints.unflatten_names(cbs, "/")
+  )
+  dec = checkpoints.flatten_tree(codec.decompress(blob))
+  for p, v in values.items():
+    v = np.asarray(v)
+    assert dec[p].dtype == flat[p].dtype and dec[p].tobytes() == v.tobytes(), p

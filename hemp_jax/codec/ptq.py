@@ -223,7 +223,7 @@ def fit_uniform_levels(
   n_lv = int(num_levels)
   if n_lv < 2:
     raise ValueError(f"num_levels must be >= 2, got {num_levels}")
-  lo, hi = st.w[0], st.w[-1]
+  lo, hi = min(st.w[0], 0.0), max(st.w[-1], 0.0)  # the grid reaches 0 and the values
   span = max(hi - lo, 1e-30)
   # the zero level's position: as many levels below 0 as the range suggests
   below = int(np.clip(np.rint((n_lv - 1) * max(-lo, 0.0) / span), 0, n_lv - 1))
@@ -297,8 +297,6 @@ def fit_ecsq(
   bits_per_level = (8 * st.itemsize + _LEVEL_TABLE_BITS) if level_cost else 0.0
   cost_of = lambda c: lam * (np.log2(n / c) + bits_per_level / c)
   for _ in range(iters):
-    if fit.levels.size < 2:
-      break
     levels, thr = _envelope(fit.levels, cost_of(fit.counts))
     cnt, s1, _ = _cells(st, thr)
     used = cnt > 0
@@ -534,7 +532,10 @@ def quantize_tree(
   for p in chosen:
     x = np.asarray(flat[p])
     st = stats[p] = sorted_stats(x)
-    if step is not None:
+    if st.w[0] == st.w[-1]:  # one value (all zeros, a constant): one exact level
+      lv = _round_levels(st.w[:1], x.dtype)
+      fits[p] = _fit(st, lv, np.zeros(0))
+    elif step is not None:
       fn = fit_uniform if method == "uniform" else fit_ecsq
       fits[p] = fn(st, step, dtype=x.dtype, zero_level=zero_level)
       results[p].param = step
@@ -600,7 +601,7 @@ def _pick(pts, target, method, st, dtype, zero_level) -> Fit:
     return pts[i][1]
   fn = lambda f: relative_error(f, st) <= target
   best = _refine(st, method, dtype, zero_level, pts[i][0], pts[i + 1][0], fn)
-  return best if best.bits <= pts[i][1].bits else pts[i][1]
+  return best if best.bits < pts[i][1].bits else pts[i][1]  # ties: the smaller error
 
 
 def _rate_curve(pts) -> tuple[np.ndarray, np.ndarray]:
