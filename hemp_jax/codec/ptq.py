@@ -734,7 +734,14 @@ def compress_checkpoint(
   if progress or (progress is None and total >= 2_000_000):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="param", unit_scale=True, desc="fitting", leave=False)
+    bar = tqdm(
+      total=total,
+      unit="param",
+      unit_scale=True,
+      desc="fitting",
+      leave=False,
+      disable=None if progress is None else False,  # None: only on a terminal
+    )
   try:
     values, codebooks, results = quantize_tree(
       flat,
