@@ -9,8 +9,9 @@ with the same coder (``hemp_jax.codec.compress``) and its bytes counted. The byt
 the nearest-level files at the MSE of each ECSQ file is interpolated (log bytes against
 log MSE, between neighbouring nearest-level files); the table prints the ECSQ saving.
 Trees: a synthetic Laplace tree, and (``--lenet``) the float LeNet-5 of the offline sweep
-(``hemp-jax sweep experiments/sweeps/mnist5k_offline.py --only lenet5-float`` writes its
-``float.npz``; any ``.npz`` of the LeNet-5 params with '/'-joined keys works).
+(``hemp-jax sweep experiments/sweeps/mnist5k_offline.py --results R --scratch S --only
+lenet5-float`` writes ``S/lenet5-float/float.npz``, ~1 CPU minute; pass it as is, or any
+``.npz`` of the LeNet-5 params with '/'-joined keys such as ``params/conv1/kernel``).
 
 Part 2 (``--lenet``): decoded test accuracy on MNIST-5k of PTQ (uniform) and PTQ + ECSQ
 at equal file size (``--bits-per-param`` targets), through ``hemp_jax.train``.
@@ -333,6 +334,20 @@ def big_tree(out_dir: str, bits: float = 3.0, method: str = "uniform") -> dict:
   }
 
 
+def sweep_float_to_npz(src: str, dst: str) -> str:
+  """The sweep's ``float.npz`` (keys like ``params/['conv1']['kernel']``) with '/' keys."""
+  import re
+
+  with np.load(src) as z:
+    flat = {}
+    for k in z.files:
+      prefix, _, rest = k.partition("/")
+      parts = re.findall(r"\['([^']*)'\]", rest)
+      flat["/".join([prefix] + parts) if parts else k] = z[k]
+  np.savez(dst, **flat)
+  return dst
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--lenet", help="float LeNet-5 params .npz ('params/conv1/kernel', ...)")
@@ -343,6 +358,10 @@ def main(argv=None):
     rate_at_equal_error(checkpoints.flatten_tree(laplace_tree())),
   )
   if args.lenet:
+    with np.load(args.lenet) as z:
+      sweep_keys = any("['" in k for k in z.files)
+    if sweep_keys:  # the sweep's float.npz: convert its keys once
+      args.lenet = sweep_float_to_npz(args.lenet, os.path.join(tempfile.mkdtemp(), "lenet5.npz"))
     flat = checkpoints.flatten_tree(checkpoints.read_checkpoint(args.lenet))
     print_rows("float LeNet-5: ECSQ vs nearest level, same coder", rate_at_equal_error(flat))
     print(f"\nfloat LeNet-5 test accuracy {float_accuracy(args.lenet):.3f}; PTQ decoded:")
