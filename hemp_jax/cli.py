@@ -107,6 +107,43 @@ def _workdir_config(workdir: str, rest) -> ml_collections.ConfigDict:
 
 
 def _cmd_compress(args, rest):
+  from hemp_jax.errors import UsageError
+
+  if args.workdir is not None:
+    if args.checkpoint is not None:
+      raise UsageError("give either a CHECKPOINT or --workdir DIR, not both")
+    defaults = build_parser().parse_args(["compress", "x"])
+    ptq_options = [
+      "--" + k.replace("_", "-")
+      for k in (
+        "method",
+        "levels",
+        "step",
+        "bits_per_param",
+        "max_rel_error",
+        "min_size",
+        "include",
+        "exclude",
+        "quantize_vectors",
+        "quantize_norm_stats",
+        "no_zero_level",
+      )
+      if getattr(args, k) != getattr(defaults, k)
+    ]
+    if ptq_options:
+      raise UsageError(
+        f"{', '.join(ptq_options)}: quantization options apply to a CHECKPOINT; --workdir "
+        "uses the codebooks of its training config"
+      )
+    return _compress_workdir(args, rest)
+  if args.checkpoint is None:
+    raise UsageError("compress needs a CHECKPOINT (or --workdir DIR of `hemp-jax train`)")
+  if rest:
+    raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
+  return _compress_checkpoint(args)
+
+
+def _compress_workdir(args, rest):
   config = _workdir_config(args.workdir, rest)
   from hemp_jax import codec, train
 
@@ -119,23 +156,94 @@ def _cmd_compress(args, rest):
   return 0
 
 
+def _compress_checkpoint(args):
+  from hemp_jax import codec
+  from hemp_jax.codec import ptq
+  from hemp_jax.errors import UsageError
+
+  src = args.checkpoint
+  targets = [
+    name
+    for name, v in (
+      ("--levels", args.levels),
+      ("--step", args.step),
+      ("--bits-per-param", args.bits_per_param),
+    )
+    if v is not None
+  ]
+  if len(targets) > 1:
+    raise UsageError(
+      f"give one of --levels, --step, --bits-per-param (got {' and '.join(targets)})"
+    )
+  max_rel = args.max_rel_error
+  if not targets and max_rel is None:
+    max_rel = ptq.DEFAULT_MAX_REL_ERROR
+  out = args.output or os.path.splitext(src.rstrip("/"))[0] + ".hemp"
+  if os.path.abspath(out) == os.path.abspath(src):
+    raise UsageError(f"{out}: the output would overwrite the input; give another -o")
+  try:
+    fmt = codec.checkpoint_format(src)
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from None
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if fmt == "hemp" and (targets or args.max_rel_error is not None or args.method != "uniform"):
+    raise UsageError(
+      f"{src}: a .hemp input is re-encoded losslessly; drop the quantization options"
+    )
+  try:
+    res = ptq.compress_checkpoint(
+      src,
+      method=args.method,
+      step=args.step,
+      num_levels=args.levels,
+      bits_per_param=args.bits_per_param,
+      max_rel_error=max_rel,
+      min_size=args.min_size,
+      include=args.include,
+      exclude=args.exclude,
+      quantize_vectors=args.quantize_vectors,
+      quantize_norm_stats=args.quantize_norm_stats,
+      zero_level=not args.no_zero_level,
+      progress=False if args.no_progress else None,
+    )
+  except codec.FormatError as e:
+    raise UsageError(f"{src}: {e}") from None
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from None
+  except ValueError as e:
+    msg = str(e)
+    raise UsageError(msg if msg.startswith(src) else f"{src}: {msg}") from None
+  with open(out, "wb") as f:
+    f.write(res.blob)
+  report = codec.inspect(res.blob)
+  if res.results:
+    print(ptq.format_table(res.results, report))
+  else:
+    print(codec.format_inspection(report))
+  print(f"wrote {out}: {len(res.blob)} bytes from {fmt} {src} ({res.seconds:.2f} s CPU)")
+  return 0
+
+
 def _cmd_decompress(args, rest):
-  import jax
-  import numpy as np
+  from hemp_jax import codec
+  from hemp_jax.errors import UsageError
 
-  from hemp_jax import codec, groups
-
+  out = args.output or os.path.splitext(args.file)[0] + ".npz"
+  if not out.endswith((".npz", ".safetensors")):
+    raise UsageError(f"{out}: the output must end in .npz or .safetensors")
   try:
     tree = codec.decompress_file(args.file)
+  except FileNotFoundError:
+    raise UsageError(f"{args.file}: no such file") from None
   except codec.FormatError as e:
-    print(f"error: {args.file}: {e}", file=sys.stderr)
-    return 2
-  flat = {
-    groups.path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
-  out = args.output or os.path.splitext(args.file)[0] + ".npz"
-  np.savez(out, **flat)
-  print(f"wrote {out}: {len(flat)} arrays ('/'-joined paths as keys)")
+    raise UsageError(f"{args.file}: {e}") from None
+  try:
+    count = codec.write_checkpoint(tree if isinstance(tree, dict) else {"params": tree}, out)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  sep = "." if out.endswith(".safetensors") else "/"
+  print(f"wrote {out}: {count} arrays ('{sep}'-joined paths as keys)")
   return 0
 
 
@@ -181,13 +289,56 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", required=True, help="config file (file.py or file.py:arg)")
   p.add_argument("--workdir", required=True, help="output directory (resumed if it exists)")
   p.set_defaults(func=_cmd_train, takes_overrides=True)
-  p = sub.add_parser("compress", help="write the .hemp file of a trained work directory")
-  p.add_argument("--workdir", required=True, help="a `hemp-jax train` work directory")
-  p.add_argument("-o", "--output", help="output file (default <workdir>/model.hemp)")
+  p = sub.add_parser(
+    "compress",
+    help="compress a checkpoint (.npz, .safetensors, orbax dir, msgpack, .hemp) or a work dir",
+    description="Quantizes and entropy-codes a checkpoint into a .hemp file, without "
+    "retraining (a .hemp input is re-encoded losslessly), or writes the .hemp file of a "
+    "`hemp-jax train` work directory (--workdir).",
+  )
+  p.add_argument("checkpoint", nargs="?", help=".npz, .safetensors, orbax dir, .msgpack, .hemp")
+  p.add_argument("--workdir", help="a `hemp-jax train` work directory instead of a checkpoint")
+  p.add_argument("-o", "--output", help="output .hemp (default: next to the input)")
+  p.add_argument(
+    "--method",
+    choices=("uniform", "lloyd", "ecsq"),
+    default="uniform",
+    help="uniform grid with a zero level (default), Lloyd-Max, or "
+    "entropy-constrained (rate-distortion) quantization",
+  )
+  p.add_argument("--levels", type=int, help="N levels per tensor (uniform, lloyd)")
+  p.add_argument("--step", type=float, help="step of the uniform grid (uniform, ecsq)")
+  p.add_argument(
+    "--bits-per-param", type=float, help="target coded bits per quantized parameter (searched)"
+  )
+  p.add_argument(
+    "--max-rel-error",
+    type=float,
+    help="per-tensor bound on ||w - q(w)|| / ||w|| (default 0.05 when no other target is given)",
+  )
+  p.add_argument(
+    "--min-size", type=int, default=256, help="tensors with fewer values stay float (default 256)"
+  )
+  p.add_argument("--include", help="regex: only matching paths are quantized")
+  p.add_argument("--exclude", help="regex: matching paths stay float")
+  p.add_argument(
+    "--quantize-vectors", action="store_true", help="quantize 1-D tensors too (biases, norm scales)"
+  )
+  p.add_argument(
+    "--quantize-norm-stats",
+    action="store_true",
+    help="quantize normalization statistics too (running means/variances)",
+  )
+  p.add_argument(
+    "--no-zero-level",
+    action="store_true",
+    help="grids without a level at 0 (every weight keeps its sign; better at ~1 bit/param)",
+  )
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=_cmd_compress, takes_overrides=True)
-  p = sub.add_parser("decompress", help="decode a .hemp file into an .npz of arrays")
+  p = sub.add_parser("decompress", help="decode a .hemp file into an .npz or .safetensors")
   p.add_argument("file")
-  p.add_argument("-o", "--output", help="output .npz (default: next to the file)")
+  p.add_argument("-o", "--output", help="output .npz or .safetensors (default: next to the file)")
   p.set_defaults(func=_cmd_decompress)
   p = sub.add_parser("evaluate", help="test accuracy of the model decoded from a .hemp file")
   p.add_argument("file")

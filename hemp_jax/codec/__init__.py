@@ -34,3 +34,22 @@ __all__ = [
   "compress_file",
   "decompress_file",
 ]
+
+# Checkpoints of other formats and post-training quantization (issue 11).
+from hemp_jax.codec.checkpoints import (
+  checkpoint_format,
+  read_checkpoint,
+  reencode_hemp,
+  write_checkpoint,
+)
+from hemp_jax.codec.ptq import compress_checkpoint, quantize_tree, select_leaves
+
+__all__ += [
+  "checkpoint_format",
+  "read_checkpoint",
+  "write_checkpoint",
+  "reencode_hemp",
+  "compress_checkpoint",
+  "quantize_tree",
+  "select_leaves",
+]
