@@ -48,6 +48,32 @@ CANDIDATES = {
   # LeNet-300-100.
   "l3-h-s5-e30": ("lenet300", 30, dict(hemp__strength=5.0, qat_epochs=1), "hemp"),
   "l3-h-s10-e30": ("lenet300", 30, dict(hemp__strength=10.0, qat_epochs=1), "hemp"),
+  "l3-h-s7-e30": ("lenet300", 30, dict(hemp__strength=7.0, qat_epochs=1), "hemp"),
+  "l3-h-s7-e60": ("lenet300", 60, dict(hemp__strength=7.0, qat_epochs=1), "hemp"),
+  "l3-h-s5-e60": ("lenet300", 60, dict(hemp__strength=5.0, qat_epochs=1), "hemp"),
+  "l3-h-s6-e60-q3": ("lenet300", 60, dict(hemp__strength=6.0, qat_epochs=3), "hemp"),
+  "l3-h-s7-e60-N16": (
+    "lenet300",
+    60,
+    dict(hemp__strength=7.0, qat_epochs=1, quantizer__num_levels=16),
+    "hemp",
+  ),
+  "l3-h-s10-e60-N16": (
+    "lenet300",
+    60,
+    dict(hemp__strength=10.0, qat_epochs=1, quantizer__num_levels=16),
+    "hemp",
+  ),
+  "l3-h-s7-e60-lr3e-4": (
+    "lenet300",
+    60,
+    dict(hemp__strength=7.0, qat_epochs=1, optimizer__learning_rate=3e-4),
+    "hemp",
+  ),
+  "l3-h-s7-e60-o1": ("lenet300", 60, dict(hemp__strength=7.0, qat_epochs=1, hemp__order=1), "hemp"),
+  "l3-h-s6-e100-q3": ("lenet300", 100, dict(hemp__strength=6.0, qat_epochs=3), "hemp"),
+  "l3-h-s6-e60-q6": ("lenet300", 60, dict(hemp__strength=6.0, qat_epochs=6), "hemp"),
+  "l3-h-s5.5-e60-q3": ("lenet300", 60, dict(hemp__strength=5.5, qat_epochs=3), "hemp"),
   "l3-hp-mag0.9-s5-e30": (
     "lenet300",
     30,
