@@ -1,0 +1,596 @@
+"""Probability models of the ``.hemp`` coder, format version 3.
+
+A quantized leaf's compact symbols (ints in ``[0, A)``) are coded as a matrix ``X`` of
+``L`` rows and ``C`` columns: column ``c`` is output unit ``c`` (its fan-in read in scan
+order), so the row above an entry is its predecessor in the estimator's scan stream.
+
+Layouts (:func:`layouts`). Size-1 axes are dropped first (an ``(out, in, 1, 1)`` kernel is
+an ``(out, in)`` matrix, a ``(1, 1, in, out)`` one an ``(in, out)`` matrix). Layout 0
+takes the last remaining axis as the output units (Flax ``(..., in, out)``):
+``X = flat.reshape(L, C)``; layout 1 the first (PyTorch ``(out, in, ...)``):
+``X = flat.reshape(C, L).T``. Leaves with fewer than two axes of size > 1 are one column
+(layout 0 only). The encoder tries both layouts and stores the one it used.
+
+Model kinds, chosen per tensor by the smallest estimated size, tables counted:
+
+* ``static`` (order ``m`` = 0..3): one table per context, the context being the ``m``
+  entries above in the same column (the *pad* symbol above the first rows). Order 0 is
+  one table for the whole leaf.
+* ``unit`` (order 0): one table per output unit (per column of ``X``).
+* ``polya`` (order ``m`` = 0..3): the static table of order ``m`` is the prior of
+  adaptive counts kept per (output unit, context): the k-th symbol of a unit in a context
+  is coded with weights ``n_a * 2**PRIOR_BITS + prior_a``, ``n_a`` the times symbol ``a``
+  was seen before in that unit and context, and
+  ``prior_a = max(1, w_a * beta * 2**PRIOR_BITS // sum(w))`` for ``w_a > 0`` (else 0), with
+  ``w`` the table's integer weights and ``beta`` (the prior's strength in symbols) one of
+  :data:`BETAS`. The code length of such a sequence does not depend on its order (a Polya
+  urn), so the encoder estimates it in closed form.
+
+Tables are the log-codes of :mod:`hemp_jax.codec.coder` (``s`` codes per octave, ``b``
+bits each, chosen per tensor). A context (or unit) whose table has a single nonzero
+symbol is *deterministic*: its symbols are not coded at all (zero bits, no coder call).
+
+Sequential models (static order >= 1, polya) are decoded row by row, every column of a
+row in one ``constriction`` call. A tall matrix is cut into ``S`` row segments of ``T``
+rows laid side by side (:func:`segment_rows`), so that the number of rows walked is at
+most ``max(SEGMENT_FREE_ROWS, n / SEGMENT_SYMBOLS)``: the per-row cost (~10 us) never
+dominates, whatever the shape. Each segment starts from the pad context (and fresh polya
+counts). Static order 0 and unit models have no sequential dependency: one call (in
+chunks) for the whole leaf. Symbols are coded in row-major order of the walked matrix
+(``X`` itself for the non-sequential models), skipping deterministic ones.
+
+Model section byte layout::
+
+    u8      kind (bits 0-1: 0 static, 1 unit, 2 polya) | order << 2 | layout << 4
+            | beta index << 5
+    u8      s index (bits 0-2) | (b - 1) << 3
+    varint  pad symbol                                     (order >= 1)
+    bytes   presence bitmap of the A**m contexts (LSB first) (order >= 1)
+    bytes   codes, b bits each, LSB first: P x A (static/polya: the P present contexts
+            in id order; order 0: P = 1) or C x A (unit)
+    bytes   payload: range coder words (u32 LE), trailing zero bytes dropped
+
+The decoder accepts exactly the models the encoder may write (:func:`allowed`), and
+bounds the work and memory of every one of them by the leaf's size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.special import gammaln
+
+from hemp_jax.codec import coder
+from hemp_jax.codec._wire import FormatError, Reader, pack_bits, unpack_bits, write_varint
+
+__all__ = [
+  "STATIC",
+  "UNIT",
+  "POLYA",
+  "KIND_NAMES",
+  "BETAS",
+  "Coded",
+  "Model",
+  "layouts",
+  "segment_rows",
+  "allowed",
+  "encode",
+  "decode",
+  "parse_model",
+]
+
+STATIC, UNIT, POLYA = 0, 1, 2
+KIND_NAMES = {STATIC: "static", UNIT: "unit", POLYA: "polya"}
+BETAS = (2, 4, 8, 16, 32, 64, 128, 1024)
+PRIOR_BITS = 12
+SEGMENT_FREE_ROWS = 1024  # matrices this tall or shorter are walked unsegmented
+SEGMENT_SYMBOLS = 2048  # otherwise at least this many symbols per walked row on average
+MAX_POLYA_CELLS = 1 << 22  # adaptive counts: present contexts x walked columns x A
+MAX_POLYA_SYMBOLS = 1 << 21  # the encoder only estimates polya below this size
+MAX_UNIT_CELLS = 1 << 22  # unit tables: C x A codes
+_CHUNK = 1 << 20  # gathered probabilities per encode/decode call (floats)
+
+_Categorical = coder._Categorical
+_RangeEncoder = coder._RangeEncoder
+_RangeDecoder = coder._RangeDecoder
+
+
+@dataclass(frozen=True)
+class Coded:
+  """One coded leaf: model section + payload, and what the encoder chose."""
+
+  kind: int
+  order: int
+  layout: int
+  model: bytes
+  payload: bytes
+  estimated_bits: float
+
+
+@dataclass(frozen=True)
+class Model:
+  """A parsed model section."""
+
+  kind: int
+  order: int
+  layout: int
+  beta: int
+  pad: int
+  s: int
+  bits: int
+  present: np.ndarray  # context ids with a table (static/polya), increasing
+  codes: np.ndarray  # (P, A) or (C, A) log-codes
+  model_bytes: int
+
+
+# ------------------------------------------------------------------------- geometry
+
+
+def layouts(shape: Sequence[int]) -> list[tuple[int, int]]:
+  """``(L, C)`` of each layout the coder may use for ``shape`` (index = layout id)."""
+  shape = tuple(int(d) for d in shape)
+  n = math.prod(shape)
+  dims = [d for d in shape if d != 1]
+  if len(dims) < 2 or n == 0:
+    return [(n, 1)]
+  return [(n // dims[-1], dims[-1]), (n // dims[0], dims[0])]
+
+
+def _matrix(flat: np.ndarray, rows: int, cols: int, layout: int) -> np.ndarray:
+  if layout == 0:
+    return flat.reshape(rows, cols)
+  return flat.reshape(cols, rows).T
+
+
+def _unmatrix(x: np.ndarray, layout: int) -> np.ndarray:
+  return (x if layout == 0 else x.T).reshape(-1)
+
+
+def segment_rows(rows: int, cols: int) -> tuple[int, int]:
+  """``(T, S)``: rows walked and segments per column for a sequential model."""
+  if rows <= SEGMENT_FREE_ROWS:
+    return rows, 1
+  t = max(SEGMENT_FREE_ROWS, -(-rows * cols // SEGMENT_SYMBOLS))
+  t = min(t, rows)
+  return t, -(-rows // t)
+
+
+def _walked(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+  """The walked matrix ``(T, S*C)`` of ``x`` (padded with 0 beyond the last row)."""
+  rows, cols = x.shape
+  t, s = segment_rows(rows, cols)
+  if s == 1:
+    return np.ascontiguousarray(x), t, s
+  y = np.zeros((s * t, cols), x.dtype)
+  y[:rows] = x
+  return y.reshape(s, t, cols).transpose(1, 0, 2).reshape(t, s * cols), t, s
+
+
+def _unwalk(y: np.ndarray, rows: int, cols: int, s: int) -> np.ndarray:
+  if s == 1:
+    return y
+  t = y.shape[0]
+  return y.reshape(t, s, cols).transpose(1, 0, 2).reshape(s * t, cols)[:rows]
+
+
+def _valid_width(t: int, rows: int, cols: int, seg_t: int, s: int) -> int:
+  """Columns of walked row ``t`` that hold real entries (a prefix)."""
+  return s * cols if (s - 1) * seg_t + t < rows else (s - 1) * cols
+
+
+def _valid_mask(rows: int, cols: int, seg_t: int, s: int) -> np.ndarray:
+  mask = np.ones((seg_t, s * cols), bool)
+  if s > 1:
+    last = rows - (s - 1) * seg_t  # rows of the last segment
+    mask[last:, (s - 1) * cols :] = False
+  return mask
+
+
+def _contexts(y: np.ndarray, a: int, order: int, pad: int) -> np.ndarray:
+  rows = y.shape[0]
+  ctx = np.zeros(y.shape, np.int64)
+  mult = 1
+  for j in range(1, order + 1):
+    if j < rows:
+      ctx[j:] += y[:-j].astype(np.int64) * mult
+    ctx[: min(j, rows)] += pad * mult
+    mult *= a
+  return ctx
+
+
+def allowed(shape: Sequence[int], a: int) -> dict:
+  """What the decoder accepts for a leaf: ``{layout: [(kind, order), ...]}``."""
+  out = {}
+  for lay, (rows, cols) in enumerate(layouts(shape)):
+    ok = [(STATIC, 0)]
+    if cols > 1 and cols * a <= MAX_UNIT_CELLS:
+      ok.append((UNIT, 0))
+    seg_t, s = segment_rows(rows, cols)
+    if s * cols * a <= MAX_POLYA_CELLS:
+      ok.append((POLYA, 0))
+    if a <= coder.MAX_CONTEXT_ALPHABET and seg_t >= 2:
+      for m in range(1, coder.MAX_ORDER + 1):
+        if a**m > coder.MAX_CONTEXTS:
+          break
+        ok.append((STATIC, m))
+        if a**m * s * cols * a <= MAX_POLYA_CELLS:
+          ok.append((POLYA, m))
+    out[lay] = ok
+  return out
+
+
+# ------------------------------------------------------------------------- estimates
+
+
+def _table_bytes(kind: int, order: int, a: int, pad: int, rows_in_table: int, b: int) -> int:
+  size = 2 + (rows_in_table * a * b + 7) // 8
+  if order:
+    size += coder.varint_size(pad) + (a**order + 7) // 8
+  return size
+
+
+def _prior(codes: np.ndarray, s: int, beta: int) -> np.ndarray:
+  """int64 prior pseudo-counts (scaled by 2**PRIOR_BITS) of a (P, A) code table."""
+  w = coder._int_weights(codes, s)
+  tot = w.sum(axis=1, keepdims=True)
+  scaled = (w * (beta << PRIOR_BITS)) // np.maximum(tot, 1)
+  return np.where(w > 0, np.maximum(scaled, 1), 0)
+
+
+def _polya_bits(cells: np.ndarray, codes: np.ndarray, s: int) -> tuple[float, int]:
+  """Smallest closed-form code length (bits) over BETAS and its beta index.
+
+  ``cells``: (P, U, A) counts per present context, unit and symbol.
+  """
+  best = (math.inf, 0)
+  occupied = cells.sum(axis=2) > 0  # only (context, unit) pairs that occur cost anything
+  c = cells[occupied].astype(np.float64)  # (Q, A)
+  pidx = np.nonzero(occupied)[0]
+  n = c.sum(axis=1)
+  for bi, beta in enumerate(BETAS):
+    alpha = _prior(codes, s, beta).astype(np.float64)[pidx] / (1 << PRIOR_BITS)
+    live = alpha > 0
+    al = np.where(live, alpha, 1.0)
+    b = alpha.sum(axis=1)
+    nats = (gammaln(n + b) - gammaln(b)).sum() - np.where(
+      live, gammaln(c + al) - gammaln(al), 0.0
+    ).sum()
+    bits = float(nats / math.log(2))
+    if bits < best[0]:
+      best = (bits, bi)
+  return best
+
+
+# -------------------------------------------------------------------------- encoder
+
+
+def _write_model(kind, order, layout, beta_index, pad, s_index, b, a, present, codes) -> bytes:
+  out = bytearray([kind | (order << 2) | (layout << 4) | (beta_index << 5), s_index | (b - 1) << 3])
+  if order:
+    write_varint(out, pad)
+    mask = np.zeros(a**order, np.uint8)
+    mask[present] = 1
+    out += np.packbits(mask, bitorder="little").tobytes()
+  out += pack_bits(codes.reshape(-1), b)
+  return bytes(out)
+
+
+def _candidates(x: np.ndarray, a: int, layout: int, max_order: int, allow: list, polya: bool):
+  """Scored candidates ``(total_bits, kind, order, beta index, pad, s index, b, present,
+  codes)`` of one layout's matrix ``x``."""
+  rows, cols = x.shape
+  out = []
+  counts0 = np.bincount(x.reshape(-1), minlength=a)
+  pad = int(np.argmax(counts0))
+  seq_orders = [m for k, m in allow if k == STATIC and 1 <= m <= max_order]
+  static = {}
+  bits, si, b, codes = coder._best_codes(counts0[None])
+  static[0] = (bits, si, b, codes, np.zeros(1, np.int64))
+  out.append((bits + 8 * _table_bytes(STATIC, 0, a, 0, 1, b), STATIC, 0, 0, 0, si, b, None, codes))
+  y = ctx = None
+  if seq_orders:
+    y, seg_t, s = _walked(x)
+    valid = _valid_mask(rows, cols, seg_t, s)
+    top = seq_orders[-1]
+    ctx = _contexts(y, a, top, pad)
+    joint = np.bincount((ctx[valid] * a + y[valid]), minlength=a ** (top + 1))
+    all_counts = {top: joint.reshape(-1, a)}
+    for m in range(top - 1, 0, -1):
+      all_counts[m] = all_counts[m + 1].reshape(a, -1, a).sum(axis=0)
+    best_total = out[0][0]
+    for m in seq_orders:
+      counts = all_counts[m]
+      present = np.flatnonzero(counts.sum(axis=1))
+      counts = counts[present]
+      occ = counts > 0
+      tot = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
+      h = float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum())
+      if h + 8 * _table_bytes(STATIC, m, a, pad, present.size, 1) >= best_total:
+        continue
+      bits, si, b, codes = coder._best_codes(counts)
+      total = bits + 8 * _table_bytes(STATIC, m, a, pad, present.size, b)
+      static[m] = (bits, si, b, codes, present)
+      best_total = min(best_total, total)
+      out.append((total, STATIC, m, 0, pad, si, b, present, codes))
+  if (UNIT, 0) in allow:
+    per_unit = (
+      np.bincount((x.astype(np.int64) * cols + np.arange(cols)).reshape(-1), minlength=a * cols)
+      .reshape(a, cols)
+      .T
+    )
+    bits, si, b, codes = coder._best_codes(per_unit)
+    out.append((bits + 8 * _table_bytes(UNIT, 0, a, 0, cols, b), UNIT, 0, 0, 0, si, b, None, codes))
+  if polya and x.size <= MAX_POLYA_SYMBOLS:
+    # adaptive counts on top of the best static model of this layout
+    best_static = min((c for c in out if c[1] == STATIC), key=lambda c: c[0])
+    m = best_static[2]
+    if (POLYA, m) in allow:
+      _, si, b, codes, present = static[m]
+      if m == 0:
+        yy, seg_t, s = _walked(x)
+        valid = _valid_mask(rows, cols, seg_t, s)
+        pc = np.zeros(yy.shape, np.int64)
+      else:
+        yy = y
+        pos = np.full(a**m, -1, np.int64)
+        pos[present] = np.arange(present.size)
+        pc = pos[ctx % a**m]
+      units = yy.shape[1]
+      cell = (pc * units + np.arange(units)) * a + yy
+      cells = np.bincount(cell[valid], minlength=present.size * units * a)
+      bits, bi = _polya_bits(cells.reshape(present.size, units, a), codes, coder.S_VALUES[si])
+      table = _table_bytes(POLYA, m, a, pad, present.size, b)
+      out.append((bits + 8 * table, POLYA, m, bi, pad if m else 0, si, b, present, codes))
+  return out
+
+
+def encode(
+  symbols: np.ndarray, alphabet: int, *, max_order: int = coder.MAX_ORDER, adaptive: bool = True
+) -> Coded:
+  """Codes a leaf's compact symbols (shape of the leaf, ints in ``[0, alphabet)``).
+
+  Requires at least one symbol and ``alphabet >= 2``. Every allowed model of every layout
+  is scored; the smallest estimated total (payload + model section) wins (ties: the
+  earlier candidate, i.e. layout 0, static, lower order).
+  """
+  symbols = np.asarray(symbols)
+  shape = symbols.shape
+  a = int(alphabet)
+  flat = symbols.reshape(-1).astype(np.int32)
+  allow = allowed(shape, a)
+  best = None
+  for lay, (rows, cols) in enumerate(layouts(shape)):
+    x = _matrix(flat, rows, cols, lay)
+    for cand in _candidates(x, a, lay, int(max_order), allow[lay], adaptive):
+      if best is None or cand[0] < best[0][0]:
+        best = (cand, lay)
+  (total, kind, m, bi, pad, si, b, present, codes), lay = best
+  rows, cols = layouts(shape)[lay]
+  x = _matrix(flat, rows, cols, lay)
+  s = coder.S_VALUES[si]
+  model = _write_model(
+    kind, m, lay, bi, pad, si, b, a, present if present is not None else [], codes
+  )
+  weights = coder._int_weights(codes, s)
+  det = (weights > 0).sum(axis=1) == 1
+  enc = _RangeEncoder()
+  if kind == STATIC and m == 0:
+    if not det[0]:
+      enc.encode(
+        np.ascontiguousarray(x).reshape(-1),
+        _Categorical(weights[0].astype(np.float32), perfect=False),
+      )
+  elif kind == UNIT:
+    _encode_gathered(enc, np.ascontiguousarray(x), weights.astype(np.float32), det, None)
+  else:
+    y, seg_t, s_ = _walked(x)
+    valid = _valid_mask(rows, cols, seg_t, s_)
+    if kind == STATIC:
+      table = np.zeros((a**m, a), np.float32)
+      table[present] = weights
+      dets = np.zeros(a**m, bool)
+      dets[present] = det
+      ctx = _contexts(y, a, m, pad)
+      _encode_gathered(enc, y, table, dets, ctx, valid)
+    else:
+      _encode_polya(enc, y, valid, rows, cols, seg_t, s_, a, m, pad, present, codes, s, bi)
+  payload = coder._words_to_bytes(enc.get_compressed())
+  return Coded(kind, m, lay, model, payload, total - 8 * len(model))
+
+
+def _encode_gathered(enc, y, table, det, ctx, valid=None) -> None:
+  """Codes ``y`` row-major with probabilities ``table[ctx]`` (``ctx`` None: the column),
+  skipping entries of deterministic contexts and invalid entries."""
+  rows, cols = y.shape
+  family = _Categorical(perfect=False)
+  step = max(1, _CHUNK // max(1, cols * table.shape[1]))
+  for r0 in range(0, rows, step):
+    yy = y[r0 : r0 + step]
+    c = ctx[r0 : r0 + step] if ctx is not None else np.broadcast_to(np.arange(cols), yy.shape)
+    keep = ~det[c]
+    if valid is not None:
+      keep &= valid[r0 : r0 + step]
+    if keep.any():
+      enc.encode(yy[keep].astype(np.int32), family, np.take(table, c[keep], axis=0))
+
+
+def _polya_weights(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
+  w = (counts << PRIOR_BITS) + prior
+  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
+  return np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
+
+
+def _encode_polya(enc, y, valid, rows, cols, seg_t, s, a, m, pad, present, codes, sval, bi):
+  nctx = a**m
+  pos = np.full(nctx, -1, np.int64)
+  pos[present] = np.arange(present.size)
+  prior = _prior(codes, sval, BETAS[bi])
+  det_p = (prior > 0).sum(axis=1) == 1
+  units = y.shape[1]
+  counts = np.zeros((present.size, units, a), np.int64)
+  ctx = np.full(units, sum(pad * a**j for j in range(m)), np.int64)
+  family = _Categorical(perfect=False)
+  buf_s, buf_p, held = [], [], 0
+  cols_idx = np.arange(units)
+  for t in range(seg_t):
+    w = _valid_width(t, rows, cols, seg_t, s)
+    row = y[t, :w]
+    p = pos[ctx[:w]]
+    keep = ~det_p[p]
+    if keep.any():
+      probs = _polya_weights(counts[p[keep], cols_idx[:w][keep]], prior[p[keep]])
+      buf_s.append(row[keep].astype(np.int32))
+      buf_p.append(probs)
+      held += probs.size
+    counts[p, cols_idx[:w], row] += 1
+    if m:
+      ctx[:w] = (ctx[:w] * a + row) % nctx
+    if held >= _CHUNK or (t == seg_t - 1 and buf_s):
+      enc.encode(np.concatenate(buf_s), family, np.concatenate(buf_p))
+      buf_s, buf_p, held = [], [], 0
+
+
+# -------------------------------------------------------------------------- decoder
+
+
+def parse_model(reader: Reader, shape: Sequence[int], alphabet: int) -> Model:
+  """Reads and validates a version-3 model section (leaves ``reader`` at the payload)."""
+  start = reader.pos
+  head = reader.u8("coder model header")
+  kind, m, lay, bi = head & 3, (head >> 2) & 3, (head >> 4) & 1, head >> 5
+  head2 = reader.u8("coder table header")
+  si, b = head2 & 7, ((head2 >> 3) & 7) + 1
+  if head2 >> 6:
+    reader.fail(f"coder table header {head2:#04x} has unknown bits")
+  a = int(alphabet)
+  allow = allowed(shape, a)
+  if lay not in allow or (kind, m) not in allow[lay]:
+    reader.fail(
+      f"model {KIND_NAMES.get(kind, kind)} order {m} layout {lay} is not allowed for shape "
+      f"{tuple(shape)} with {a} symbols"
+    )
+  if kind != POLYA and bi:
+    reader.fail("prior strength given for a model without a prior")
+  s = coder.S_VALUES[si]
+  pad = 0
+  if m:
+    pad = reader.varint("pad symbol", max_value=a - 1)
+    nctx = a**m
+    mask = np.unpackbits(
+      np.frombuffer(bytes(reader.take((nctx + 7) // 8, "context bitmap")), np.uint8),
+      bitorder="little",
+    )
+    if mask[nctx:].any():
+      reader.fail("context bitmap has bits beyond the contexts")
+    present = np.flatnonzero(mask[:nctx])
+    if present.size == 0:
+      reader.fail("context model without any context")
+  else:
+    present = np.zeros(1, np.int64)
+  rows_in_table = layouts(shape)[lay][1] if kind == UNIT else present.size
+  count = rows_in_table * a
+  codes = unpack_bits(reader.take((count * b + 7) // 8, "context tables"), count, b)
+  codes = codes.reshape(rows_in_table, a)
+  if codes.size and codes.max() > coder._max_j(s, b) + 1:
+    reader.fail(f"probability code {int(codes.max())} out of range")
+  if not np.all(codes.max(axis=1) > 0):
+    reader.fail("a table has no symbol with nonzero probability")
+  return Model(kind, m, lay, BETAS[bi], pad, s, b, present, codes, reader.pos - start)
+
+
+def decode(reader: Reader, shape: Sequence[int], alphabet: int) -> np.ndarray:
+  """Decodes a version-3 coder section (model + payload, to ``reader.end``): int32 symbols."""
+  shape = tuple(int(d) for d in shape)
+  info = parse_model(reader, shape, alphabet)
+  payload = reader.take(reader.remaining, "payload")
+  a = int(alphabet)
+  rows, cols = layouts(shape)[info.layout]
+  weights = coder._int_weights(info.codes, info.s)
+  det = (weights > 0).sum(axis=1) == 1
+  detsym = np.argmax(weights > 0, axis=1).astype(np.int32)
+  try:
+    dec = _RangeDecoder(coder._bytes_to_words(payload))
+    if info.kind == STATIC and info.order == 0:
+      if det[0]:
+        x = np.full((rows, cols), detsym[0], np.int32)
+      else:
+        model = _Categorical(weights[0].astype(np.float32), perfect=False)
+        x = np.asarray(dec.decode(model, rows * cols), np.int32).reshape(rows, cols)
+    elif info.kind == UNIT:
+      x = _decode_units(dec, rows, cols, weights.astype(np.float32), det, detsym)
+    else:
+      x = _decode_walk(dec, info, rows, cols, a, weights, det, detsym)
+  except FormatError:
+    raise
+  except (KeyboardInterrupt, SystemExit, GeneratorExit):
+    raise
+  except BaseException as e:  # noqa: B036 - constriction raises ValueError, or a
+    # pyo3 PanicException (a BaseException) on some malformed inputs.
+    raise FormatError(f"{reader.what}: range decoder failed: {type(e).__name__}: {e}") from None
+  out = _unmatrix(x, info.layout)
+  if out.size and (out.min() < 0 or out.max() >= a):
+    raise FormatError(f"{reader.what}: decoded symbol out of range")
+  return out.reshape(shape)
+
+
+def _decode_units(dec, rows, cols, table, det, detsym) -> np.ndarray:
+  x = np.empty((rows, cols), np.int32)
+  x[:] = detsym
+  live = np.flatnonzero(~det)
+  if live.size == 0:
+    return x
+  family = _Categorical(perfect=False)
+  step = max(1, _CHUNK // max(1, live.size * table.shape[1]))
+  probs_row = table[live]
+  for r0 in range(0, rows, step):
+    r1 = min(rows, r0 + step)
+    probs = np.broadcast_to(probs_row, (r1 - r0,) + probs_row.shape).reshape(-1, table.shape[1])
+    got = np.asarray(dec.decode(family, np.ascontiguousarray(probs)), np.int32)
+    x[r0:r1, live] = got.reshape(r1 - r0, live.size)
+  return x
+
+
+def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.ndarray:
+  m = info.order
+  seg_t, s = segment_rows(rows, cols)
+  units = s * cols
+  nctx = a**m
+  pos = np.zeros(nctx, np.int64)
+  pos[info.present] = np.arange(info.present.size)
+  known = np.zeros(nctx, bool)
+  known[info.present] = True
+  y = np.zeros((seg_t, units), np.int32)
+  ctx = np.full(units, sum(info.pad * a**j for j in range(m)), np.int64)
+  family = _Categorical(perfect=False)
+  cols_idx = np.arange(units)
+  polya = info.kind == POLYA
+  if polya:
+    prior = _prior(info.codes, info.s, info.beta)
+    det = (prior > 0).sum(axis=1) == 1
+    counts = np.zeros((info.present.size, units, a), np.int64)
+  else:
+    table = weights.astype(np.float32)
+  for t in range(seg_t):
+    w = _valid_width(t, rows, cols, seg_t, s)
+    c = ctx[:w]
+    if not known[c].all():
+      raise FormatError("context without a table")
+    p = pos[c]
+    d = det[p]
+    row = detsym[p]
+    if not d.all():
+      live = ~d
+      if polya:
+        probs = _polya_weights(counts[p[live], cols_idx[:w][live]], prior[p[live]])
+      else:
+        probs = table[p[live]]
+      row[live] = np.asarray(dec.decode(family, probs), np.int32)
+    y[t, :w] = row
+    if polya:
+      counts[p, cols_idx[:w], row] += 1
+    if m:
+      ctx[:w] = (c * a + row) % nctx
+  return _unwalk(y, rows, cols, s)
