@@ -839,7 +839,7 @@ class Report:
 
   version: int
   file_bytes: int
-  header_bytes: int  # including the header checksum
+  header_bytes: int  # including the header checksum (version 3: the file checksum)
   leaves: list
 
   @property
@@ -874,12 +874,12 @@ class Report:
     }
 
   def totals(self) -> dict:
-    """Byte totals by part of the file ("record_checksums": all checksums but the
-    header's of versions 1-2; version 3 has one 4-byte checksum over the whole file)."""
+    """Byte totals by part of the file ("header" includes the header checksum of versions
+    1-2 and the one file checksum of version 3, which has no record checksums)."""
     return {
       "file": self.file_bytes,
       "header": self.header_bytes,
-      "record_checksums": 4 * len(self.leaves) if self.version < 3 else 4,
+      "record_checksums": 4 * len(self.leaves) if self.version < 3 else 0,
       "payload": sum(l.payload_bytes for l in self.leaves if l.kind == "quantized"),
       "tables": sum(l.table_bytes for l in self.leaves),
       "codebooks": sum(l.codebook_bytes for l in self.leaves),
@@ -928,7 +928,10 @@ def inspect(
           rep.payload_bytes = r.remaining
       leaves.append(rep)
     return Report(
-      version=buf[len(MAGIC)], file_bytes=len(buf), header_bytes=header_end, leaves=leaves
+      version=buf[len(MAGIC)],
+      file_bytes=len(buf),
+      header_bytes=header_end + (4 if buf[len(MAGIC)] >= 3 else 0),
+      leaves=leaves,
     )
   except FormatError:
     raise

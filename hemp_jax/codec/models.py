@@ -92,6 +92,7 @@ MAX_POLYA_CELLS = 1 << 22  # adaptive counts: present contexts x walked columns 
 MAX_POLYA_SYMBOLS = 1 << 21  # the encoder only estimates polya below this size
 MAX_UNIT_CELLS = 1 << 22  # unit tables: C x A codes
 _CHUNK = 1 << 20  # gathered probabilities per encode/decode call (floats)
+EST_SYMBOLS = 1 << 18  # larger leaves: models are scored on a block of leading rows
 
 _Categorical = coder._Categorical
 _RangeEncoder = coder._RangeEncoder
@@ -278,9 +279,19 @@ def _write_model(kind, order, layout, beta_index, pad, s_index, b, a, present, c
   return bytes(out)
 
 
-def _candidates(x: np.ndarray, a: int, layout: int, max_order: int, allow: list, polya: bool):
+def _candidates(
+  x: np.ndarray,
+  a: int,
+  layout: int,
+  max_order: int,
+  allow: list,
+  polya: bool,
+  bound=math.inf,
+  prune: bool = True,
+):
   """Scored candidates ``(total_bits, kind, order, beta index, pad, s index, b, present,
-  codes)`` of one layout's matrix ``x``."""
+  codes)`` of one layout's matrix ``x``; candidates that cannot beat ``bound`` bits may be
+  left out."""
   rows, cols = x.shape
   out = []
   counts0 = np.bincount(x.reshape(-1), minlength=a)
@@ -300,7 +311,7 @@ def _candidates(x: np.ndarray, a: int, layout: int, max_order: int, allow: list,
     all_counts = {top: joint.reshape(-1, a)}
     for m in range(top - 1, 0, -1):
       all_counts[m] = all_counts[m + 1].reshape(a, -1, a).sum(axis=0)
-    best_total = out[0][0]
+    best_total = min(out[0][0], bound)
     for m in seq_orders:
       counts = all_counts[m]
       present = np.flatnonzero(counts.sum(axis=1))
@@ -308,14 +319,14 @@ def _candidates(x: np.ndarray, a: int, layout: int, max_order: int, allow: list,
       occ = counts > 0
       tot = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
       h = float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum())
-      if h + 8 * _table_bytes(STATIC, m, a, pad, present.size, 1) >= best_total:
+      if prune and h + 8 * _table_bytes(STATIC, m, a, pad, present.size, 1) >= best_total:
         continue
       bits, si, b, codes = coder._best_codes(counts)
       total = bits + 8 * _table_bytes(STATIC, m, a, pad, present.size, b)
       static[m] = (bits, si, b, codes, present)
       best_total = min(best_total, total)
       out.append((total, STATIC, m, 0, pad, si, b, present, codes))
-  if (UNIT, 0) in allow:
+  if (UNIT, 0) in allow and (not prune or cols * a < min(bound, min(c[0] for c in out))):
     per_unit = (
       np.bincount((x.astype(np.int64) * cols + np.arange(cols)).reshape(-1), minlength=a * cols)
       .reshape(a, cols)
@@ -323,7 +334,7 @@ def _candidates(x: np.ndarray, a: int, layout: int, max_order: int, allow: list,
     )
     bits, si, b, codes = coder._best_codes(per_unit)
     out.append((bits + 8 * _table_bytes(UNIT, 0, a, 0, cols, b), UNIT, 0, 0, 0, si, b, None, codes))
-  if polya and x.size <= MAX_POLYA_SYMBOLS:
+  if polya and rows >= 8:
     # adaptive counts on top of the best static model of this layout
     best_static = min((c for c in out if c[1] == STATIC), key=lambda c: c[0])
     m = best_static[2]
@@ -364,12 +375,26 @@ def encode(
   best = None
   for lay, (rows, cols) in enumerate(layouts(shape)):
     x = _matrix(flat, rows, cols, lay)
-    for cand in _candidates(x, a, lay, int(max_order), allow[lay], adaptive):
+    sample = x
+    if x.size > EST_SYMBOLS:  # score on a block of leading rows, scaled to the leaf
+      sample = np.ascontiguousarray(x[: max(2, -(-EST_SYMBOLS // cols))])
+    scale = x.size / sample.size
+    bound = best[0][0] / scale if best else math.inf
+    polya = adaptive and x.size <= MAX_POLYA_SYMBOLS
+    for cand in _candidates(sample, a, lay, int(max_order), allow[lay], polya, bound):
+      cand = (cand[0] * scale,) + cand[1:]
       if best is None or cand[0] < best[0][0]:
         best = (cand, lay)
   (total, kind, m, bi, pad, si, b, present, codes), lay = best
   rows, cols = layouts(shape)[lay]
   x = _matrix(flat, rows, cols, lay)
+  if x.size > EST_SYMBOLS:  # the chosen model's tables from the whole leaf
+    base = STATIC if kind == POLYA else kind
+    for cand in _candidates(x, a, lay, m, [(STATIC, 0), (base, m)], False, prune=False):
+      if cand[1] == base and cand[2] == m:
+        total, _, _, _, pad, si, b, present, codes = cand
+  if present is None:
+    present = np.zeros(1, np.int64)
   s = coder.S_VALUES[si]
   model = _write_model(
     kind, m, lay, bi, pad, si, b, a, present if present is not None else [], codes
