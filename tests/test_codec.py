@@ -27,9 +27,9 @@ from hemp_jax.codec import (
   format_inspection,
   inspect,
   load_into,
+  models,
 )
 from hemp_jax.codec import format as fmt
-from hemp_jax.codec import models
 from hemp_jax.codec._wire import Reader
 
 BF16 = np.dtype(jnp.bfloat16)
