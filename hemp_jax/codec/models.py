@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.special import gammaln
 
 from hemp_jax.codec import coder
 from hemp_jax.codec._wire import FormatError, Reader, pack_bits, unpack_bits, write_varint
@@ -88,11 +87,15 @@ BETAS = (2, 4, 8, 16, 32, 64, 128, 1024)
 PRIOR_BITS = 12
 SEGMENT_FREE_ROWS = 1024  # matrices this tall or shorter are walked unsegmented
 SEGMENT_SYMBOLS = 2048  # otherwise at least this many symbols per walked row on average
-MAX_POLYA_CELLS = 1 << 22  # adaptive counts: present contexts x walked columns x A
-MAX_POLYA_SYMBOLS = 1 << 21  # the encoder only estimates polya below this size
+MAX_POLYA_CELLS = 1 << 20  # adaptive counts: present contexts x walked columns x A
+MAX_POLYA_SYMBOLS = 1 << 19  # the encoder only scores polya up to this size
+MAX_POLYA_ESTIMATE = 1 << 22  # blocks x cells scored
 MAX_UNIT_CELLS = 1 << 22  # unit tables: C x A codes
 _CHUNK = 1 << 20  # gathered probabilities per encode/decode call (floats)
 EST_SYMBOLS = 1 << 18  # larger leaves: models are scored on a block of leading rows
+# An adaptive model is used only where it saves this fraction of the best static model's
+# size: it encodes at ~1/3 of the speed of a static one (per-symbol probabilities).
+ADAPTIVE_MIN_GAIN = 0.005
 
 _Categorical = coder._Categorical
 _RangeEncoder = coder._RangeEncoder
@@ -233,6 +236,47 @@ def _table_bytes(kind: int, order: int, a: int, pad: int, rows_in_table: int, b:
   return size
 
 
+def _score_codes(n, occ, codes, s):
+  """Bits of counts ``n`` (float, (P, A)) coded with the log-code table ``codes``."""
+  w = coder._CODE_WEIGHTS[s][codes]
+  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
+  w = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    logq = np.log2(w) - np.log2(w.sum(axis=1, keepdims=True))
+    return -float(np.where(occ, logq * n, 0.0).sum())
+
+
+def _best_codes(counts: np.ndarray):
+  """(bits, s index, b, codes) of the cheapest log-code table (table bits counted) for a
+  (P, A) count table: like :func:`hemp_jax.codec.coder._best_codes`, searching fewer
+  candidates: every ``s`` at the width that holds all its codes, then narrower widths
+  for the best ``s`` only."""
+  n = counts.astype(np.float64)
+  occ = counts > 0
+  nmax = n.max(axis=1, keepdims=True)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    lr = np.where(occ, np.log2(nmax / np.where(occ, n, 1.0)), 0.0)
+  cells = counts.size
+
+  def cand(si, b=None):
+    sv = coder.S_VALUES[si]
+    j0 = np.rint(sv * lr).astype(np.int64)
+    if b is None:
+      need = min(int(j0[occ].max(initial=0)), (coder._MAX_SHIFT + 1) * sv - 1) + 1
+      b = min(max(need.bit_length(), 1), coder.MAX_CODE_BITS)
+    codes = np.where(occ, np.minimum(j0, coder._max_j(sv, b)) + 1, 0)
+    bits = _score_codes(n, occ, codes, sv)
+    return bits + b * cells, bits, si, b, codes
+
+  best = min((cand(si) for si in range(len(coder.S_VALUES))), key=lambda c: c[0])
+  for b in (best[3] - 1, best[3] - 2):
+    if b >= 1:
+      c = cand(best[2], b)
+      if c[0] < best[0]:
+        best = c
+  return best[1:]
+
+
 def _prior(codes: np.ndarray, s: int, beta: int) -> np.ndarray:
   """int64 prior pseudo-counts (scaled by 2**PRIOR_BITS) of a (P, A) code table."""
   w = coder._int_weights(codes, s)
@@ -241,28 +285,59 @@ def _prior(codes: np.ndarray, s: int, beta: int) -> np.ndarray:
   return np.where(w > 0, np.maximum(scaled, 1), 0)
 
 
-def _polya_bits(cells: np.ndarray, codes: np.ndarray, s: int) -> tuple[float, int]:
-  """Smallest closed-form code length (bits) over BETAS and its beta index.
+def polya_blocks(rows: int) -> np.ndarray:
+  """Row boundaries of the blocks between which polya counts are refreshed: 0, 1, 2, ...
+  growing by half each time (about ``3 + log(rows) / log(1.5)`` blocks)."""
+  out = [0]
+  t = 1
+  while t < rows:
+    out.append(t)
+    t = max(t + 1, (t * 3) // 2)
+  out.append(rows)
+  return np.asarray(out, np.int64)
 
-  ``cells``: (P, U, A) counts per present context, unit and symbol.
-  """
-  best = (math.inf, 0)
-  occupied = cells.sum(axis=2) > 0  # only (context, unit) pairs that occur cost anything
-  c = cells[occupied].astype(np.float64)  # (Q, A)
-  pidx = np.nonzero(occupied)[0]
-  n = c.sum(axis=1)
-  for bi, beta in enumerate(BETAS):
-    alpha = _prior(codes, s, beta).astype(np.float64)[pidx] / (1 << PRIOR_BITS)
-    live = alpha > 0
-    al = np.where(live, alpha, 1.0)
-    b = alpha.sum(axis=1)
-    nats = (gammaln(n + b) - gammaln(b)).sum() - np.where(
-      live, gammaln(c + al) - gammaln(al), 0.0
-    ).sum()
-    bits = float(nats / math.log(2))
-    if bits < best[0]:
-      best = (bits, bi)
-  return best
+
+def _block_table(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
+  """float32 weights (P, U, A) from counts (P, U, A) and the prior (P, A), exactly
+  reproducible: ``counts * 2**PRIOR_BITS + prior``, nonzero ones floored at sum >> 20."""
+  w = (counts << PRIOR_BITS) + prior[:, None, :]
+  floor = w.sum(axis=2, keepdims=True) >> coder._FLOOR_SHIFT
+  return np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
+
+
+def _polya_bits(y, valid, p, n_present, a, codes, s) -> tuple[float, int]:
+  """Code length (bits, up to fixed-point rounding) of the block-adaptive model over
+  BETAS: the smallest and its beta index. ``p``: present-context index of each entry."""
+  rows, units = y.shape
+  bounds = polya_blocks(rows)
+  nb = bounds.size - 1
+  if nb * n_present * units * a > MAX_POLYA_ESTIMATE:
+    return math.inf, 0
+  block = np.repeat(np.arange(nb), np.diff(bounds))[:, None]
+  cell = ((block * n_present + p) * units + np.arange(units)) * a + y
+  counts = np.bincount(cell[valid], minlength=nb * n_present * units * a)
+  counts = counts.reshape(nb, n_present * units, a).astype(np.float64)
+  occupied = counts.sum(axis=2) > 0  # (block, cell) pairs that code something
+  before = (np.cumsum(counts, axis=0) - counts)[occupied]
+  counts = counts[occupied]
+  pidx = np.nonzero(occupied)[1] // units
+  scores = {}
+
+  def score(bi):
+    if bi not in scores and 0 <= bi < len(BETAS):
+      prior = _prior(codes, s, BETAS[bi]).astype(np.float64)[pidx]
+      w = before * (1 << PRIOR_BITS) + prior
+      with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.log2(w) - np.log2(w.sum(axis=1, keepdims=True))
+        scores[bi] = -float(np.where(counts > 0, counts * logq, 0.0).sum())
+
+  for bi in (2, 5):  # coarse, then the neighbours of the best
+    score(bi)
+  first = min(scores, key=scores.get)
+  score(first - 1)
+  score(first + 1)
+  bi = min(scores, key=scores.get)
+  return scores[bi], bi
 
 
 # -------------------------------------------------------------------------- encoder
@@ -298,7 +373,7 @@ def _candidates(
   pad = int(np.argmax(counts0))
   seq_orders = [m for k, m in allow if k == STATIC and 1 <= m <= max_order]
   static = {}
-  bits, si, b, codes = coder._best_codes(counts0[None])
+  bits, si, b, codes = _best_codes(counts0[None])
   static[0] = (bits, si, b, codes, np.zeros(1, np.int64))
   out.append((bits + 8 * _table_bytes(STATIC, 0, a, 0, 1, b), STATIC, 0, 0, 0, si, b, None, codes))
   y = ctx = None
@@ -321,7 +396,7 @@ def _candidates(
       h = float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum())
       if prune and h + 8 * _table_bytes(STATIC, m, a, pad, present.size, 1) >= best_total:
         continue
-      bits, si, b, codes = coder._best_codes(counts)
+      bits, si, b, codes = _best_codes(counts)
       total = bits + 8 * _table_bytes(STATIC, m, a, pad, present.size, b)
       static[m] = (bits, si, b, codes, present)
       best_total = min(best_total, total)
@@ -332,58 +407,117 @@ def _candidates(
       .reshape(a, cols)
       .T
     )
-    bits, si, b, codes = coder._best_codes(per_unit)
+    occ = per_unit > 0
+    tot = np.broadcast_to(per_unit.sum(axis=1, keepdims=True), per_unit.shape)
+    h = float((per_unit[occ] * np.log2(tot[occ] / per_unit[occ])).sum())
+    if prune and h + cols * a >= min(bound, min(c[0] for c in out)):
+      return out
+    bits, si, b, codes = _best_codes(per_unit)
     out.append((bits + 8 * _table_bytes(UNIT, 0, a, 0, cols, b), UNIT, 0, 0, 0, si, b, None, codes))
-  if polya and rows >= 8:
-    # adaptive counts on top of the best static model of this layout
-    best_static = min((c for c in out if c[1] == STATIC), key=lambda c: c[0])
-    m = best_static[2]
-    if (POLYA, m) in allow:
-      _, si, b, codes, present = static[m]
-      if m == 0:
-        yy, seg_t, s = _walked(x)
-        valid = _valid_mask(rows, cols, seg_t, s)
-        pc = np.zeros(yy.shape, np.int64)
-      else:
-        yy = y
-        pos = np.full(a**m, -1, np.int64)
-        pos[present] = np.arange(present.size)
-        pc = pos[ctx % a**m]
-      units = yy.shape[1]
-      cell = (pc * units + np.arange(units)) * a + yy
-      cells = np.bincount(cell[valid], minlength=present.size * units * a)
-      bits, bi = _polya_bits(cells.reshape(present.size, units, a), codes, coder.S_VALUES[si])
-      table = _table_bytes(POLYA, m, a, pad, present.size, b)
-      out.append((bits + 8 * table, POLYA, m, bi, pad if m else 0, si, b, present, codes))
   return out
 
 
+def _polya_candidate(x: np.ndarray, a: int, static_cand: tuple):
+  """The polya candidate on top of a static candidate of the same matrix, or None."""
+  _, _, m, _, pad, si, b, present, codes = static_cand
+  rows, cols = x.shape
+  yy, seg_t, s = _walked(x)
+  valid = _valid_mask(rows, cols, seg_t, s)
+  if m == 0:
+    present = np.zeros(1, np.int64)
+    pc = np.zeros(yy.shape, np.int64)
+  else:
+    pos = np.full(a**m, -1, np.int64)
+    pos[present] = np.arange(present.size)
+    pc = pos[_contexts(yy, a, m, pad)]
+  bits, bi = _polya_bits(yy, valid, pc, present.size, a, codes, coder.S_VALUES[si])
+  if not math.isfinite(bits):
+    return None
+  table = _table_bytes(POLYA, m, a, pad, present.size, b)
+  return (bits + 8 * table, POLYA, m, bi, pad if m else 0, si, b, present, codes)
+
+
 def encode(
-  symbols: np.ndarray, alphabet: int, *, max_order: int = coder.MAX_ORDER, adaptive: bool = True
+  symbols: np.ndarray,
+  alphabet: int,
+  *,
+  max_order: int = coder.MAX_ORDER,
+  adaptive: bool = True,
+  force: tuple[int, int, int] | None = None,
 ) -> Coded:
   """Codes a leaf's compact symbols (shape of the leaf, ints in ``[0, alphabet)``).
 
-  Requires at least one symbol and ``alphabet >= 2``. Every allowed model of every layout
-  is scored; the smallest estimated total (payload + model section) wins (ties: the
-  earlier candidate, i.e. layout 0, static, lower order).
+  Requires at least one symbol and ``alphabet >= 2``. Every allowed static and unit model
+  of every layout is scored (on a block of leading rows for leaves of more than
+  :data:`EST_SYMBOLS` symbols), then the polya model on top of the best static one (when
+  ``adaptive``, for leaves of at most :data:`MAX_POLYA_SYMBOLS` symbols, where it saves at
+  least :data:`ADAPTIVE_MIN_GAIN`); the smallest estimated total (payload + model section)
+  wins (ties: layout 0, static, lower order). ``force=(layout, kind, order)`` codes with
+  that model instead (it must be allowed).
   """
   symbols = np.asarray(symbols)
   shape = symbols.shape
   a = int(alphabet)
   flat = symbols.reshape(-1).astype(np.int32)
   allow = allowed(shape, a)
-  best = None
+  best = best_static = None
+  samples = {}
+  dims = [d for d in shape if d != 1]
   for lay, (rows, cols) in enumerate(layouts(shape)):
+    if force is not None and lay != force[0]:
+      continue
+    if force is None and lay == 1 and len(dims) > 2 and dims[0] <= dims[-1]:
+      continue  # (kh, kw, in, out)-like: the first axis is not the output units
     x = _matrix(flat, rows, cols, lay)
     sample = x
     if x.size > EST_SYMBOLS:  # score on a block of leading rows, scaled to the leaf
       sample = np.ascontiguousarray(x[: max(2, -(-EST_SYMBOLS // cols))])
     scale = x.size / sample.size
-    bound = best[0][0] / scale if best else math.inf
-    polya = adaptive and x.size <= MAX_POLYA_SYMBOLS
-    for cand in _candidates(sample, a, lay, int(max_order), allow[lay], polya, bound):
+    samples[lay] = (sample, scale)
+    if force is None:
+      bound = best[0][0] / scale if best else math.inf
+      cands = _candidates(sample, a, lay, int(max_order), allow[lay], False, bound)
+    else:
+      m = force[2]
+      only = [(STATIC, 0), (STATIC if force[1] == POLYA else force[1], m)]
+      if force[1] != POLYA and tuple(force[1:]) not in allow[lay]:
+        raise ValueError(f"model {force} is not allowed for shape {shape}")
+      cands = [
+        c
+        for c in _candidates(sample, a, lay, m, only, False, prune=False)
+        if c[2] == m and c[1] == only[1][0]
+      ]
+    for cand in cands:
+      if force is None and lay and cand[1] == STATIC and cand[2] == 0:
+        continue  # the same for every layout
       cand = (cand[0] * scale,) + cand[1:]
       if best is None or cand[0] < best[0][0]:
+        best = (cand, lay)
+      if cand[1] == STATIC and (best_static is None or cand[0] < best_static[0][0]):
+        best_static = (cand, lay)
+  if best is None or (best_static is None and force[1] == POLYA):
+    raise ValueError(f"model {force} is not allowed for shape {shape}")
+  # adaptive counts on top of the best static model
+  (static_total, _, m, *_), lay = best_static or best
+  sample, scale = samples[lay]
+  if force is not None and force[1] == POLYA:
+    if (POLYA, m) not in allow[lay]:
+      raise ValueError(f"model {force} is not allowed for shape {shape}")
+    cand = _polya_candidate(sample, a, best_static[0])
+    if cand is None:
+      raise ValueError(f"model {force} is too large to score for shape {shape}")
+    best = ((cand[0] * scale,) + cand[1:], lay)
+  elif (
+    force is None
+    and adaptive
+    and symbols.size <= MAX_POLYA_SYMBOLS
+    and layouts(shape)[lay][0] >= 8
+    and (POLYA, m) in allow[lay]
+  ):
+    cand = _polya_candidate(sample, a, best_static[0])
+    if cand is not None and cand[0] * scale < (1 - ADAPTIVE_MIN_GAIN) * static_total:
+      cand = (cand[0] * scale,) + cand[1:]
+      if cand[0] < best[0][0]:
         best = (cand, lay)
   (total, kind, m, bi, pad, si, b, present, codes), lay = best
   rows, cols = layouts(shape)[lay]
@@ -392,7 +526,8 @@ def encode(
     base = STATIC if kind == POLYA else kind
     for cand in _candidates(x, a, lay, m, [(STATIC, 0), (base, m)], False, prune=False):
       if cand[1] == base and cand[2] == m:
-        total, _, _, _, pad, si, b, present, codes = cand
+        _, _, _, _, pad, si, b, present, codes = cand
+        total = total if kind == POLYA else cand[0]
   if present is None:
     present = np.zeros(1, np.int64)
   s = coder.S_VALUES[si]
@@ -421,7 +556,7 @@ def encode(
       ctx = _contexts(y, a, m, pad)
       _encode_gathered(enc, y, table, dets, ctx, valid)
     else:
-      _encode_polya(enc, y, valid, rows, cols, seg_t, s_, a, m, pad, present, codes, s, bi)
+      _encode_polya(enc, y, valid, a, m, pad, present, _prior(codes, s, BETAS[bi]))
   payload = coder._words_to_bytes(enc.get_compressed())
   return Coded(kind, m, lay, model, payload, total - 8 * len(model))
 
@@ -442,40 +577,31 @@ def _encode_gathered(enc, y, table, det, ctx, valid=None) -> None:
       enc.encode(yy[keep].astype(np.int32), family, np.take(table, c[keep], axis=0))
 
 
-def _polya_weights(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
-  w = (counts << PRIOR_BITS) + prior
-  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
-  return np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
-
-
-def _encode_polya(enc, y, valid, rows, cols, seg_t, s, a, m, pad, present, codes, sval, bi):
-  nctx = a**m
-  pos = np.full(nctx, -1, np.int64)
+def _encode_polya(enc, y, valid, a, m, pad, present, prior) -> None:
+  rows, units = y.shape
+  pos = np.zeros(a**m, np.int64)
   pos[present] = np.arange(present.size)
-  prior = _prior(codes, sval, BETAS[bi])
-  det_p = (prior > 0).sum(axis=1) == 1
-  units = y.shape[1]
+  p = pos[_contexts(y, a, m, pad)] if m else np.zeros(y.shape, np.int64)
+  det = (prior > 0).sum(axis=1) == 1
   counts = np.zeros((present.size, units, a), np.int64)
-  ctx = np.full(units, sum(pad * a**j for j in range(m)), np.int64)
+  cols = np.broadcast_to(np.arange(units), y.shape)
   family = _Categorical(perfect=False)
-  buf_s, buf_p, held = [], [], 0
-  cols_idx = np.arange(units)
-  for t in range(seg_t):
-    w = _valid_width(t, rows, cols, seg_t, s)
-    row = y[t, :w]
-    p = pos[ctx[:w]]
-    keep = ~det_p[p]
-    if keep.any():
-      probs = _polya_weights(counts[p[keep], cols_idx[:w][keep]], prior[p[keep]])
-      buf_s.append(row[keep].astype(np.int32))
-      buf_p.append(probs)
-      held += probs.size
-    counts[p, cols_idx[:w], row] += 1
-    if m:
-      ctx[:w] = (ctx[:w] * a + row) % nctx
-    if held >= _CHUNK or (t == seg_t - 1 and buf_s):
-      enc.encode(np.concatenate(buf_s), family, np.concatenate(buf_p))
-      buf_s, buf_p, held = [], [], 0
+  bounds = polya_blocks(rows)
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    table = _block_table(counts, prior)
+    pb, yb, cb, vb = p[r0:r1], y[r0:r1], cols[r0:r1], valid[r0:r1]
+    keep = vb & ~det[pb]
+    step = max(1, _CHUNK // max(1, units * a))
+    for s0 in range(0, r1 - r0, step):
+      k = keep[s0 : s0 + step]
+      if k.any():
+        if m:
+          probs = table[pb[s0 : s0 + step][k], cb[s0 : s0 + step][k]]
+        else:
+          probs = table[0].take(cb[s0 : s0 + step][k], axis=0)
+        enc.encode(yb[s0 : s0 + step][k].astype(np.int32), family, probs)
+    cell = (pb[vb] * units + cb[vb]) * a + yb[vb]
+    counts += np.bincount(cell, minlength=counts.size).reshape(counts.shape)
 
 
 # -------------------------------------------------------------------------- decoder
@@ -596,26 +722,46 @@ def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.nd
     prior = _prior(info.codes, info.s, info.beta)
     det = (prior > 0).sum(axis=1) == 1
     counts = np.zeros((info.present.size, units, a), np.int64)
+    bounds = polya_blocks(seg_t)
+    pb = np.zeros((seg_t, units), np.int64)
   else:
     table = weights.astype(np.float32)
-  for t in range(seg_t):
-    w = _valid_width(t, rows, cols, seg_t, s)
-    c = ctx[:w]
-    if not known[c].all():
-      raise FormatError("context without a table")
-    p = pos[c]
-    d = det[p]
-    row = detsym[p]
-    if not d.all():
-      live = ~d
-      if polya:
-        probs = _polya_weights(counts[p[live], cols_idx[:w][live]], prior[p[live]])
-      else:
-        probs = table[p[live]]
-      row[live] = np.asarray(dec.decode(family, probs), np.int32)
-    y[t, :w] = row
+    bounds = np.array([0, seg_t])
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
     if polya:
-      counts[p, cols_idx[:w], row] += 1
-    if m:
-      ctx[:w] = (c * a + row) % nctx
+      table = _block_table(counts, prior)
+    if m == 0:  # polya of order 0: no dependency inside a block, one call per chunk
+      live = np.flatnonzero(~det)
+      valid = _valid_mask(rows, cols, seg_t, s)[r0:r1]
+      block = np.full((r1 - r0, units), detsym[0], np.int32)
+      if live.size:
+        step = max(1, _CHUNK // max(1, units * a))
+        for s0 in range(r0, r1, step):
+          s1 = min(r1, s0 + step)
+          v = valid[s0 - r0 : s1 - r0]
+          probs = np.broadcast_to(table[0], (s1 - s0, units, a))[v]
+          block[s0 - r0 : s1 - r0][v] = np.asarray(dec.decode(family, probs), np.int32)
+      y[r0:r1] = block
+    else:
+      for t in range(r0, r1):
+        w = _valid_width(t, rows, cols, seg_t, s)
+        c = ctx[:w]
+        if not known[c].all():
+          raise FormatError("context without a table")
+        p = pos[c]
+        d = det[p]
+        row = detsym[p]
+        if not d.all():
+          live = ~d
+          probs = table[p[live], cols_idx[:w][live]] if polya else table[p[live]]
+          row[live] = np.asarray(dec.decode(family, probs), np.int32)
+        y[t, :w] = row
+        ctx[:w] = (c * a + row) % nctx
+        if polya:
+          pb[t, :w] = p
+    if polya:
+      valid = _valid_mask(rows, cols, seg_t, s)[r0:r1]
+      cell = (pb[r0:r1][valid] * units + np.broadcast_to(cols_idx, valid.shape)[valid]) * a
+      cell += y[r0:r1][valid]
+      counts += np.bincount(cell, minlength=counts.size).reshape(counts.shape)
   return _unwalk(y, rows, cols, s)
