@@ -44,10 +44,14 @@ Record bodies (all versions)::
                         bytes; clear: the n bytes raw. Low mantissa bytes of trained
                         weights are incompressible and stored raw (no time spent)
     quantized body  := varint:h [bitmap] levels [coder section]
-      h            (K - 2) << 1 | partial, K = codebook size
+      h            version 3: (K - 2) << 2 | arith << 1 | partial; versions 1-2:
+                   (K - 2) << 1 | partial; K = codebook size
       bitmap       only when partial: ceil(K / 8) bytes, bit i (LSB first) = level i used
-      levels       the A used levels, cast to the leaf dtype, little-endian (the decoded
-                   leaf is exactly ``codebook[indices].astype(dtype)``)
+      levels       the A used levels, cast to the leaf dtype (the decoded leaf is exactly
+                   ``codebook[indices].astype(dtype)``): little-endian values; or, when
+                   arith (A >= 3), the first two values, then per further level the zigzag
+                   varint of its bit pattern minus that of (previous level + first step)
+                   computed in the leaf dtype (a uniform codebook: ~1 byte per level)
       coder        when n > 0 and A >= 2: the model section and range coder payload of
                    :mod:`hemp_jax.codec.models` (version 3) or :mod:`hemp_jax.codec.coder`
                    (versions 1-2), over the compact alphabet 0..A-1 (the
@@ -111,15 +115,33 @@ DEFAULT_MAX_ELEMENTS = 1 << 31
 DEFAULT_MAX_BYTES = 4 << 30
 _MAX_TABLE_BYTES = 1 << 28
 # Preset dictionary of the leaf table's DEFLATE stream (fixed forever for version 3):
-# parameter names common in Flax, NNX, PyTorch and Keras checkpoints.
+# parameter names common in Flax, NNX, PyTorch and Keras checkpoints, written as they
+# appear in the table (length tag + UTF-8), the commonest last, then typical leaf entries.
+_NAME_WORDS = (
+  "running_mean running_var num_batches_tracked moving_mean moving_variance gamma beta "
+  "downsample shortcut projection layer blocks block stage stem head classifier features "
+  "encoder decoder attention attn query key value out mlp ffn Mlp Dense_0 Dense_1 Conv_0 "
+  "Conv_1 BatchNorm_0 BatchNorm_1 LayerNorm_0 GroupNorm_0 Embed_0 embedding norm norm1 "
+  "norm2 bn1 bn2 bn3 conv3 weight batch_stats mean var fc2 fc1 conv2 conv1 scale params "
+  "bias kernel"
+).split()
+
+
+def _tagged(word: str) -> bytes:
+  return bytes([len(word) << 1]) + word.encode()
+
+
 _NAME_DICT = (
-  b"\x00\x02\x04\x06\x08\x10\x20\x40\x80"
-  b"running_meanrunning_varnum_batches_trackedmoving_meanmoving_variancegammabeta"
-  b"downsampleshortcutprojectionlayerblocksblockstagestemheadclassifierfeatures"
-  b"encoderdecoderattentionattnquerykeyvalueoutmlpffnMlpDense_Conv_BatchNorm_"
-  b"LayerNorm_GroupNorm_Embed_embeddingnormnorm1norm2bn1bn2bn3conv1conv2conv3fc1fc2"
-  b"weightbatch_statsmeanvarscaleparamsbiaskernel"
+  b"".join(_tagged(w) for w in _NAME_WORDS)
+  + b"\x00\x03"
+  + _tagged("params")
+  + b"\x02\x01"
+  + _tagged("kernel")
+  + b"\x10\x04\x03\x03"
+  + _tagged("bias")
+  + b"\x00\x01"
 )
+
 _MAX_RANK = 32
 _MAX_PATH_DEPTH = 64
 _MAX_LEVELS = 1 << 16
@@ -394,13 +416,16 @@ def _quantized_record(k, used, levels, compact, max_order: int) -> bytes:
   and the compact symbols (None for an empty leaf)."""
   out = bytearray()
   if compact is None:
-    write_varint(out, (k - 2) << 1)
+    write_varint(out, (k - 2) << 2)
     return bytes(out)
   partial = not used.all()
-  write_varint(out, ((k - 2) << 1) | int(partial))
+  raw = _to_le_bytes(levels)
+  steps = _level_steps(levels)
+  arith = steps is not None and len(steps) < len(raw)
+  write_varint(out, ((k - 2) << 2) | (int(arith) << 1) | int(partial))
   if partial:
     out += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
-  out += _to_le_bytes(levels)
+  out += steps if arith else raw
   a = int(used.sum())
   if a < 2:
     return bytes(out)
@@ -410,10 +435,54 @@ def _quantized_record(k, used, levels, compact, max_order: int) -> bytes:
   return bytes(out)
 
 
-def _parse_quantized_head(r: Reader, dtype, n: int):
+def _level_steps(levels: np.ndarray) -> bytes | None:
+  """Levels as an arithmetic progression (version 3, "arith"): the first two levels, then
+  for each next level the zigzag varint of (its bit pattern - the bit pattern of the
+  previous level plus the first step, computed in the leaf dtype). None below 3 levels."""
+  if levels.size < 3:
+    return None
+  out = bytearray(_to_le_bytes(levels[:2]))
+  step = levels[1:2] - levels[0:1]
+  ints = _bits_of(levels)
+  for i in range(2, levels.size):
+    pred = int(_bits_of(levels[i - 1 : i] + step)[0])
+    d = int(ints[i]) - pred
+    write_varint(out, (d << 1) if d >= 0 else ((-d << 1) - 1))
+  return bytes(out)
+
+
+def _bits_of(a: np.ndarray) -> np.ndarray:
+  return a.view(f"u{a.dtype.itemsize}")
+
+
+def _read_level_steps(r: Reader, dtype, a: int) -> np.ndarray:
+  levels = np.empty(a, dtype)
+  levels[:2] = _from_le_bytes(r.take(2 * dtype.itemsize, "codebook levels"), dtype, 2)
+  step = levels[1:2] - levels[0:1]
+  width = 8 * dtype.itemsize
+  bits = _bits_of(levels)
+  for i in range(2, a):
+    zz = r.varint("codebook level step", max_value=(1 << (width + 1)) - 1)
+    d = (zz >> 1) if not zz & 1 else -((zz + 1) >> 1)
+    with np.errstate(all="ignore"):
+      value = int(_bits_of(levels[i - 1 : i] + step)[0]) + d
+    if not 0 <= value < 1 << width:
+      r.fail("codebook level step out of range")
+    bits[i] = value
+  if dtype == np.bool_:
+    r.fail("bool levels")
+  return levels
+
+
+def _parse_quantized_head(r: Reader, dtype, n: int, version: int = FORMAT_VERSION):
   """(K, used mask, levels) of a quantized record."""
-  h = r.varint("codebook size", max_value=((_MAX_LEVELS - 2) << 1) | 1)
-  k, partial = (h >> 1) + 2, h & 1
+  arith = False
+  if version >= 3:
+    h = r.varint("codebook size", max_value=((_MAX_LEVELS - 2) << 2) | 3)
+    k, arith, partial = (h >> 2) + 2, bool(h & 2), h & 1
+  else:
+    h = r.varint("codebook size", max_value=((_MAX_LEVELS - 2) << 1) | 1)
+    k, partial = (h >> 1) + 2, h & 1
   if n == 0:
     r.expect_end("empty quantized record")
     return k, np.zeros(k, bool), np.zeros(0, dtype)
@@ -429,6 +498,10 @@ def _parse_quantized_head(r: Reader, dtype, n: int):
   a = int(used.sum())
   if a == 0:
     r.fail("quantized record without any used level")
+  if arith:
+    if a < 3:
+      r.fail("level steps for fewer than 3 levels")
+    return k, used, _read_level_steps(r, dtype, a)
   levels = _from_le_bytes(r.take(a * dtype.itemsize, "codebook levels"), dtype, a)
   return k, used, levels
 
@@ -441,7 +514,7 @@ def _decode_symbols(r: Reader, shape, alphabet: int, version: int) -> np.ndarray
 
 def _decode_quantized_parts(r: Reader, dtype, shape, n: int, version: int):
   """(K, used mask, levels, compact symbols or None) of a quantized record."""
-  k, used, levels = _parse_quantized_head(r, dtype, n)
+  k, used, levels = _parse_quantized_head(r, dtype, n, version)
   if n == 0:
     return k, used, levels, None
   if levels.size == 1:
@@ -915,7 +988,7 @@ def inspect(
         rep.storage = _FLOAT_MODES.get(mode, f"mode {mode}")
         rep.payload_bytes = r.remaining
       else:
-        k, used, levels = _parse_quantized_head(r, e.dtype, n)
+        k, used, levels = _parse_quantized_head(r, e.dtype, n, e.version)
         rep.levels, rep.used_levels = k, int(used.sum())
         rep.codebook_bytes = r.pos - e.offset
         if n and levels.size >= 2:

@@ -92,10 +92,11 @@ MAX_POLYA_SYMBOLS = 1 << 19  # the encoder only scores polya up to this size
 MAX_POLYA_ESTIMATE = 1 << 22  # blocks x cells scored
 MAX_UNIT_CELLS = 1 << 22  # unit tables: C x A codes
 _CHUNK = 1 << 20  # gathered probabilities per encode/decode call (floats)
+LAYOUT_FREE_SYMBOLS = 1 << 16  # smaller leaves: both layouts scored whatever the shape
 EST_SYMBOLS = 1 << 18  # larger leaves: models are scored on a block of leading rows
 # An adaptive model is used only where it saves this fraction of the best static model's
 # size: it encodes at ~1/3 of the speed of a static one (per-symbol probabilities).
-ADAPTIVE_MIN_GAIN = 0.005
+ADAPTIVE_MIN_GAIN = 0.0
 
 _Categorical = coder._Categorical
 _RangeEncoder = coder._RangeEncoder
@@ -467,7 +468,8 @@ def encode(
     if force is not None and lay != force[0]:
       continue
     if force is None and lay == 1 and len(dims) > 2 and dims[0] <= dims[-1]:
-      continue  # (kh, kw, in, out)-like: the first axis is not the output units
+      if symbols.size > LAYOUT_FREE_SYMBOLS:
+        continue  # (kh, kw, in, out)-like: the first axis is not the output units
     x = _matrix(flat, rows, cols, lay)
     sample = x
     if x.size > EST_SYMBOLS:  # score on a block of leading rows, scaled to the leaf
