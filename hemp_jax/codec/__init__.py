@@ -20,6 +20,7 @@ from hemp_jax.codec.format import (
   inspect,
   load_into,
   reencode,
+  write_bytes_atomic,
 )
 
 __all__ = [
@@ -36,5 +37,6 @@ __all__ = [
   "compress_file",
   "decompress_file",
   "reencode",
+  "write_bytes_atomic",
   "DEFAULT_MAX_BYTES",
 ]

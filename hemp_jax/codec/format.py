@@ -104,6 +104,7 @@ __all__ = [
   "compress_file",
   "decompress_file",
   "reencode",
+  "write_bytes_atomic",
   "DEFAULT_MAX_BYTES",
 ]
 
@@ -1025,6 +1026,7 @@ def format_inspection(report: Report) -> str:
       "K",
       "used",
       "order",
+      "model",
       "payload",
       "table",
       "codebook",
@@ -1043,6 +1045,7 @@ def format_inspection(report: Report) -> str:
         str(l.levels) if quant else "-",
         str(l.used_levels) if quant else "-",
         str(l.order) if l.order is not None else "-",
+        l.model or "-",
         str(l.payload_bytes),
         str(l.table_bytes),
         str(l.codebook_bytes),

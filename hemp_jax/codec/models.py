@@ -8,8 +8,11 @@ Layouts (:func:`layouts`). Size-1 axes are dropped first (an ``(out, in, 1, 1)``
 an ``(out, in)`` matrix, a ``(1, 1, in, out)`` one an ``(in, out)`` matrix). Layout 0
 takes the last remaining axis as the output units (Flax ``(..., in, out)``):
 ``X = flat.reshape(L, C)``; layout 1 the first (PyTorch ``(out, in, ...)``):
-``X = flat.reshape(C, L).T``. Leaves with fewer than two axes of size > 1 are one column
-(layout 0 only). The encoder tries both layouts and stores the one it used.
+``X = flat.reshape(C, L).T`` (on a Flax kernel this puts the previous *output unit* of
+the same input above each entry). Leaves with fewer than two axes of size > 1 are one
+column (layout 0 only). The encoder scores both layouts (layout 1 on leaves of more than
+:data:`LAYOUT_FREE_SYMBOLS` only where the first axis is longer than the last, i.e. may
+be the output units) and stores the one it used.
 
 Model kinds, chosen per tensor by the smallest estimated size, tables counted:
 
@@ -18,26 +21,34 @@ Model kinds, chosen per tensor by the smallest estimated size, tables counted:
   one table for the whole leaf.
 * ``unit`` (order 0): one table per output unit (per column of ``X``).
 * ``polya`` (order ``m`` = 0..3): the static table of order ``m`` is the prior of
-  adaptive counts kept per (output unit, context): the k-th symbol of a unit in a context
-  is coded with weights ``n_a * 2**PRIOR_BITS + prior_a``, ``n_a`` the times symbol ``a``
-  was seen before in that unit and context, and
-  ``prior_a = max(1, w_a * beta * 2**PRIOR_BITS // sum(w))`` for ``w_a > 0`` (else 0), with
-  ``w`` the table's integer weights and ``beta`` (the prior's strength in symbols) one of
-  :data:`BETAS`. The code length of such a sequence does not depend on its order (a Polya
-  urn), so the encoder estimates it in closed form.
+  adaptive counts kept per (output unit, context). The walked rows are cut into blocks
+  (:func:`polya_blocks`: 0, 1, 2, 3, 4, 6, 9, ... growing by half); inside a block every
+  symbol of a unit in a context is coded with the weights ``n_a * 2**PRIOR_BITS +
+  prior_a``, ``n_a`` the times symbol ``a`` occurred in that unit and context in the
+  blocks before, and ``prior_a = max(1, w_a * beta * 2**PRIOR_BITS // sum(w))`` for
+  ``w_a > 0`` (else 0), ``w`` the table's integer weights and ``beta`` (the prior's
+  strength, in symbols) one of :data:`BETAS`. Counts change only between blocks, so a
+  block of order 0 is decoded in one call and the weights are exact integers on both
+  sides. Scored for leaves of at most :data:`MAX_POLYA_SYMBOLS` symbols, on top of the
+  layout's best static model (its order and table).
 
 Tables are the log-codes of :mod:`hemp_jax.codec.coder` (``s`` codes per octave, ``b``
-bits each, chosen per tensor). A context (or unit) whose table has a single nonzero
-symbol is *deterministic*: its symbols are not coded at all (zero bits, no coder call).
+bits each, chosen per tensor). "Tables counted": a candidate's size is its estimated
+payload plus every byte of its model section (these tables at the precision written).
+A context (or unit) whose table has a single nonzero symbol is *deterministic*: its
+symbols are not coded at all (zero bits, no coder call). Leaves of more than
+:data:`EST_SYMBOLS` symbols are scored on a block of leading rows (scaled to the leaf);
+the tables of the chosen model are then computed from the whole leaf.
 
 Sequential models (static order >= 1, polya) are decoded row by row, every column of a
-row in one ``constriction`` call. A tall matrix is cut into ``S`` row segments of ``T``
-rows laid side by side (:func:`segment_rows`), so that the number of rows walked is at
-most ``max(SEGMENT_FREE_ROWS, n / SEGMENT_SYMBOLS)``: the per-row cost (~10 us) never
-dominates, whatever the shape. Each segment starts from the pad context (and fresh polya
-counts). Static order 0 and unit models have no sequential dependency: one call (in
-chunks) for the whole leaf. Symbols are coded in row-major order of the walked matrix
-(``X`` itself for the non-sequential models), skipping deterministic ones.
+row in one ``constriction`` call (polya of order 0: one call per block). A tall matrix
+is cut into ``S`` row segments of ``T`` rows laid side by side (:func:`segment_rows`), so
+that the number of rows walked is at most ``max(SEGMENT_FREE_ROWS, n / SEGMENT_SYMBOLS)``:
+the per-row cost (~10 us) never dominates, whatever the shape. Each segment starts from
+the pad context (and its own polya counts). Static order 0 and unit models have no
+sequential dependency: one call (in chunks) for the whole leaf. Symbols are coded in
+row-major order of the walked matrix (``X`` itself for static order 0 and unit models),
+skipping deterministic ones.
 
 Model section byte layout::
 
@@ -94,9 +105,7 @@ MAX_UNIT_CELLS = 1 << 22  # unit tables: C x A codes
 _CHUNK = 1 << 20  # gathered probabilities per encode/decode call (floats)
 LAYOUT_FREE_SYMBOLS = 1 << 16  # smaller leaves: both layouts scored whatever the shape
 EST_SYMBOLS = 1 << 18  # larger leaves: models are scored on a block of leading rows
-# An adaptive model is used only where it saves this fraction of the best static model's
-# size: it encodes at ~1/3 of the speed of a static one (per-symbol probabilities).
-ADAPTIVE_MIN_GAIN = 0.0
+ADAPTIVE_MIN_GAIN = 0.0  # polya must save this fraction of the best static model
 
 _Categorical = coder._Categorical
 _RangeEncoder = coder._RangeEncoder
