@@ -905,3 +905,26 @@ def test_leaf_names_cost_under_one_percent_on_a_1000_leaf_tree():
   rep = inspect(blob)
   assert len(rep.leaves) == 4 * 62 * 4 == 992
   assert rep.header_bytes <= 0.01 * len(blob), (rep.header_bytes, len(blob))
+
+
+def test_walked_rows_are_bounded_by_the_leaf_size():
+  """Sequential models walk at most max(64, min(1024, n / 16), n / 2048) rows, so the
+  per-row cost never dominates: a long vector with an order-2 context decodes fast."""
+  for rows, cols in [(500, 50), (800, 500), (500, 10), (1024, 1), (100, 1), (5000, 3)]:
+    t, s = models.segment_rows(rows, cols)
+    n = rows * cols
+    assert t * s >= rows > (s - 1) * t
+    assert t <= max(64, min(1024, n // 16), -(-n // 2048))
+  assert models.segment_rows(800, 500) == (800, 1)  # LeNet-5 fc1: not cut
+  assert models.segment_rows(1 << 20, 32) == (16384, 64)
+  rng = np.random.default_rng(31)
+  n = 1 << 18  # runs of a symbol (vectorised Markov chain)
+  change = rng.random(n) < 0.05
+  change[0] = True
+  x = rng.integers(0, 3, n)[np.maximum.accumulate(np.where(change, np.arange(n), 0))]
+  coded = models.encode(x, 3, force=(0, models.STATIC, 2))
+  t = time.perf_counter()
+  y = models.decode(Reader(coded.model + coded.payload), x.shape, 3)
+  dt = time.perf_counter() - t
+  np.testing.assert_array_equal(y, x)
+  assert dt < 0.5, dt
