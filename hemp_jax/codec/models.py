@@ -476,7 +476,7 @@ def encode(
   symbols = np.asarray(symbols)
   shape = symbols.shape
   a = int(alphabet)
-  flat = symbols.reshape(-1).astype(np.int32)
+  flat = symbols.reshape(-1).astype(np.int32, copy=False)
   allow = allowed(shape, a)
   best = best_static = None
   samples = {}
