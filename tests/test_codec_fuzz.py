@@ -46,6 +46,8 @@ def _base_params():
   cb66 = np.linspace(-3, 3, 66).astype(np.float32)
   drift = rng.dirichlet(np.full(4, 0.3), 24)
   unit_idx = (rng.random((120, 24, 1)) > np.cumsum(drift, axis=1)[None]).sum(axis=2).clip(0, 3)
+  mild = rng.dirichlet(30 * np.array([0.1, 0.2, 0.4, 0.2, 0.1]), 24)
+  polya_idx = (rng.random((120, 24, 1)) > np.cumsum(mild, axis=1)[None]).sum(axis=2).clip(0, 4)
   params = {
     "conv": {
       "kernel": cb6[_markov(rng, 75, 16, 6)].reshape(5, 5, 3, 16),
@@ -53,6 +55,7 @@ def _base_params():
     },
     "fc": {"kernel": cb66[rng.integers(20, 46, (30, 12))], "bias": np.zeros(12, np.float32)},
     "units": cb6[unit_idx],
+    "adaptive": cb6[polya_idx].reshape(120, 1, 24),
     "vec": cb6[rng.integers(0, 6, 200)],
     "half": rng.standard_normal((6, 5)).astype(np.float16),
     "ramp": np.arange(64, dtype=np.float32).astype(jnp.bfloat16),
@@ -66,6 +69,7 @@ def _base_params():
   cbs["conv"] = {"kernel": cb6, "bias": None}
   cbs["fc"] = {"kernel": cb66, "bias": None}
   cbs["units"] = cb6
+  cbs["adaptive"] = cb6
   cbs["vec"] = cb6
   cbs["flat"] = cb6
   cbs["empty"] = cb6
@@ -138,6 +142,7 @@ def blob():
   b = compress(params, cbs)
   kinds = {l.path: l.model for l in inspect(b).leaves}
   assert kinds["conv/kernel"].startswith("static") and kinds["units"].startswith("unit")
+  assert kinds["adaptive"].startswith("polya")
   return b
 
 

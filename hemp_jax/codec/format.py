@@ -443,10 +443,12 @@ def _level_steps(levels: np.ndarray) -> bytes | None:
   if levels.size < 3:
     return None
   out = bytearray(_to_le_bytes(levels[:2]))
-  step = levels[1:2] - levels[0:1]
+  with np.errstate(all="ignore"):
+    step = levels[1:2] - levels[0:1]
   ints = _bits_of(levels)
   for i in range(2, levels.size):
-    pred = int(_bits_of(levels[i - 1 : i] + step)[0])
+    with np.errstate(all="ignore"):
+      pred = int(_bits_of(levels[i - 1 : i] + step)[0])
     d = int(ints[i]) - pred
     write_varint(out, (d << 1) if d >= 0 else ((-d << 1) - 1))
   return bytes(out)
@@ -459,7 +461,8 @@ def _bits_of(a: np.ndarray) -> np.ndarray:
 def _read_level_steps(r: Reader, dtype, a: int) -> np.ndarray:
   levels = np.empty(a, dtype)
   levels[:2] = _from_le_bytes(r.take(2 * dtype.itemsize, "codebook levels"), dtype, 2)
-  step = levels[1:2] - levels[0:1]
+  with np.errstate(all="ignore"):  # any bit patterns, NaN and inf included
+    step = levels[1:2] - levels[0:1]
   width = 8 * dtype.itemsize
   bits = _bits_of(levels)
   for i in range(2, a):
