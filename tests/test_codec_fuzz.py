@@ -44,7 +44,7 @@ def _base_params():
   rng = np.random.default_rng(1234)
   cb6 = np.linspace(-0.5, 0.5, 6).astype(np.float32)
   cb66 = np.linspace(-3, 3, 66).astype(np.float32)
-  drift = rng.dirichlet(np.full(4, 0.3), 24)
+  drift = rng.dirichlet(np.full(4, 0.1), 24)
   unit_idx = (rng.random((120, 24, 1)) > np.cumsum(drift, axis=1)[None]).sum(axis=2).clip(0, 3)
   mild = rng.dirichlet(30 * np.array([0.1, 0.2, 0.4, 0.2, 0.1]), 24)
   polya_idx = (rng.random((120, 24, 1)) > np.cumsum(mild, axis=1)[None]).sum(axis=2).clip(0, 4)

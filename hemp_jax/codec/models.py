@@ -20,17 +20,19 @@ Model kinds, chosen per tensor by the smallest estimated size, tables counted:
   entries above in the same column (the *pad* symbol above the first rows). Order 0 is
   one table for the whole leaf.
 * ``unit`` (order 0): one table per output unit (per column of ``X``).
-* ``polya`` (order ``m`` = 0..3): the static table of order ``m`` is the prior of
-  adaptive counts kept per (output unit, context). The walked rows are cut into blocks
-  (:func:`polya_blocks`: 0, 1, 2, 3, 4, 6, 9, ... growing by half); inside a block every
-  symbol of a unit in a context is coded with the weights ``n_a * 2**PRIOR_BITS +
-  prior_a``, ``n_a`` the times symbol ``a`` occurred in that unit and context in the
-  blocks before, and ``prior_a = max(1, w_a * beta * 2**PRIOR_BITS // sum(w))`` for
+* ``polya`` (order ``m`` = 0..3): a static table of order ``m`` is the prior of
+  adaptive counts kept per (output unit, context): a symbol of a unit in a context is
+  coded with the weights ``n_a * 2**PRIOR_BITS + prior_a``, ``n_a`` the times symbol
+  ``a`` occurred before in that unit and context -- in the rows above (order >= 1: the
+  counts change after every walked row, a Polya urn whose code length the encoder
+  computes in closed form) or in the blocks above (order 0: the walked rows are cut into
+  blocks, :func:`polya_blocks`: 0, 1, 2, 3, 4, 6, 9, ... growing by half, the counts
+  change between blocks and a block is decoded in one call) -- and ``prior_a = max(1, w_a * beta * 2**PRIOR_BITS // sum(w))`` for
   ``w_a > 0`` (else 0), ``w`` the table's integer weights and ``beta`` (the prior's
-  strength, in symbols) one of :data:`BETAS`. Counts change only between blocks, so a
-  block of order 0 is decoded in one call and the weights are exact integers on both
+  strength, in symbols) one of :data:`BETAS`; the weights are exact integers on both
   sides. Scored for leaves of at most :data:`MAX_POLYA_SYMBOLS` symbols, on top of the
-  layout's best static model (its order and table).
+  best static model (its layout, order and table), or of every static model scored for
+  leaves of at most :data:`LAYOUT_FREE_SYMBOLS`.
 
 Tables are the log-codes of :mod:`hemp_jax.codec.coder` (``s`` codes per octave, ``b``
 bits each, chosen per tensor). "Tables counted": a candidate's size is its estimated
@@ -72,6 +74,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy.special import gammaln
 
 from hemp_jax.codec import coder
 from hemp_jax.codec._wire import FormatError, Reader, pack_bits, unpack_bits, write_varint
@@ -323,10 +326,12 @@ def _block_table(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
   return np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
 
 
-def _polya_bits(y, valid, p, n_present, a, codes, s) -> tuple[float, int]:
-  """Code length (bits, up to fixed-point rounding) of the block-adaptive model over
-  BETAS: the smallest and its beta index. ``p``: present-context index of each entry."""
+def _polya_bits(y, valid, p, n_present, a, codes, s, order) -> tuple[float, int]:
+  """Code length (bits, up to fixed-point rounding) of the polya model over BETAS: the
+  smallest and its beta index. ``p``: present-context index of each entry."""
   rows, units = y.shape
+  if order:
+    return _polya_bits_sequential(y, valid, p, n_present, a, codes, s)
   bounds = polya_blocks(rows)
   nb = bounds.size - 1
   if nb * n_present * units * a > MAX_POLYA_ESTIMATE:
@@ -356,6 +361,44 @@ def _polya_bits(y, valid, p, n_present, a, codes, s) -> tuple[float, int]:
   score(first + 1)
   bi = min(scores, key=scores.get)
   return scores[bi], bi
+
+
+def _polya_bits_sequential(y, valid, p, n_present, a, codes, s) -> tuple[float, int]:
+  """Orders >= 1: counts change after every symbol of a (unit, context) cell, so the code
+  length is the Polya urn's closed form (it does not depend on the order of the symbols)."""
+  units = y.shape[1]
+  cell = (p * units + np.arange(units)) * a + y
+  counts = np.bincount(cell[valid], minlength=n_present * units * a).reshape(-1, a)
+  occupied = counts.sum(axis=1) > 0
+  c = counts[occupied].astype(np.float64)
+  pidx = np.nonzero(occupied)[0] // units
+  n = c.sum(axis=1)
+  scores = {}
+
+  def score(bi):
+    if bi not in scores and 0 <= bi < len(BETAS):
+      alpha = _prior(codes, s, BETAS[bi]).astype(np.float64)[pidx] / (1 << PRIOR_BITS)
+      live = alpha > 0
+      al = np.where(live, alpha, 1.0)
+      tot = alpha.sum(axis=1)
+      nats = (gammaln(n + tot) - gammaln(tot)).sum()
+      nats -= np.where(live, gammaln(c + al) - gammaln(al), 0.0).sum()
+      scores[bi] = float(nats / math.log(2))
+
+  for bi in (2, 5):
+    score(bi)
+  first = min(scores, key=scores.get)
+  score(first - 1)
+  score(first + 1)
+  bi = min(scores, key=scores.get)
+  return scores[bi], bi
+
+
+def _refresh(table, counts, prior, pidx, cidx) -> None:
+  """Recomputes the polya weights of the (context, unit) cells ``(pidx, cidx)``."""
+  w = (counts[pidx, cidx] << PRIOR_BITS) + prior[pidx]
+  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
+  table[pidx, cidx] = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
 
 
 # -------------------------------------------------------------------------- encoder
@@ -448,7 +491,7 @@ def _polya_candidate(x: np.ndarray, a: int, static_cand: tuple):
     pos = np.full(a**m, -1, np.int64)
     pos[present] = np.arange(present.size)
     pc = pos[_contexts(yy, a, m, pad)]
-  bits, bi = _polya_bits(yy, valid, pc, present.size, a, codes, coder.S_VALUES[si])
+  bits, bi = _polya_bits(yy, valid, pc, present.size, a, codes, coder.S_VALUES[si], m)
   if not math.isfinite(bits):
     return None
   table = _table_bytes(POLYA, m, a, pad, present.size, b)
@@ -479,6 +522,7 @@ def encode(
   flat = symbols.reshape(-1).astype(np.int32, copy=False)
   allow = allowed(shape, a)
   best = best_static = None
+  statics = []
   samples = {}
   dims = [d for d in shape if d != 1]
   for lay, (rows, cols) in enumerate(layouts(shape)):
@@ -512,8 +556,10 @@ def encode(
       cand = (cand[0] * scale,) + cand[1:]
       if best is None or cand[0] < best[0][0]:
         best = (cand, lay)
-      if cand[1] == STATIC and (best_static is None or cand[0] < best_static[0][0]):
-        best_static = (cand, lay)
+      if cand[1] == STATIC:
+        statics.append((cand, lay))
+        if best_static is None or cand[0] < best_static[0][0]:
+          best_static = (cand, lay)
   if best is None or (best_static is None and force[1] == POLYA):
     raise ValueError(f"model {force} is not allowed for shape {shape}")
   # adaptive counts on top of the best static model
@@ -526,18 +572,19 @@ def encode(
     if cand is None:
       raise ValueError(f"model {force} is too large to score for shape {shape}")
     best = ((cand[0] * scale,) + cand[1:], lay)
-  elif (
-    force is None
-    and adaptive
-    and symbols.size <= MAX_POLYA_SYMBOLS
-    and layouts(shape)[lay][0] >= 8
-    and (POLYA, m) in allow[lay]
-  ):
-    cand = _polya_candidate(sample, a, best_static[0])
-    if cand is not None and cand[0] * scale < (1 - ADAPTIVE_MIN_GAIN) * static_total:
-      cand = (cand[0] * scale,) + cand[1:]
-      if cand[0] < best[0][0]:
-        best = (cand, lay)
+  elif force is None and adaptive and symbols.size <= MAX_POLYA_SYMBOLS:
+    # on top of the best static model; of every static model scored for small leaves
+    bases = statics if symbols.size <= LAYOUT_FREE_SYMBOLS else [best_static]
+    for base, lay in bases:
+      m = base[2]
+      if layouts(shape)[lay][0] < 8 or (POLYA, m) not in allow[lay]:
+        continue
+      sample, scale = samples[lay]
+      cand = _polya_candidate(sample, a, base)
+      if cand is not None and cand[0] * scale < (1 - ADAPTIVE_MIN_GAIN) * static_total:
+        cand = (cand[0] * scale,) + cand[1:]
+        if cand[0] < best[0][0]:
+          best = (cand, lay)
   (total, kind, m, bi, pad, si, b, present, codes), lay = best
   rows, cols = layouts(shape)[lay]
   x = _matrix(flat, rows, cols, lay)
@@ -605,6 +652,23 @@ def _encode_polya(enc, y, valid, a, m, pad, present, prior) -> None:
   counts = np.zeros((present.size, units, a), np.int64)
   cols = np.broadcast_to(np.arange(units), y.shape)
   family = _Categorical(perfect=False)
+  if m:  # sequential: counts change after every row
+    table = _block_table(counts, prior)
+    buf_s, buf_p, held = [], [], 0
+    for t in range(rows):
+      v = valid[t]
+      pt, ct, yt = p[t][v], cols[t][v], y[t][v]
+      keep = ~det[pt]
+      if keep.any():
+        buf_s.append(yt[keep].astype(np.int32))
+        buf_p.append(table[pt[keep], ct[keep]])
+        held += buf_p[-1].size
+      counts[pt, ct, yt] += 1
+      _refresh(table, counts, prior, pt, ct)
+      if buf_s and (held >= _CHUNK or t == rows - 1):
+        enc.encode(np.concatenate(buf_s), family, np.concatenate(buf_p))
+        buf_s, buf_p, held = [], [], 0
+    return
   bounds = polya_blocks(rows)
   for r0, r1 in zip(bounds[:-1], bounds[1:]):
     table = _block_table(counts, prior)
@@ -741,13 +805,13 @@ def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.nd
     prior = _prior(info.codes, info.s, info.beta)
     det = (prior > 0).sum(axis=1) == 1
     counts = np.zeros((info.present.size, units, a), np.int64)
-    bounds = polya_blocks(seg_t)
-    pb = np.zeros((seg_t, units), np.int64)
+    bounds = polya_blocks(seg_t) if m == 0 else np.array([0, seg_t])
+    table = _block_table(counts, prior)
   else:
     table = weights.astype(np.float32)
     bounds = np.array([0, seg_t])
   for r0, r1 in zip(bounds[:-1], bounds[1:]):
-    if polya:
+    if polya and m == 0:
       table = _block_table(counts, prior)
     if m == 0:  # polya of order 0: no dependency inside a block, one call per chunk
       live = np.flatnonzero(~det)
@@ -776,11 +840,11 @@ def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.nd
           row[live] = np.asarray(dec.decode(family, probs), np.int32)
         y[t, :w] = row
         ctx[:w] = (c * a + row) % nctx
-        if polya:
-          pb[t, :w] = p
-    if polya:
+        if polya:  # sequential: counts change after every row
+          counts[p, cols_idx[:w], row] += 1
+          _refresh(table, counts, prior, p, cols_idx[:w])
+    if polya and m == 0:
       valid = _valid_mask(rows, cols, seg_t, s)[r0:r1]
-      cell = (pb[r0:r1][valid] * units + np.broadcast_to(cols_idx, valid.shape)[valid]) * a
-      cell += y[r0:r1][valid]
+      cell = np.broadcast_to(cols_idx, valid.shape)[valid] * a + y[r0:r1][valid]
       counts += np.bincount(cell, minlength=counts.size).reshape(counts.shape)
   return _unwalk(y, rows, cols, s)
