@@ -25,9 +25,18 @@ uint8 index streams (scan order, concatenated, no codebooks or float tensors) un
 (xz -9e), zstd -19 and brotli -11; and encode/decode throughput of ``compress`` (with
 the codebooks given) and ``decompress``, in M params/s (best of ``--repeats``).
 
+(c) Speed at scale (issue #11): a ResNet-50-shaped tree (torchvision shapes in Flax
+    layout, 25,557,032 params, Laplacian weights, uniform codebooks of N=16 levels + 2
+    guards fitted in numpy, BN and biases in float): compress / decompress CPU time in M
+    params/s (best of ``--repeats``), the largest traced allocation during each in units
+    of the float32 model's size (tracemalloc: numpy and Python memory), and the (2^20, 32)
+    two-level leaf with constant columns (file size, decode time). ``--scale-only`` runs
+    just this part, ``--skip-scale`` skips it.
+
 Usage::
 
   python experiments/bench_codec.py
+  python experiments/bench_codec.py --scale-only --repeats 3
   python experiments/bench_codec.py --params lenet5_hemp.npz [--codebooks cbs.npz]
 """
 
