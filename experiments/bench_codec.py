@@ -25,9 +25,18 @@ uint8 index streams (scan order, concatenated, no codebooks or float tensors) un
 (xz -9e), zstd -19 and brotli -11; and encode/decode throughput of ``compress`` (with
 the codebooks given) and ``decompress``, in M params/s (best of ``--repeats``).
 
+(c) Speed at scale (issue #11): a ResNet-50-shaped tree (torchvision shapes in Flax
+    layout, 25,557,032 params, Laplacian weights, uniform codebooks of N=16 levels + 2
+    guards fitted in numpy, BN and biases in float): compress / decompress CPU time in M
+    params/s (best of ``--repeats``), the largest traced allocation during each in units
+    of the float32 model's size (tracemalloc: numpy and Python memory), and the (2^20, 32)
+    two-level leaf with constant columns (file size, decode time). ``--scale-only`` runs
+    just this part, ``--skip-scale`` skips it.
+
 Usage::
 
   python experiments/bench_codec.py
+  python experiments/bench_codec.py --scale-only --repeats 3
   python experiments/bench_codec.py --params lenet5_hemp.npz [--codebooks cbs.npz]
 """
 
@@ -162,6 +171,135 @@ def synthetic_resnet18(seed: int = 0, num_levels: int = 16):
     params, num_levels, method="uniform", guard_levels=True, exclude=r"bn|bias|scale"
   )
   return params, cbs
+
+
+def _resnet50_shapes(width: int = 64):
+  """torchvision ResNet-50 conv shapes in Flax layout (kh, kw, in, out), and BN widths."""
+  convs = [("conv1", (7, 7, 3, width))]
+  bns = [("bn1", width)]
+  cin = width
+  for stage, (blocks, mid) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), start=1):
+    mid = mid * width // 64
+    cout = 4 * mid
+    for block in range(blocks):
+      pre = f"layer{stage}/{block}"
+      convs += [
+        (f"{pre}/conv1", (1, 1, cin, mid)),
+        (f"{pre}/conv2", (3, 3, mid, mid)),
+        (f"{pre}/conv3", (1, 1, mid, cout)),
+      ]
+      bns += [(f"{pre}/bn1", mid), (f"{pre}/bn2", mid), (f"{pre}/bn3", cout)]
+      if block == 0:
+        convs.append((f"{pre}/downsample/conv", (1, 1, cin, cout)))
+        bns.append((f"{pre}/downsample/bn", cout))
+      cin = cout
+  return convs, bns, cin
+
+
+def synthetic_resnet50(seed: int = 0, num_levels: int = 16, width: int = 64):
+  """ResNet-50-shaped tree (25,557,032 params at width 64): Laplacian weights, Kaiming
+  scale, log-normal per-output-channel spread; uniform codebooks of N levels over each
+  tensor's range plus two guard levels (K = N + 2), fitted in numpy; BN and biases float."""
+  rng = np.random.default_rng(seed)
+  convs, bns, feat = _resnet50_shapes(width)
+  flat, cbs = {}, {}
+  for name, shape in convs + [("fc/kernel", (feat, 1000))]:
+    fan_in = int(np.prod(shape[:-1]))
+    scale = np.sqrt(2.0 / fan_in) / np.sqrt(2.0)
+    spread = np.exp(0.3 * rng.standard_normal(shape[-1])).astype(np.float32)
+    w = (rng.laplace(0.0, 1.0, shape).astype(np.float32) * np.float32(scale)) * spread
+    key = name if name.endswith("kernel") else name + "/kernel"
+    flat[key] = w
+    lo, hi = float(w.min()), float(w.max())
+    step = (hi - lo) / (num_levels - 1)
+    cbs[key] = (lo + step * np.arange(-1, num_levels + 1)).astype(np.float32)
+  for name, c in bns:
+    flat[name + "/scale"] = (1.0 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+    flat[name + "/bias"] = (0.05 * rng.standard_normal(c)).astype(np.float32)
+  flat["fc/bias"] = (0.01 * rng.standard_normal(1000)).astype(np.float32)
+  tree = _nest(flat)
+  cb_tree = _nest({k: np.zeros(0) for k in flat})
+  for key in flat:
+    node = cb_tree
+    *parents, last = key.split("/")
+    for part in parents:
+      node = node[part]
+    node[last] = cbs.get(key)
+  return tree, cb_tree
+
+
+def measure_scale(params, codebooks, repeats: int = 1) -> dict:
+  """Encode/decode CPU throughput and peak traced memory of compress/decompress."""
+  import tracemalloc
+
+  n = sum(np.size(x) for x in _leaves_flat(params))
+  float_bytes = 4 * n
+  blob, _, c_enc = _timed(lambda: compress(params, codebooks), repeats)
+  _, _, c_dec = _timed(lambda: decompress(blob), repeats)
+  tracemalloc.start()
+  compress(params, codebooks)
+  _, peak_enc = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  tracemalloc.start()
+  decompress(blob)
+  _, peak_dec = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  orders = {}
+  for leaf in inspect(blob).leaves:
+    if leaf.model:
+      key = f"{leaf.model}/o{leaf.order}"
+      orders[key] = orders.get(key, 0) + 1
+  return {
+    "params": n,
+    "file": len(blob),
+    "enc_cpu": n / c_enc / 1e6,
+    "dec_cpu": n / c_dec / 1e6,
+    "t_enc": c_enc,
+    "t_dec": c_dec,
+    "peak_enc": peak_enc / float_bytes,
+    "peak_dec": peak_dec / float_bytes,
+    "models": orders,
+  }
+
+
+def _leaves_flat(tree):
+  import jax
+
+  return jax.tree_util.tree_leaves(tree)
+
+
+def measure_tall_leaf(repeats: int = 3) -> dict:
+  """The (2^20, 32) two-level leaf with constant columns: file size, encode/decode time."""
+  cb = np.array([-1.0, 1.0], np.float32)
+  x = np.ascontiguousarray(np.broadcast_to(cb[np.arange(32) % 2], (1 << 20, 32)))
+  blob, _, c_enc = _timed(lambda: compress({"w": x}, {"w": cb}), repeats)
+  out, t_dec, c_dec = _timed(lambda: decompress(blob), repeats)
+  assert np.array_equal(out["w"], x)
+  return {"file": len(blob), "t_enc": c_enc, "t_dec": t_dec, "c_dec": c_dec}
+
+
+def print_scale(label, r, tall):
+  print(f"\n== speed at scale: {label} ==")
+  head = (
+    f"{'params':>10} {'file B':>10} {'bits/p':>7} {'enc cpu s':>9} {'enc M/s':>8} "
+    f"{'dec cpu s':>9} {'dec M/s':>8} {'peak enc':>9} {'peak dec':>9}"
+  )
+  print(head)
+  print("-" * len(head))
+  print(
+    f"{r['params']:>10} {r['file']:>10} {8 * r['file'] / r['params']:>7.4f} "
+    f"{r['t_enc']:>9.2f} {r['enc_cpu']:>8.1f} {r['t_dec']:>9.2f} {r['dec_cpu']:>8.1f} "
+    f"{r['peak_enc']:>8.2f}x {r['peak_dec']:>8.2f}x"
+  )
+  print(f"models used: {dict(sorted(r['models'].items()))}")
+  print(
+    "peak = largest traced (numpy + Python) allocation during compress / decompress, in "
+    "units of the float32 model's size; M/s = params per second of this process's CPU time"
+  )
+  print(
+    f"(2^20, 32) two-level leaf, constant columns: {tall['file']} B, encode "
+    f"{tall['t_enc']:.2f} s CPU, decode {tall['t_dec']:.3f} s wall ({tall['c_dec']:.3f} s CPU)"
+  )
 
 
 # ------------------------------------------------------------------------ measuring
@@ -323,11 +461,22 @@ def main(argv=None):
   ap.add_argument("--min-size", type=int, default=None)
   ap.add_argument("--resnet-levels", type=int, default=16)
   ap.add_argument("--skip-resnet", action="store_true")
+  ap.add_argument("--skip-scale", action="store_true", help="skip the ResNet-50 speed run")
+  ap.add_argument("--scale-width", type=int, default=64, help="ResNet-50 base width (64)")
+  ap.add_argument("--scale-only", action="store_true", help="only the ResNet-50 speed run")
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
 
   start = time.perf_counter()
+  if not args.skip_scale:
+    params, cbs = synthetic_resnet50(args.seed, args.resnet_levels, args.scale_width)
+    r = measure_scale(params, cbs, args.repeats)
+    del params, cbs
+    label = f"ResNet-50 shapes (width {args.scale_width}), Laplace, K={args.resnet_levels + 2}"
+    print_scale(label, r, measure_tall_leaf(args.repeats))
+    if args.scale_only:
+      return
   results = []
   if args.params:
     params = load_params(args.params)

@@ -1,6 +1,10 @@
 """Tests of the .hemp container and its context-adaptive coder."""
 
+import hashlib
 import math
+import os
+import pathlib
+import stat
 import time
 import zlib
 
@@ -23,6 +27,7 @@ from hemp_jax.codec import (
   format_inspection,
   inspect,
   load_into,
+  models,
 )
 from hemp_jax.codec import format as fmt
 from hemp_jax.codec._wire import Reader
@@ -125,12 +130,16 @@ def test_numpy_quantizer_matches_jax():
     )
 
 
-def test_non_finite_weights_follow_jax():
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_in_a_quantized_leaf_are_refused(bad):
+  """A codebook cannot represent NaN/inf: compress refuses instead of clamping silently;
+  the same leaf stored in float keeps them bitwise."""
   cb = jnp.asarray([-1.0, 0.0, 1.0], jnp.float32)
-  x = np.array([np.nan, np.inf, -np.inf, 0.3, -0.7, 2.0], np.float32)
-  blob = compress({"w": x}, {"w": cb})
-  want = np.asarray(q.dequantize(q.quantize_indices(x, cb), cb))
-  np.testing.assert_array_equal(decompress(blob)["w"], want)
+  x = np.array([0.3, bad, -0.7, 2.0], np.float32)
+  with pytest.raises(ValueError, match="'layer/w' holds NaN or inf"):
+    compress({"layer": {"w": x}}, {"layer": {"w": cb}})
+  out = decompress(compress({"layer": {"w": x}}, {"layer": {"w": None}}))
+  assert out["layer"]["w"].tobytes() == x.tobytes()
 
 
 # -------------------------------------------------------------------- the matrix view
@@ -560,7 +569,39 @@ def test_float_leaves_byte_planes_compress_where_they_can():
     assert (ratio < 0.97) == (j == 3), (j, ratio)
 
 
-def test_version_1_files_with_whole_stream_zlib_records_decode(monkeypatch):
+def legacy_file(blob: bytes, version: int = 2, float_body=None) -> bytes:
+  """The file a version-1/2 writer made of the same leaves as the version-3 ``blob``:
+  header checksum, per-record checksums, quantized leaves coded with the legacy coder
+  (:mod:`hemp_jax.codec.coder`); float bodies from ``float_body(values)`` if given."""
+  entries, _ = fmt._parse_header(blob, fmt.DEFAULT_MAX_ELEMENTS)
+  out = []
+  for e in entries:
+    r = fmt._record_reader(blob, e)
+    n = math.prod(e.shape)
+    typ = fmt._dtype_code(e.dtype) | (e.kind << 4)
+    if e.kind == fmt._KIND_FLOAT:
+      value = fmt._decode_float(r, e.dtype, e.shape, n)
+      body = (float_body or fmt._float_body)(value)
+    else:
+      k, used, levels = fmt._parse_quantized_head(r, e.dtype, n)
+      head = bytearray()
+      fmt.write_varint(head, ((k - 2) << 1) | int(n > 0 and not used.all()))
+      if n and not used.all():
+        head += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
+      body = bytes(head) + (fmt._to_le_bytes(levels) if n else b"")
+      if n and levels.size >= 2:
+        symbols = models.decode(r, e.shape, levels.size)
+        coded = coder.encode_symbols(symbols, levels.size)
+        body += coded.model + coded.payload
+    out.append((e.comps, typ, e.shape, body))
+  header = bytearray(fmt.MAGIC) + bytes([version]) + fmt._leaf_table(out)
+  header += zlib.crc32(header).to_bytes(4, "little")
+  for *_, body in out:
+    header += body + zlib.crc32(body).to_bytes(4, "little")
+  return bytes(header)
+
+
+def test_version_1_files_with_whole_stream_zlib_records_decode():
   """Version-1 files, whose float records are mode 2 (one zlib stream of all planes),
   decode, also for leaves whose planes the writer would now store apart."""
   rng = np.random.default_rng(4)
@@ -573,19 +614,317 @@ def test_version_1_files_with_whole_stream_zlib_records_decode(monkeypatch):
     planes = np.frombuffer(fmt._to_le_bytes(x), np.uint8).reshape(x.size, x.itemsize).T
     return bytes([fmt._FLOAT_ZLIB]) + zlib.compress(planes.tobytes(), 9)
 
-  monkeypatch.setattr(fmt, "_float_body", mode2_body)
-  blob = bytearray(compress(params, jax.tree.map(lambda _: None, params)))
-  monkeypatch.undo()
-  # ... in a version-1 file, as the writers before mode 3 made them
-  header_end = inspect(bytes(blob)).header_bytes
-  assert blob[4] == fmt.FORMAT_VERSION == 2
-  blob[4] = 1
-  blob[header_end - 4 : header_end] = zlib.crc32(bytes(blob[: header_end - 4])).to_bytes(
-    4, "little"
-  )
-  blob = bytes(blob)
+  blob = legacy_file(compress(params, jax.tree.map(lambda _: None, params)), 1, mode2_body)
   rep = inspect(blob)
   assert rep.version == 1 and {l.storage for l in rep.leaves} == {"zlib"}
   out = decompress(blob)
   for name, x in params.items():
     assert out[name].tobytes() == x.tobytes()
+
+
+# ------------------------------------------------------------- format version 3
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+# sha256 (first 16 hex digits) of every decoded leaf of the two fixture files, as the
+# version-2 decoder (the one that wrote them) gave them
+FIXTURE_LEAVES = {
+  "lenet5_hemp": {
+    "params/conv1/bias": "c6f983f00393564f",
+    "params/conv1/kernel": "9083f4b6c79fe108",
+    "params/conv2/bias": "dab0e0f9414b813c",
+    "params/conv2/kernel": "2514a2b146216161",
+    "params/fc1/bias": "fa2a8cd11079cc82",
+    "params/fc1/kernel": "424a40f5bab5c8af",
+    "params/fc2/bias": "576925a1e7b4f243",
+    "params/fc2/kernel": "60871bc813402afd",
+  },
+  "lenet5_noreg": {
+    "params/conv1/bias": "a90ebd4e2f25cd0e",
+    "params/conv1/kernel": "0733b4d8e9922ac9",
+    "params/conv2/bias": "b493c8c5eb97d361",
+    "params/conv2/kernel": "d88a0568703712a4",
+    "params/fc1/bias": "4f0d992cd85b80f8",
+    "params/fc1/kernel": "770e4dacbf51abfd",
+    "params/fc2/bias": "5807418ea5584d58",
+    "params/fc2/kernel": "bd4a08f16021d4f6",
+  },
+}
+# (size of the version-2 fixture, size after reencode with the current coder)
+FIXTURE_SIZES = {"lenet5_hemp": (14315, 14084), "lenet5_noreg": (55894, 55749)}
+
+
+def _sha(x):
+  return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_LEAVES))
+def test_fixtures_decode_and_reencode_losslessly(name):
+  """The two real version-2 files decode to the values they were written with; quantized
+  leaves hold only their used levels; reencode gives a smaller version-3 file that
+  decodes bit-identically (same dtypes, levels, indices)."""
+  blob = (FIXTURES / f"{name}.hemp").read_bytes()
+  old_size, new_size = FIXTURE_SIZES[name]
+  assert len(blob) == old_size and inspect(blob).version == 2
+  out = flat(decompress(blob))
+  assert {k: _sha(v) for k, v in out.items()} == FIXTURE_LEAVES[name]
+  for leaf in inspect(blob).leaves:
+    if leaf.kind == "quantized":
+      assert np.unique(out[leaf.path]).size == leaf.used_levels, leaf.path
+  new = fmt.reencode(blob)
+  assert inspect(new).version == fmt.FORMAT_VERSION == 3
+  assert len(new) <= new_size
+  again = flat(decompress(new))
+  assert set(again) == set(out)
+  for k, v in out.items():
+    assert again[k].dtype == v.dtype and again[k].tobytes() == v.tobytes(), k
+  assert fmt.reencode(new) == new  # idempotent
+  # legacy version-2 writer of the same leaves (quantized too) -> decodes identically
+  legacy = legacy_file(new, 2)
+  assert {k: _sha(v) for k, v in flat(decompress(legacy)).items()} == FIXTURE_LEAVES[name]
+
+
+def _unit_bound_bytes(symbols, a, layout_shape):
+  """Per-output-unit order-0 entropy of the coder's matrix view, with its tables counted:
+  sum_c n_c H(column c) plus the bytes of the per-unit tables (C x A log-codes at the
+  precision the coder picks for them, as ``models`` writes a unit model)."""
+  rows, cols = layout_shape
+  x = symbols.reshape(rows, cols)
+  counts = np.stack([np.bincount(x[:, c], minlength=a) for c in range(cols)])
+  tot = counts.sum(axis=1, keepdims=True)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    h_bits = np.where(counts > 0, counts * np.log2(tot / np.maximum(counts, 1)), 0.0).sum()
+  _, _, b, _ = coder._best_codes(counts)
+  return h_bits / 8 + models._table_bytes(models.UNIT, 0, a, 0, cols, b)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_LEAVES))
+def test_reencoded_fixture_tensors_within_per_unit_bound(name):
+  """Every quantized tensor of >= 1,000 weights: model section + payload <= 1.005 x its
+  per-output-unit order-0 entropy with its tables counted."""
+  blob = fmt.reencode((FIXTURES / f"{name}.hemp").read_bytes())
+  entries, _ = fmt._parse_header(blob, fmt.DEFAULT_MAX_ELEMENTS)
+  checked = 0
+  for e in entries:
+    n = math.prod(e.shape)
+    if e.kind != fmt._KIND_QUANTIZED or n < 1000:
+      continue
+    r = fmt._record_reader(blob, e)
+    _, _, levels = fmt._parse_quantized_head(r, e.dtype, n)
+    coded_bytes = r.remaining
+    symbols = models.decode(r, e.shape, levels.size)
+    bound = _unit_bound_bytes(symbols, levels.size, models.layouts(e.shape)[0])
+    assert coded_bytes <= 1.005 * bound, (fmt._name(e.comps), coded_bytes, bound)
+    checked += 1
+  assert checked == 3
+
+
+def test_swapped_duplicated_moved_records_are_format_errors():
+  """Records carry no checksum of their own: the file checksum binds each to its place.
+  Two records of equal length swapped (which once decoded to another model) fail."""
+  rng = np.random.default_rng(12)
+  a = rng.integers(0, 256, 64).astype(np.uint8)  # incompressible: raw records
+  b = rng.integers(0, 256, 64).astype(np.uint8)
+  blob = compress({"a": a, "b": b}, {"a": None, "b": None})
+  rep = inspect(blob)
+  start = rep.header_bytes - 4
+  la, lb = (l.record_bytes for l in rep.leaves)
+  assert la == lb
+  ra, rb = blob[start : start + la], blob[start + la : start + la + lb]
+  tail = blob[start + la + lb :]
+  for bad in (
+    blob[:start] + rb + ra + tail,  # swapped
+    blob[:start] + ra + ra + tail,  # duplicated
+    blob[:start] + rb + rb + tail,
+  ):
+    with pytest.raises(FormatError, match="checksum"):
+      decompress(bad)
+    with pytest.raises(FormatError):
+      inspect(bad)
+
+
+def test_max_bytes_checked_before_allocating():
+  blob = compress({"w": np.zeros((1024, 1024), np.float32)}, {"w": None})
+  assert len(blob) < 64
+  with pytest.raises(FormatError, match="max_bytes"):
+    decompress(blob, max_bytes=4 << 20 - 1)
+  with pytest.raises(FormatError, match="max_bytes"):
+    inspect(blob, max_bytes=1000)
+  assert decompress(blob, max_bytes=4 << 20)["w"].shape == (1024, 1024)
+  assert fmt.DEFAULT_MAX_BYTES == 4 << 30
+
+
+def test_tall_two_level_leaf_decodes_fast():
+  """A (2^20, 32) two-level leaf with constant columns: a tiny file (per-unit tables, no
+  payload) that decodes in well under a second (one coder call per row once took 14-21 s)."""
+  cb = np.array([-1.0, 1.0], np.float32)
+  x = np.broadcast_to(cb[np.arange(32) % 2], (1 << 20, 32))
+  blob = compress({"w": x}, {"w": cb})
+  assert len(blob) < 100
+  t = time.perf_counter()
+  out = decompress(blob)["w"]
+  dt = time.perf_counter() - t
+  np.testing.assert_array_equal(out, x)
+  assert dt < 1.0, dt
+
+
+def test_compress_refuses_what_decompress_cannot_read():
+  x = np.zeros((1,) * 33, np.float32)
+  with pytest.raises(ValueError, match="rank 33"):
+    compress({"w": x}, {"w": None})
+  compress({"w": x.reshape((1,) * 32)}, {"w": None})  # the limit itself is fine
+  deep = leaf = {}
+  for i in range(70):
+    leaf = leaf.setdefault(f"k{i}", {})
+  leaf["w"] = np.ones(3, np.float32)
+  with pytest.raises(ValueError, match="71 keys deep"):
+    compress(deep, jax.tree.map(lambda _: None, deep))
+  for bad in ({True: np.ones(2, np.float32)}, {1.5: np.ones(2, np.float32)}):
+    with pytest.raises(ValueError, match="key"):
+      compress(bad, jax.tree.map(lambda _: None, bad))
+  # int and str keys come back exactly, side by side
+  ok = {"i": {1: np.ones(2, np.float32), 7: np.zeros(2, np.float32)}, "s": [np.ones(1, np.int8)]}
+  out = decompress(compress(ok, jax.tree.map(lambda _: None, ok)))
+  assert set(out["i"]) == {1, 7} and set(out["s"]) == {0}
+  np.testing.assert_array_equal(out["i"][1], ok["i"][1])
+
+
+def test_output_file_mode_follows_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    compress_file({"w": np.ones(4, np.float32)}, tmp_path / "a.hemp", codebooks={"w": None})
+    os.umask(0o077)
+    compress_file({"w": np.ones(4, np.float32)}, tmp_path / "b.hemp", codebooks={"w": None})
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE((tmp_path / "a.hemp").stat().st_mode) == 0o644
+  assert stat.S_IMODE((tmp_path / "b.hemp").stat().st_mode) == 0o600
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hemp", "b.hemp"]
+
+
+def test_layouts_drop_unit_axes_and_pick_the_output_axis():
+  assert models.layouts((5, 5, 20, 50)) == [(500, 50), (5000, 5)]
+  assert models.layouts((64, 32, 1, 1)) == [(64, 32), (32, 64)]
+  assert models.layouts((1, 1, 32, 64)) == [(32, 64), (64, 32)]
+  assert models.layouts((1, 100)) == [(100, 1)] == models.layouts((100,))
+  assert models.layouts(()) == [(1, 1)]
+  # a PyTorch (out, in, 1, 1) kernel whose fan-in runs are correlated: layout 1 wins
+  rng = np.random.default_rng(13)
+  idx = markov_indices(rng, (256, 128), 4, stay=0.95)  # (in, out) matrix view
+  torch_like = np.ascontiguousarray(idx.T)[:, :, None, None]  # (out, in, 1, 1)
+  coded = models.encode(torch_like, 4)
+  assert coded.layout == 1 and coded.order >= 1
+  iid_cost = models.encode(rng.permutation(torch_like.reshape(-1)).reshape(torch_like.shape), 4)
+  assert len(coded.payload) < 0.6 * len(iid_cost.payload)
+  y = models.decode(Reader(coded.model + coded.payload), torch_like.shape, 4)
+  np.testing.assert_array_equal(y, torch_like)
+
+
+def _drifting_units(rng, rows, cols, a):
+  """Columns with their own distributions (drift across output units)."""
+  p = rng.dirichlet(np.full(a, 0.3), cols)
+  u = rng.random((rows, cols))
+  return (u[:, :, None] > np.cumsum(p, axis=1)[None]).sum(axis=2).clip(0, a - 1)
+
+
+@pytest.mark.parametrize(
+  "shape,a,kind",
+  [
+    ((600, 40), 5, "drift"),
+    ((300, 24), 4, "markov"),
+    ((5000, 3), 3, "markov"),  # tall: segmented walk
+    ((3000, 40), 6, "drift"),  # tall: segmented walk, polya/unit
+    ((50,), 4, "iid"),
+    ((7, 1, 9), 2, "iid"),
+  ],
+)
+def test_models_roundtrip_every_kind(shape, a, kind):
+  rng = np.random.default_rng(sum(shape) + a)
+  n = math.prod(shape)
+  if kind == "drift":
+    x = _drifting_units(rng, n // shape[-1], shape[-1], a).reshape(shape)
+  elif kind == "markov":
+    x = markov_indices(rng, shape, a, stay=0.8)
+  else:
+    x = rng.integers(0, a, shape)
+  seen = set()
+  for lay, allow in models.allowed(shape, a).items():
+    for kind_, m in allow:
+      coded = _encode_forced(x, a, lay, kind_, m)
+      if coded is None:
+        continue
+      y = models.decode(Reader(coded.model + coded.payload), shape, a)
+      np.testing.assert_array_equal(y, x)
+      seen.add(kind_)
+  if len(shape) >= 2 and shape[0] > 10:
+    assert seen == {models.STATIC, models.UNIT, models.POLYA}
+  best = models.encode(x, a)
+  assert len(best.model) + len(best.payload) <= min(len(c.model) + len(c.payload) for c in [best])
+  if kind == "drift":
+    assert best.kind in (models.UNIT, models.POLYA)
+
+
+def _encode_forced(x, a, layout, kind, order):
+  """models.encode with one model (None where polya is not allowed at that order)."""
+  try:
+    return models.encode(x, a, force=(layout, kind, order))
+  except ValueError:
+    assert kind == models.POLYA
+    return None
+
+
+def test_polya_beats_static_on_drifting_units_and_estimate_is_close():
+  rng = np.random.default_rng(21)
+  x = _drifting_units(rng, 400, 64, 4)
+  coded = models.encode(x, 4)
+  static = _encode_forced(x, 4, 0, models.STATIC, 0)
+  assert coded.kind in (models.UNIT, models.POLYA)
+  assert len(coded.payload) + len(coded.model) < 0.9 * (len(static.payload) + len(static.model))
+  polya = next(c for m in range(4) if (c := _encode_forced(x, 4, 0, models.POLYA, m)) is not None)
+  assert abs(len(polya.payload) - polya.estimated_bits / 8) <= 0.01 * len(polya.payload) + 8
+
+
+def test_leaf_names_cost_under_one_percent_on_a_1000_leaf_tree():
+  """ResNet-like tree of ~1,000 leaves (Flax names, conv/dense/norm shapes, 3 bits/param
+  worth of 8-level weights): the header (leaf table + checksum) is <= 1% of the file."""
+  rng = np.random.default_rng(22)
+  params, cbs = {}, {}
+  cb = np.linspace(-1, 1, 8).astype(np.float32)
+  for s in range(4):
+    for blk in range(62):
+      name = f"stage{s}_block{blk}"
+      layer = {}
+      for conv in range(2):
+        cin = cout = 8 * 2**s
+        w = cb[rng.integers(0, 8, (3, 3, cin, cout))]
+        layer[f"Conv_{conv}"] = {"kernel": w}
+        cbs.setdefault(name, {})[f"Conv_{conv}"] = {"kernel": cb}
+        layer[f"BatchNorm_{conv}"] = {"scale": np.ones(cout, np.float32)}
+        cbs[name][f"BatchNorm_{conv}"] = {"scale": None}
+      params[name] = layer
+  blob = compress(params, cbs)
+  rep = inspect(blob)
+  assert len(rep.leaves) == 4 * 62 * 4 == 992
+  assert rep.header_bytes <= 0.01 * len(blob), (rep.header_bytes, len(blob))
+
+
+def test_walked_rows_are_bounded_by_the_leaf_size():
+  """Sequential models walk at most max(64, min(1024, n / 16), n / 2048) rows, so the
+  per-row cost never dominates: a long vector with an order-2 context decodes fast."""
+  for rows, cols in [(500, 50), (800, 500), (500, 10), (1024, 1), (100, 1), (5000, 3)]:
+    t, s = models.segment_rows(rows, cols)
+    n = rows * cols
+    assert t * s >= rows > (s - 1) * t
+    assert t <= max(64, min(1024, n // 16), -(-n // 2048))
+  assert models.segment_rows(800, 500) == (800, 1)  # LeNet-5 fc1: not cut
+  assert models.segment_rows(1 << 20, 32) == (16384, 64)
+  rng = np.random.default_rng(31)
+  n = 1 << 18  # runs of a symbol (vectorised Markov chain)
+  change = rng.random(n) < 0.05
+  change[0] = True
+  x = rng.integers(0, 3, n)[np.maximum.accumulate(np.where(change, np.arange(n), 0))]
+  coded = models.encode(x, 3, force=(0, models.STATIC, 2))
+  t = time.perf_counter()
+  y = models.decode(Reader(coded.model + coded.payload), x.shape, 3)
+  dt = time.perf_counter() - t
+  np.testing.assert_array_equal(y, x)
+  assert dt < 0.5, dt

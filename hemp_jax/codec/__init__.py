@@ -7,6 +7,7 @@ arrays; :mod:`hemp_jax.codec.format` describes the byte layout and
 
 from hemp_jax.codec._wire import FormatError
 from hemp_jax.codec.format import (
+  DEFAULT_MAX_BYTES,
   DEFAULT_MAX_ELEMENTS,
   FORMAT_VERSION,
   LeafReport,
@@ -18,6 +19,8 @@ from hemp_jax.codec.format import (
   format_inspection,
   inspect,
   load_into,
+  reencode,
+  write_bytes_atomic,
 )
 
 __all__ = [
@@ -33,6 +36,9 @@ __all__ = [
   "load_into",
   "compress_file",
   "decompress_file",
+  "reencode",
+  "write_bytes_atomic",
+  "DEFAULT_MAX_BYTES",
 ]
 
 # Checkpoints of other formats and post-training quantization (issue 11).

@@ -1,5 +1,8 @@
 """Context-adaptive range coding of quantized index streams (on ``constriction``).
 
+This is the coder of format versions 1 and 2, kept to read those files (and for its
+table machinery, which :mod:`hemp_jax.codec.models`, the coder of version 3, reuses).
+
 The matrix view (the contract with the entropy estimator)
 ---------------------------------------------------------
 A quantized leaf of shape ``(..., C)`` (Flax layout ``(..., in, out)``, ``C`` output units)

@@ -5,19 +5,34 @@ codebook plus the entropy-coded level indices (a *quantized* leaf) or the exact 
 *float* leaf: biases, norms, small tensors, integer leaves; lossless, bitwise). Everything
 needed to decode is in the file and counted in its size.
 
-Byte layout (all integers little-endian; ``varint`` = unsigned LEB128)::
+Byte layout of version 3, written (all integers little-endian; ``varint`` = unsigned
+LEB128)::
 
-    file    := header records
-    header  := "HEMP" u8:version varint:num_leaves leaf* u32:crc32(header bytes before it)
-      version    2 is written; version 1 files (before float mode 3) are read too
+    file    := "HEMP" u8:3 u8:table_codec varint:table_length [varint:stored_length]
+               stored_table records u32:crc32(every byte of the file before it)
+      table_codec 0: the leaf table is stored as is (stored_length absent);
+                  1: raw DEFLATE with the preset dictionary _NAME_DICT of common
+                  parameter names (stored_length bytes inflate to table_length bytes)
+    table   := varint:num_leaves leaf*
     leaf    := varint:keep varint:new component{new} u8:type varint:rank varint:dim{rank}
                varint:record_length
       keep       number of leading path components shared with the previous leaf
       component  varint t; t even: a str key of t >> 1 UTF-8 bytes follows;
                  t odd: an int key, zigzag-decoded from t >> 1
       type       dtype code (bits 0-3, see _DTYPES) | kind << 4 (0 float, 1 quantized)
-    records := (body u32:crc32(body)){num_leaves}, in leaf order; body has record_length
-               bytes, and the file ends exactly after the last record
+    records := body{num_leaves}, in leaf order, each of record_length bytes; the file
+               ends exactly after the last record and the checksum
+
+One checksum over the whole file binds every record to its place (its leaf index and
+path): records swapped, duplicated, moved or cut are a :class:`FormatError`. It is
+verified before anything else is read.
+
+Versions 1 and 2 (read, no longer written): ``"HEMP" u8:version varint:num_leaves leaf*
+u32:crc32(header)`` followed by ``(body u32:crc32(body))`` per leaf, and the quantized
+bodies' coder section of :mod:`hemp_jax.codec.coder` instead of
+:mod:`hemp_jax.codec.models`.
+
+Record bodies (all versions)::
 
     float body      := u8:mode data
       mode 0 raw        the n values, little-endian
@@ -29,25 +44,31 @@ Byte layout (all integers little-endian; ``varint`` = unsigned LEB128)::
                         bytes; clear: the n bytes raw. Low mantissa bytes of trained
                         weights are incompressible and stored raw (no time spent)
     quantized body  := varint:h [bitmap] levels [coder section]
-      h            (K - 2) << 1 | partial, K = codebook size
+      h            version 3: (K - 2) << 2 | arith << 1 | partial; versions 1-2:
+                   (K - 2) << 1 | partial; K = codebook size
       bitmap       only when partial: ceil(K / 8) bytes, bit i (LSB first) = level i used
-      levels       the A used levels, cast to the leaf dtype, little-endian (the decoded
-                   leaf is exactly ``codebook[indices].astype(dtype)``)
+      levels       the A used levels, cast to the leaf dtype (the decoded leaf is exactly
+                   ``codebook[indices].astype(dtype)``): little-endian values; or, when
+                   arith (A >= 3), the first two values, then per further level the zigzag
+                   varint of its bit pattern minus that of (previous level + first step)
+                   computed in the leaf dtype (a uniform codebook: ~1 byte per level)
       coder        when n > 0 and A >= 2: the model section and range coder payload of
-                   :mod:`hemp_jax.codec.coder`, over the compact alphabet 0..A-1 (the
+                   :mod:`hemp_jax.codec.models` (version 3) or :mod:`hemp_jax.codec.coder`
+                   (versions 1-2), over the compact alphabet 0..A-1 (the
                    used levels in increasing index order). A = 1: no coder section (all
                    weights equal that level). n = 0: the body is ``h`` alone.
 
-Checksums: CRC-32 (zlib) over the header and over each record body, verified before
-anything in the record is decoded. Every count and length read from a file is bounded
-before use (and by ``max_elements``), so damaged, truncated or foreign input raises
-:class:`FormatError` instead of allocating or looping without bound.
+Every count and length read from a file is bounded before use, and the decoded size
+(``max_bytes``, ``max_elements``) is checked from the leaf table before anything is
+allocated, so damaged, truncated, crafted or foreign input raises :class:`FormatError`
+instead of allocating or looping without bound; decoding time is linear in the decoded
+size whatever the shapes (see :mod:`hemp_jax.codec.models`).
 
 Paths: leaves are named by their pytree key path (dict keys, attribute names, sequence
 indices); a trailing NNX ``value`` attribute is dropped, as in
 :func:`hemp_jax.groups.path_name`. :func:`decompress` returns nested dicts of numpy arrays
 keyed by those components (str keys stay str, int keys (sequence indices, int dict keys)
-stay int; other key types are stored as their ``str``). :func:`load_into` maps the result
+stay int; :func:`compress` refuses other key types, e.g. bool, rather than change them). :func:`load_into` maps the result
 back onto a template pytree (Linen dicts, NNX ``State``, ...).
 """
 
@@ -56,7 +77,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
+import secrets
 import zlib
 from typing import Any
 
@@ -65,7 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hemp_jax import quantization as q
-from hemp_jax.codec import coder
+from hemp_jax.codec import coder, models
 from hemp_jax.codec._wire import FormatError, Reader, write_varint
 
 __all__ = [
@@ -82,12 +103,46 @@ __all__ = [
   "load_into",
   "compress_file",
   "decompress_file",
+  "reencode",
+  "write_bytes_atomic",
+  "DEFAULT_MAX_BYTES",
 ]
 
 MAGIC = b"HEMP"
-FORMAT_VERSION = 2  # written; 2 added float record mode 3 (byte planes)
-_READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # written; 2 added float record mode 3 (byte planes); 3: one file
+# checksum, compressed leaf table, the coder of hemp_jax.codec.models
+_READABLE_VERSIONS = (1, 2, 3)
 DEFAULT_MAX_ELEMENTS = 1 << 31
+DEFAULT_MAX_BYTES = 4 << 30
+_MAX_TABLE_BYTES = 1 << 28
+# Preset dictionary of the leaf table's DEFLATE stream (fixed forever for version 3):
+# parameter names common in Flax, NNX, PyTorch and Keras checkpoints, written as they
+# appear in the table (length tag + UTF-8), the commonest last, then typical leaf entries.
+_NAME_WORDS = (
+  "running_mean running_var num_batches_tracked moving_mean moving_variance gamma beta "
+  "downsample shortcut projection layer blocks block stage stem head classifier features "
+  "encoder decoder attention attn query key value out mlp ffn Mlp Dense_0 Dense_1 Conv_0 "
+  "Conv_1 BatchNorm_0 BatchNorm_1 LayerNorm_0 GroupNorm_0 Embed_0 embedding norm norm1 "
+  "norm2 bn1 bn2 bn3 conv3 weight batch_stats mean var fc2 fc1 conv2 conv1 scale params "
+  "bias kernel"
+).split()
+
+
+def _tagged(word: str) -> bytes:
+  return bytes([len(word) << 1]) + word.encode()
+
+
+_NAME_DICT = (
+  b"".join(_tagged(w) for w in _NAME_WORDS)
+  + b"\x00\x03"
+  + _tagged("params")
+  + b"\x02\x01"
+  + _tagged("kernel")
+  + b"\x10\x04\x03\x03"
+  + _tagged("bias")
+  + b"\x00\x01"
+)
+
 _MAX_RANK = 32
 _MAX_PATH_DEPTH = 64
 _MAX_LEVELS = 1 << 16
@@ -173,10 +228,18 @@ def _key_component(k):
   else:
     key = getattr(k, "key", k)
   if isinstance(key, (bool, np.bool_)):
-    return str(key)
+    raise ValueError(
+      f"dict key {key!r} is a bool, which a .hemp file cannot store (it would come back "
+      f"as an int or a str); use str keys such as {str(key)!r}"
+    )
   if isinstance(key, (int, np.integer)):
     return int(key)
-  return str(key)
+  if isinstance(key, str):
+    return str(key)
+  raise ValueError(
+    f"pytree key {key!r} of type {type(key).__name__} cannot be stored in a .hemp file "
+    "(only str and int keys come back unchanged); convert it to a str"
+  )
 
 
 def _components(path) -> tuple:
@@ -328,39 +391,102 @@ def quantize_indices_np(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
   return np.asarray(q.quantize_indices(x, c)).reshape(x.shape)
 
 
-def _quantized_body(x: np.ndarray, codebook, max_order: int) -> tuple[bytes, int]:
-  """Body of a quantized leaf, and the coder order used (-1: none)."""
+def _quantized_body(x: np.ndarray, codebook, max_order: int, name: str = "") -> bytes:
+  """Body (version 3) of a quantized leaf."""
   q.validate_codebook(codebook)
   k = int(np.shape(codebook)[0])
   if k > _MAX_LEVELS:
     raise ValueError(f"codebooks are limited to {_MAX_LEVELS} levels, got {k}")
-  out = bytearray()
   if x.size == 0:
-    write_varint(out, (k - 2) << 1)
-    return bytes(out), -1
+    return _quantized_record(k, np.zeros(k, bool), np.zeros(0, x.dtype), None, max_order)
+  if not np.isfinite(x).all():
+    raise ValueError(
+      f"leaf {name!r} holds NaN or inf values, which its codebook cannot represent; "
+      "replace them, or store the leaf in float (codebook None)"
+    )
   cb = _effective_codebook(codebook)
   idx = quantize_indices_np(x, cb)
   used = np.bincount(idx.reshape(-1), minlength=k) > 0
-  levels = cb.astype(x.dtype)
+  levels = cb.astype(x.dtype)[used]
+  compact = idx if used.all() else np.take((np.cumsum(used) - 1).astype(np.int32), idx)
+  return _quantized_record(k, used, levels, compact, max_order)
+
+
+def _quantized_record(k, used, levels, compact, max_order: int) -> bytes:
+  """Version-3 quantized body from the codebook size, used mask, used levels (leaf dtype)
+  and the compact symbols (None for an empty leaf)."""
+  out = bytearray()
+  if compact is None:
+    write_varint(out, (k - 2) << 2)
+    return bytes(out)
   partial = not used.all()
-  write_varint(out, ((k - 2) << 1) | int(partial))
+  raw = _to_le_bytes(levels)
+  steps = _level_steps(levels)
+  arith = steps is not None and len(steps) < len(raw)
+  write_varint(out, ((k - 2) << 2) | (int(arith) << 1) | int(partial))
   if partial:
     out += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
-  out += _to_le_bytes(levels[used])
+  out += steps if arith else raw
   a = int(used.sum())
   if a < 2:
-    return bytes(out), -1
-  compact = idx if not partial else np.take((np.cumsum(used) - 1).astype(np.int32), idx)
-  coded = coder.encode_symbols(compact, a, max_order=max_order)
+    return bytes(out)
+  coded = models.encode(compact, a, max_order=max_order)
   out += coded.model
   out += coded.payload
-  return bytes(out), coded.order
+  return bytes(out)
 
 
-def _parse_quantized_head(r: Reader, dtype, n: int):
+def _level_steps(levels: np.ndarray) -> bytes | None:
+  """Levels as an arithmetic progression (version 3, "arith"): the first two levels, then
+  for each next level the zigzag varint of (its bit pattern - the bit pattern of the
+  previous level plus the first step, computed in the leaf dtype). None below 3 levels."""
+  if levels.size < 3:
+    return None
+  out = bytearray(_to_le_bytes(levels[:2]))
+  with np.errstate(all="ignore"):
+    step = levels[1:2] - levels[0:1]
+  ints = _bits_of(levels)
+  for i in range(2, levels.size):
+    with np.errstate(all="ignore"):
+      pred = int(_bits_of(levels[i - 1 : i] + step)[0])
+    d = int(ints[i]) - pred
+    write_varint(out, (d << 1) if d >= 0 else ((-d << 1) - 1))
+  return bytes(out)
+
+
+def _bits_of(a: np.ndarray) -> np.ndarray:
+  return a.view(f"u{a.dtype.itemsize}")
+
+
+def _read_level_steps(r: Reader, dtype, a: int) -> np.ndarray:
+  levels = np.empty(a, dtype)
+  levels[:2] = _from_le_bytes(r.take(2 * dtype.itemsize, "codebook levels"), dtype, 2)
+  with np.errstate(all="ignore"):  # any bit patterns, NaN and inf included
+    step = levels[1:2] - levels[0:1]
+  width = 8 * dtype.itemsize
+  bits = _bits_of(levels)
+  for i in range(2, a):
+    zz = r.varint("codebook level step", max_value=(1 << (width + 1)) - 1)
+    d = (zz >> 1) if not zz & 1 else -((zz + 1) >> 1)
+    with np.errstate(all="ignore"):
+      value = int(_bits_of(levels[i - 1 : i] + step)[0]) + d
+    if not 0 <= value < 1 << width:
+      r.fail("codebook level step out of range")
+    bits[i] = value
+  if dtype == np.bool_:
+    r.fail("bool levels")
+  return levels
+
+
+def _parse_quantized_head(r: Reader, dtype, n: int, version: int = FORMAT_VERSION):
   """(K, used mask, levels) of a quantized record."""
-  h = r.varint("codebook size", max_value=((_MAX_LEVELS - 2) << 1) | 1)
-  k, partial = (h >> 1) + 2, h & 1
+  arith = False
+  if version >= 3:
+    h = r.varint("codebook size", max_value=((_MAX_LEVELS - 2) << 2) | 3)
+    k, arith, partial = (h >> 2) + 2, bool(h & 2), h & 1
+  else:
+    h = r.varint("codebook size", max_value=((_MAX_LEVELS - 2) << 1) | 1)
+    k, partial = (h >> 1) + 2, h & 1
   if n == 0:
     r.expect_end("empty quantized record")
     return k, np.zeros(k, bool), np.zeros(0, dtype)
@@ -376,18 +502,37 @@ def _parse_quantized_head(r: Reader, dtype, n: int):
   a = int(used.sum())
   if a == 0:
     r.fail("quantized record without any used level")
+  if arith:
+    if a < 3:
+      r.fail("level steps for fewer than 3 levels")
+    return k, used, _read_level_steps(r, dtype, a)
   levels = _from_le_bytes(r.take(a * dtype.itemsize, "codebook levels"), dtype, a)
   return k, used, levels
 
 
-def _decode_quantized(r: Reader, dtype, shape, n: int) -> np.ndarray:
-  _, _, levels = _parse_quantized_head(r, dtype, n)
+def _decode_symbols(r: Reader, shape, alphabet: int, version: int) -> np.ndarray:
+  if version >= 3:
+    return models.decode(r, shape, alphabet)
+  return coder.decode_symbols(r, shape, alphabet)
+
+
+def _decode_quantized_parts(r: Reader, dtype, shape, n: int, version: int):
+  """(K, used mask, levels, compact symbols or None) of a quantized record."""
+  k, used, levels = _parse_quantized_head(r, dtype, n, version)
   if n == 0:
-    return np.zeros(shape, dtype)
+    return k, used, levels, None
   if levels.size == 1:
     r.expect_end("constant quantized record")
+    return k, used, levels, np.zeros(shape, np.int32)
+  return k, used, levels, _decode_symbols(r, shape, levels.size, version)
+
+
+def _decode_quantized(r: Reader, dtype, shape, n: int, version: int) -> np.ndarray:
+  _, _, levels, symbols = _decode_quantized_parts(r, dtype, shape, n, version)
+  if symbols is None:
+    return np.zeros(shape, dtype)
+  if levels.size == 1:
     return np.full(shape, levels[0], dtype)
-  symbols = coder.decode_symbols(r, shape, levels.size)
   return np.take(levels, symbols)
 
 
@@ -402,6 +547,7 @@ class _Entry:
   shape: tuple
   length: int = 0
   offset: int = 0
+  version: int = FORMAT_VERSION
 
 
 def _flatten(params, codebooks):
@@ -429,8 +575,18 @@ def _flatten(params, codebooks):
     comps = _components(p)
     if comps in seen:
       raise ValueError(f"two leaves share the path {_name(comps)!r}")
+    if len(comps) > _MAX_PATH_DEPTH:
+      raise ValueError(
+        f"leaf {_name(comps)!r} is {len(comps)} keys deep; a .hemp file holds paths of at "
+        f"most {_MAX_PATH_DEPTH} keys"
+      )
     seen.add(comps)
     arr = np.asarray(x)
+    if arr.ndim > _MAX_RANK:
+      raise ValueError(
+        f"leaf {_name(comps)!r} has rank {arr.ndim}; a .hemp file holds arrays of rank at "
+        f"most {_MAX_RANK} (reshape it)"
+      )
     _dtype_code(arr.dtype)
     if cb is not None and not _is_floating(arr.dtype):
       raise ValueError(
@@ -483,17 +639,21 @@ def compress(
   if not 0 <= int(max_order) <= coder.MAX_ORDER:
     raise ValueError(f"max_order must be in 0..{coder.MAX_ORDER}, got {max_order}")
   leaves = _flatten(params, codebooks)
-
-  header = bytearray(MAGIC)
-  header.append(FORMAT_VERSION)
-  write_varint(header, len(leaves))
-  records = []
-  prev: tuple = ()
+  entries = []
   for comps, arr, cb in leaves:
     if cb is None:
       kind, body = _KIND_FLOAT, _float_body(arr)
     else:
-      kind, (body, _) = _KIND_QUANTIZED, _quantized_body(arr, cb, int(max_order))
+      kind, body = _KIND_QUANTIZED, _quantized_body(arr, cb, int(max_order), _name(comps))
+    entries.append((comps, _dtype_code(arr.dtype) | (kind << 4), arr.shape, body))
+  return _write_file(entries)
+
+
+def _leaf_table(entries) -> bytes:
+  table = bytearray()
+  write_varint(table, len(entries))
+  prev: tuple = ()
+  for comps, typ, shape, body in entries:
     keep = 0
     while (
       keep < min(len(prev), len(comps))
@@ -501,22 +661,42 @@ def compress(
       and type(prev[keep]) is type(comps[keep])
     ):
       keep += 1
-    write_varint(header, keep)
-    write_varint(header, len(comps) - keep)
+    write_varint(table, keep)
+    write_varint(table, len(comps) - keep)
     for c in comps[keep:]:
-      _write_component(header, c)
-    header.append(_dtype_code(arr.dtype) | (kind << 4))
-    write_varint(header, arr.ndim)
-    for d in arr.shape:
-      write_varint(header, d)
-    write_varint(header, len(body))
-    records.append(body)
+      _write_component(table, c)
+    table.append(typ)
+    write_varint(table, len(shape))
+    for d in shape:
+      write_varint(table, d)
+    write_varint(table, len(body))
     prev = comps
-  header += zlib.crc32(header).to_bytes(4, "little")
-  out = bytearray(header)
-  for body in records:
-    out += body
-    out += zlib.crc32(body).to_bytes(4, "little")
+  return bytes(table)
+
+
+def _deflate_table(table: bytes) -> bytes:
+  z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _NAME_DICT)
+  return z.compress(table) + z.flush()
+
+
+def _write_file(entries) -> bytes:
+  """A version-3 file from ``(comps, type byte, shape, body)`` entries."""
+  table = _leaf_table(entries)
+  out = bytearray(MAGIC)
+  out.append(FORMAT_VERSION)
+  packed = _deflate_table(table)
+  if len(packed) + 1 < len(table):
+    out.append(1)
+    write_varint(out, len(table))
+    write_varint(out, len(packed))
+    out += packed
+  else:
+    out.append(0)
+    write_varint(out, len(table))
+    out += table
+  for entry in entries:
+    out += entry[3]
+  out += zlib.crc32(out).to_bytes(4, "little")
   return bytes(out)
 
 
@@ -526,7 +706,10 @@ def _as_buffer(blob) -> bytes:
   raise FormatError(f"expected bytes, got {type(blob).__name__}")
 
 
-def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
+def _parse_header(
+  buf: bytes, max_elements: int, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[list[_Entry], int]:
+  """Entries (with record offsets) and the end of the header, for every version."""
   r = Reader(buf, what="hemp header")
   if len(buf) < len(MAGIC) or buf[: len(MAGIC)] != MAGIC:
     raise FormatError("not a .hemp file (bad magic)")
@@ -537,10 +720,77 @@ def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
       f"unsupported .hemp format version {version} (this reader supports "
       f"{', '.join(map(str, _READABLE_VERSIONS))})"
     )
+  if version >= 3:
+    return _parse_header_v3(buf, r, max_elements, max_bytes)
   count = r.varint("number of leaves", max_value=len(buf))
+  entries = _parse_leaves(r, count, max_elements, max_bytes, version)
+  end = r.pos
+  crc = int.from_bytes(r.take(4, "header checksum"), "little")
+  if zlib.crc32(buf[:end]) != crc:
+    raise FormatError("hemp header: checksum mismatch (file damaged)")
+  pos = r.pos
+  for e in entries:
+    e.offset = pos
+    pos += e.length + 4
+  _check_layout(entries, pos, len(buf))
+  return entries, r.pos
+
+
+def _parse_header_v3(buf: bytes, r: Reader, max_elements: int, max_bytes: int):
+  if len(buf) < r.pos + 4:
+    raise FormatError("truncated file: no room for the checksum")
+  crc = int.from_bytes(buf[-4:], "little")
+  if zlib.crc32(memoryview(buf)[:-4]) != crc:
+    raise FormatError("file checksum mismatch (file damaged, truncated or rearranged)")
+  r.end = len(buf) - 4
+  codec = r.u8("leaf table codec")
+  length = r.varint("leaf table length", max_value=_MAX_TABLE_BYTES)
+  if codec == 0:
+    table = bytes(r.take(length, "leaf table"))
+  elif codec == 1:
+    stored = r.varint("stored leaf table length", max_value=r.remaining)
+    z = zlib.decompressobj(-15, zdict=_NAME_DICT)
+    try:
+      table = z.decompress(bytes(r.take(stored, "leaf table")), length + 1)
+    except zlib.error as e:
+      r.fail(f"leaf table corrupt: {e}")
+    if len(table) != length or not z.eof or z.unused_data:
+      r.fail("leaf table does not match its length")
+  else:
+    r.fail(f"unknown leaf table codec {codec}")
+  header_end = r.pos
+  t = Reader(table, what="hemp leaf table")
+  count = t.varint("number of leaves", max_value=len(table))
+  entries = _parse_leaves(t, count, max_elements, max_bytes, 3, file_size=len(buf))
+  t.expect_end("leaf table")
+  pos = header_end
+  for e in entries:
+    e.offset = pos
+    pos += e.length
+  _check_layout(entries, pos, len(buf) - 4)
+  return entries, header_end
+
+
+def _check_layout(entries, pos: int, size: int) -> None:
+  if pos > size:
+    raise FormatError(f"truncated file: records need {pos} bytes, file has {size}")
+  if pos < size:
+    raise FormatError(f"{size - pos} unexpected trailing bytes after the last record")
+  names = set()
+  for e in entries:
+    if e.comps in names:
+      raise FormatError(f"duplicate leaf path {_name(e.comps)!r}")
+    names.add(e.comps)
+  if len(entries) > 1 and any(len(e.comps) == 0 for e in entries):
+    raise FormatError("a leaf without a path in a multi-leaf file")
+
+
+def _parse_leaves(r: Reader, count, max_elements, max_bytes, version, file_size=None):
+  file_size = len(r.buf) if file_size is None else file_size
   entries: list[_Entry] = []
   prev: tuple = ()
   total = 0
+  total_bytes = 0
   for i in range(count):
     keep = r.varint(f"leaf {i} path prefix", max_value=len(prev))
     new = r.varint(f"leaf {i} path length", max_value=_MAX_PATH_DEPTH - keep)
@@ -556,36 +806,25 @@ def _parse_header(buf: bytes, max_elements: int) -> tuple[list[_Entry], int]:
     shape = tuple(r.varint(f"leaf {i} dimension", max_value=max_elements) for _ in range(rank))
     n = math.prod(shape)
     total += n
+    total_bytes += n * dtype.itemsize
     if n > max_elements or total > max_elements:
       r.fail(f"more than max_elements={max_elements} values (leaf {_name(comps)!r})")
-    length = r.varint(f"leaf {i} record length", max_value=len(buf))
-    entries.append(_Entry(comps, kind, dtype, shape, length))
+    if total_bytes > max_bytes:
+      r.fail(
+        f"decodes to more than max_bytes={max_bytes} bytes (leaf {_name(comps)!r}); "
+        "pass a larger max_bytes to decompress if the file is trusted"
+      )
+    length = r.varint(f"leaf {i} record length", max_value=file_size)
+    entries.append(_Entry(comps, kind, dtype, shape, length, version=version))
     prev = comps
-  end = r.pos
-  crc = int.from_bytes(r.take(4, "header checksum"), "little")
-  if zlib.crc32(buf[:end]) != crc:
-    raise FormatError("hemp header: checksum mismatch (file damaged)")
-  pos = r.pos
-  for e in entries:
-    e.offset = pos
-    pos += e.length + 4
-  if pos > len(buf):
-    raise FormatError(f"truncated file: records need {pos} bytes, file has {len(buf)}")
-  if pos < len(buf):
-    raise FormatError(f"{len(buf) - pos} unexpected trailing bytes after the last record")
-  names = set()
-  for e in entries:
-    if e.comps in names:
-      raise FormatError(f"duplicate leaf path {_name(e.comps)!r}")
-    names.add(e.comps)
-  if len(entries) > 1 and any(len(e.comps) == 0 for e in entries):
-    raise FormatError("a leaf without a path in a multi-leaf file")
-  return entries, r.pos
+  return entries
 
 
 def _record_reader(buf: bytes, e: _Entry) -> Reader:
   what = f"record {_name(e.comps)!r}"
   end = e.offset + e.length
+  if e.version >= 3:  # checked with the whole file
+    return Reader(buf, e.offset, end, what=what)
   crc = int.from_bytes(buf[end : end + 4], "little")
   if zlib.crc32(buf[e.offset : end]) != crc:
     raise FormatError(f"{what}: checksum mismatch (file damaged)")
@@ -604,13 +843,17 @@ def _insert(tree: dict, comps: tuple, value) -> None:
   node[comps[-1]] = value
 
 
-def decompress(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Any:
+def decompress(
+  blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Any:
   """Decodes ``.hemp`` bytes into nested dicts of numpy arrays.
 
   Args:
     blob: the file contents.
-    max_elements: refuse files with more values than this in total (a bound on what a
-      file may make the decoder allocate).
+    max_elements: refuse files with more values than this in total.
+    max_bytes: refuse files whose decoded arrays take more than this many bytes in total
+      (default 4 GiB), checked from the leaf table before anything is allocated. Decoding
+      needs about this much memory plus the file and a few working arrays.
 
   Returns:
     Nested dicts keyed by the path components of the compressed pytree (a bare array if
@@ -622,7 +865,7 @@ def decompress(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Any:
   """
   buf = _as_buffer(blob)
   try:
-    entries, _ = _parse_header(buf, int(max_elements))
+    entries, _ = _parse_header(buf, int(max_elements), int(max_bytes))
     tree: dict = {}
     for e in entries:
       r = _record_reader(buf, e)
@@ -630,7 +873,7 @@ def decompress(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Any:
       if e.kind == _KIND_FLOAT:
         value = _decode_float(r, e.dtype, e.shape, n)
       else:
-        value = _decode_quantized(r, e.dtype, e.shape, n)
+        value = _decode_quantized(r, e.dtype, e.shape, n, e.version)
       if not e.comps:
         return value
       _insert(tree, e.comps, value)
@@ -652,10 +895,11 @@ class LeafReport:
   dtype: str
   kind: str  # "quantized" or "float"
   num_params: int
-  record_bytes: int  # body + 4-byte checksum
+  record_bytes: int  # body (+ its 4-byte checksum in versions 1-2)
   levels: int | None = None  # K, the codebook size
   used_levels: int | None = None
   order: int | None = None  # context order of the coder (None: nothing coded)
+  model: str = ""  # coder model (version 3): static / unit / polya, and the layout
   codebook_bytes: int = 0  # K header, used-level bitmap, level values
   table_bytes: int = 0  # coder model section (context tables)
   payload_bytes: int = 0  # range coder payload (float leaves: the stored values)
@@ -672,7 +916,7 @@ class Report:
 
   version: int
   file_bytes: int
-  header_bytes: int  # including the header checksum
+  header_bytes: int  # including the header checksum (version 3: the file checksum)
   leaves: list
 
   @property
@@ -707,11 +951,12 @@ class Report:
     }
 
   def totals(self) -> dict:
-    """Byte totals by part of the file."""
+    """Byte totals by part of the file ("header" includes the header checksum of versions
+    1-2 and the one file checksum of version 3, which has no record checksums)."""
     return {
       "file": self.file_bytes,
       "header": self.header_bytes,
-      "record_checksums": 4 * len(self.leaves),
+      "record_checksums": 4 * len(self.leaves) if self.version < 3 else 0,
       "payload": sum(l.payload_bytes for l in self.leaves if l.kind == "quantized"),
       "tables": sum(l.table_bytes for l in self.leaves),
       "codebooks": sum(l.codebook_bytes for l in self.leaves),
@@ -719,7 +964,9 @@ class Report:
     }
 
 
-def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
+def inspect(
+  blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Report:
   """Structure and size breakdown of a ``.hemp`` file, without decoding the payloads.
 
   Checksums and structure are verified; raises :class:`FormatError` like
@@ -727,7 +974,7 @@ def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
   """
   buf = _as_buffer(blob)
   try:
-    entries, header_end = _parse_header(buf, int(max_elements))
+    entries, header_end = _parse_header(buf, int(max_elements), int(max_bytes))
     leaves = []
     for e in entries:
       r = _record_reader(buf, e)
@@ -738,23 +985,30 @@ def inspect(blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Report:
         dtype=str(e.dtype),
         kind="quantized" if e.kind == _KIND_QUANTIZED else "float",
         num_params=n,
-        record_bytes=e.length + 4,
+        record_bytes=e.length + (4 if e.version < 3 else 0),
       )
       if e.kind == _KIND_FLOAT:
         mode = r.u8("float record mode")
         rep.storage = _FLOAT_MODES.get(mode, f"mode {mode}")
         rep.payload_bytes = r.remaining
       else:
-        k, used, levels = _parse_quantized_head(r, e.dtype, n)
+        k, used, levels = _parse_quantized_head(r, e.dtype, n, e.version)
         rep.levels, rep.used_levels = k, int(used.sum())
         rep.codebook_bytes = r.pos - e.offset
         if n and levels.size >= 2:
-          info = coder.parse_model(r, e.shape, levels.size)
+          if e.version >= 3:
+            info = models.parse_model(r, e.shape, levels.size)
+            rep.model = f"{models.KIND_NAMES[info.kind]}/L{info.layout}"
+          else:
+            info = coder.parse_model(r, e.shape, levels.size)
           rep.order, rep.table_bytes = info.order, info.model_bytes
           rep.payload_bytes = r.remaining
       leaves.append(rep)
     return Report(
-      version=buf[len(MAGIC)], file_bytes=len(buf), header_bytes=header_end, leaves=leaves
+      version=buf[len(MAGIC)],
+      file_bytes=len(buf),
+      header_bytes=header_end + (4 if buf[len(MAGIC)] >= 3 else 0),
+      leaves=leaves,
     )
   except FormatError:
     raise
@@ -775,6 +1029,7 @@ def format_inspection(report: Report) -> str:
       "K",
       "used",
       "order",
+      "model",
       "payload",
       "table",
       "codebook",
@@ -793,6 +1048,7 @@ def format_inspection(report: Report) -> str:
         str(l.levels) if quant else "-",
         str(l.used_levels) if quant else "-",
         str(l.order) if l.order is not None else "-",
+        l.model or "-",
         str(l.payload_bytes),
         str(l.table_bytes),
         str(l.codebook_bytes),
@@ -879,21 +1135,71 @@ def compress_file(params, path, **options) -> int:
     The number of bytes written.
   """
   blob = compress(params, **options)
+  write_bytes_atomic(path, blob)
+  return len(blob)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+  The file gets mode 0666 less the process umask (0644 usually), like ``open(path, "w")``.
+  """
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".hemp-", dir=directory)
+  tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(fd, "wb") as f:
-      f.write(blob)
+      f.write(data)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
-  return len(blob)
 
 
 def decompress_file(path, **options):
   """Reads a ``.hemp`` file and :func:`decompress` es it."""
   with open(os.fspath(path), "rb") as f:
     return decompress(f.read(), **options)
+
+
+def reencode(
+  blob,
+  *,
+  max_order: int = coder.MAX_ORDER,
+  max_elements: int = DEFAULT_MAX_ELEMENTS,
+  max_bytes: int = DEFAULT_MAX_BYTES,
+) -> bytes:
+  """Re-encodes a ``.hemp`` file of any readable version with the current format and coder.
+
+  Lossless: the same leaves, paths, dtypes, codebook sizes, used levels (bitwise) and
+  level indices, so :func:`decompress` of the result is bitwise equal to that of ``blob``.
+  Float leaves are re-stored from their exact values.
+
+  Raises:
+    FormatError: ``blob`` is not a valid ``.hemp`` file.
+  """
+  buf = _as_buffer(blob)
+  if not 0 <= int(max_order) <= coder.MAX_ORDER:
+    raise ValueError(f"max_order must be in 0..{coder.MAX_ORDER}, got {max_order}")
+  try:
+    parsed, _ = _parse_header(buf, int(max_elements), int(max_bytes))
+    entries = []
+    for e in parsed:
+      r = _record_reader(buf, e)
+      n = math.prod(e.shape)
+      typ = _dtype_code(e.dtype) | (e.kind << 4)
+      if e.kind == _KIND_FLOAT:
+        body = _float_body(_decode_float(r, e.dtype, e.shape, n))
+      else:
+        k, used, levels, symbols = _decode_quantized_parts(r, e.dtype, e.shape, n, e.version)
+        body = _quantized_record(k, used, levels, symbols, int(max_order))
+      entries.append((e.comps, typ, e.shape, body))
+  except FormatError:
+    raise
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as ex:
+    raise FormatError(f"malformed .hemp file ({type(ex).__name__}: {ex})") from None
+  return _write_file(entries)

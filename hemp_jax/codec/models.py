@@ -1,0 +1,850 @@
+"""Probability models of the ``.hemp`` coder, format version 3.
+
+A quantized leaf's compact symbols (ints in ``[0, A)``) are coded as a matrix ``X`` of
+``L`` rows and ``C`` columns: column ``c`` is output unit ``c`` (its fan-in read in scan
+order), so the row above an entry is its predecessor in the estimator's scan stream.
+
+Layouts (:func:`layouts`). Size-1 axes are dropped first (an ``(out, in, 1, 1)`` kernel is
+an ``(out, in)`` matrix, a ``(1, 1, in, out)`` one an ``(in, out)`` matrix). Layout 0
+takes the last remaining axis as the output units (Flax ``(..., in, out)``):
+``X = flat.reshape(L, C)``; layout 1 the first (PyTorch ``(out, in, ...)``):
+``X = flat.reshape(C, L).T`` (on a Flax kernel this puts the previous *output unit* of
+the same input above each entry). Leaves with fewer than two axes of size > 1 are one
+column (layout 0 only). The encoder scores both layouts (layout 1 on leaves of more than
+:data:`LAYOUT_FREE_SYMBOLS` only where the first axis is longer than the last, i.e. may
+be the output units) and stores the one it used.
+
+Model kinds, chosen per tensor by the smallest estimated size, tables counted:
+
+* ``static`` (order ``m`` = 0..3): one table per context, the context being the ``m``
+  entries above in the same column (the *pad* symbol above the first rows). Order 0 is
+  one table for the whole leaf.
+* ``unit`` (order 0): one table per output unit (per column of ``X``).
+* ``polya`` (order ``m`` = 0..3): a static table of order ``m`` is the prior of
+  adaptive counts kept per (output unit, context): a symbol of a unit in a context is
+  coded with the weights ``n_a * 2**PRIOR_BITS + prior_a``, ``n_a`` the times symbol
+  ``a`` occurred before in that unit and context -- in the rows above (order >= 1: the
+  counts change after every walked row, a Polya urn whose code length the encoder
+  computes in closed form) or in the blocks above (order 0: the walked rows are cut into
+  blocks, :func:`polya_blocks`: 0, 1, 2, 3, 4, 6, 9, ... growing by half, the counts
+  change between blocks and a block is decoded in one call) -- and ``prior_a = max(1, w_a * beta * 2**PRIOR_BITS // sum(w))`` for
+  ``w_a > 0`` (else 0), ``w`` the table's integer weights and ``beta`` (the prior's
+  strength, in symbols) one of :data:`BETAS`; the weights are exact integers on both
+  sides. Scored for leaves of at most :data:`MAX_POLYA_SYMBOLS` symbols, on top of the
+  best static model (its layout, order and table), or of every static model scored for
+  leaves of at most :data:`LAYOUT_FREE_SYMBOLS`.
+
+Tables are the log-codes of :mod:`hemp_jax.codec.coder` (``s`` codes per octave, ``b``
+bits each, chosen per tensor). "Tables counted": a candidate's size is its estimated
+payload plus every byte of its model section (these tables at the precision written).
+A context (or unit) whose table has a single nonzero symbol is *deterministic*: its
+symbols are not coded at all (zero bits, no coder call). Leaves of more than
+:data:`EST_SYMBOLS` symbols are scored on a block of leading rows (scaled to the leaf);
+the tables of the chosen model are then computed from the whole leaf.
+
+Sequential models (static order >= 1, polya) are decoded row by row, every column of a
+row in one ``constriction`` call (polya of order 0: one call per block). A tall matrix
+is cut into ``S`` row segments of ``T`` rows laid side by side (:func:`segment_rows`), so
+that the number of rows walked is bounded by the leaf's size (see :func:`segment_rows`):
+the per-row cost (~10 us) never dominates, whatever the shape. Each segment starts from
+the pad context (and its own polya counts). Static order 0 and unit models have no
+sequential dependency: one call (in chunks) for the whole leaf. Symbols are coded in
+row-major order of the walked matrix (``X`` itself for static order 0 and unit models),
+skipping deterministic ones.
+
+Model section byte layout::
+
+    u8      kind (bits 0-1: 0 static, 1 unit, 2 polya) | order << 2 | layout << 4
+            | beta index << 5
+    u8      s index (bits 0-2) | (b - 1) << 3
+    varint  pad symbol                                     (order >= 1)
+    bytes   presence bitmap of the A**m contexts (LSB first) (order >= 1)
+    bytes   codes, b bits each, LSB first: P x A (static/polya: the P present contexts
+            in id order; order 0: P = 1) or C x A (unit)
+    bytes   payload: range coder words (u32 LE), trailing zero bytes dropped
+
+The decoder accepts exactly the models the encoder may write (:func:`allowed`), and
+bounds the work and memory of every one of them by the leaf's size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.special import gammaln
+
+from hemp_jax.codec import coder
+from hemp_jax.codec._wire import FormatError, Reader, pack_bits, unpack_bits, write_varint
+
+__all__ = [
+  "STATIC",
+  "UNIT",
+  "POLYA",
+  "KIND_NAMES",
+  "BETAS",
+  "Coded",
+  "Model",
+  "layouts",
+  "segment_rows",
+  "allowed",
+  "encode",
+  "decode",
+  "parse_model",
+]
+
+STATIC, UNIT, POLYA = 0, 1, 2
+KIND_NAMES = {STATIC: "static", UNIT: "unit", POLYA: "polya"}
+BETAS = (2, 4, 8, 16, 32, 64, 128, 1024)
+PRIOR_BITS = 12
+SEGMENT_FREE_ROWS = 1024  # walked rows allowed whatever the width, if the leaf is wide
+SEGMENT_SYMBOLS = 2048  # beyond that, at least this many symbols per walked row
+SEGMENT_NARROW = 16  # below it, at least this many per walked row (narrow leaves) ...
+SEGMENT_MIN_ROWS = 64  # ... unless the leaf has at most this many rows
+MAX_POLYA_CELLS = 1 << 20  # adaptive counts: present contexts x walked columns x A
+MAX_POLYA_SYMBOLS = 1 << 19  # the encoder only scores polya up to this size
+MAX_POLYA_ESTIMATE = 1 << 22  # blocks x cells scored
+MAX_UNIT_CELLS = 1 << 22  # unit tables: C x A codes
+_CHUNK = 1 << 20  # gathered probabilities per encode/decode call (floats)
+LAYOUT_FREE_SYMBOLS = 1 << 16  # smaller leaves: both layouts scored whatever the shape
+EST_SYMBOLS = 1 << 18  # larger leaves: models are scored on a block of leading rows
+ADAPTIVE_MIN_GAIN = 0.0  # polya must save this fraction of the best static model
+
+_Categorical = coder._Categorical
+_RangeEncoder = coder._RangeEncoder
+_RangeDecoder = coder._RangeDecoder
+
+
+@dataclass(frozen=True)
+class Coded:
+  """One coded leaf: model section + payload, and what the encoder chose."""
+
+  kind: int
+  order: int
+  layout: int
+  model: bytes
+  payload: bytes
+  estimated_bits: float
+
+
+@dataclass(frozen=True)
+class Model:
+  """A parsed model section."""
+
+  kind: int
+  order: int
+  layout: int
+  beta: int
+  pad: int
+  s: int
+  bits: int
+  present: np.ndarray  # context ids with a table (static/polya), increasing
+  codes: np.ndarray  # (P, A) or (C, A) log-codes
+  model_bytes: int
+
+
+# ------------------------------------------------------------------------- geometry
+
+
+def layouts(shape: Sequence[int]) -> list[tuple[int, int]]:
+  """``(L, C)`` of each layout the coder may use for ``shape`` (index = layout id)."""
+  shape = tuple(int(d) for d in shape)
+  n = math.prod(shape)
+  dims = [d for d in shape if d != 1]
+  if len(dims) < 2 or n == 0:
+    return [(n, 1)]
+  return [(n // dims[-1], dims[-1]), (n // dims[0], dims[0])]
+
+
+def _matrix(flat: np.ndarray, rows: int, cols: int, layout: int) -> np.ndarray:
+  if layout == 0:
+    return flat.reshape(rows, cols)
+  return flat.reshape(cols, rows).T
+
+
+def _unmatrix(x: np.ndarray, layout: int) -> np.ndarray:
+  return (x if layout == 0 else x.T).reshape(-1)
+
+
+def segment_rows(rows: int, cols: int) -> tuple[int, int]:
+  """``(T, S)``: rows walked and segments per column for a sequential model.
+
+  ``T = min(rows, max(SEGMENT_MIN_ROWS, min(SEGMENT_FREE_ROWS, n // SEGMENT_NARROW),
+  ceil(n / SEGMENT_SYMBOLS)))`` with ``n = rows * cols``: the walk costs at most ~10 us
+  per 16 symbols on narrow leaves and per 2,048 on large ones, plus ~0.6 ms per leaf.
+  """
+  n = rows * cols
+  t = max(SEGMENT_MIN_ROWS, min(SEGMENT_FREE_ROWS, n // SEGMENT_NARROW), -(-n // SEGMENT_SYMBOLS))
+  t = min(t, rows)
+  if t <= 0:
+    return rows, 1
+  return t, -(-rows // t)
+
+
+def _walked(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+  """The walked matrix ``(T, S*C)`` of ``x`` (padded with 0 beyond the last row)."""
+  rows, cols = x.shape
+  t, s = segment_rows(rows, cols)
+  if s == 1:
+    return np.ascontiguousarray(x), t, s
+  y = np.zeros((s * t, cols), x.dtype)
+  y[:rows] = x
+  return y.reshape(s, t, cols).transpose(1, 0, 2).reshape(t, s * cols), t, s
+
+
+def _unwalk(y: np.ndarray, rows: int, cols: int, s: int) -> np.ndarray:
+  if s == 1:
+    return y
+  t = y.shape[0]
+  return y.reshape(t, s, cols).transpose(1, 0, 2).reshape(s * t, cols)[:rows]
+
+
+def _valid_width(t: int, rows: int, cols: int, seg_t: int, s: int) -> int:
+  """Columns of walked row ``t`` that hold real entries (a prefix)."""
+  return s * cols if (s - 1) * seg_t + t < rows else (s - 1) * cols
+
+
+def _valid_mask(rows: int, cols: int, seg_t: int, s: int) -> np.ndarray:
+  mask = np.ones((seg_t, s * cols), bool)
+  if s > 1:
+    last = rows - (s - 1) * seg_t  # rows of the last segment
+    mask[last:, (s - 1) * cols :] = False
+  return mask
+
+
+def _contexts(y: np.ndarray, a: int, order: int, pad: int) -> np.ndarray:
+  rows = y.shape[0]
+  ctx = np.zeros(y.shape, np.int64)
+  mult = 1
+  for j in range(1, order + 1):
+    if j < rows:
+      ctx[j:] += y[:-j].astype(np.int64) * mult
+    ctx[: min(j, rows)] += pad * mult
+    mult *= a
+  return ctx
+
+
+def allowed(shape: Sequence[int], a: int) -> dict:
+  """What the decoder accepts for a leaf: ``{layout: [(kind, order), ...]}``."""
+  out = {}
+  for lay, (rows, cols) in enumerate(layouts(shape)):
+    ok = [(STATIC, 0)]
+    if cols > 1 and cols * a <= MAX_UNIT_CELLS:
+      ok.append((UNIT, 0))
+    seg_t, s = segment_rows(rows, cols)
+    if s * cols * a <= MAX_POLYA_CELLS:
+      ok.append((POLYA, 0))
+    if a <= coder.MAX_CONTEXT_ALPHABET and seg_t >= 2:
+      for m in range(1, coder.MAX_ORDER + 1):
+        if a**m > coder.MAX_CONTEXTS:
+          break
+        ok.append((STATIC, m))
+        if a**m * s * cols * a <= MAX_POLYA_CELLS:
+          ok.append((POLYA, m))
+    out[lay] = ok
+  return out
+
+
+# ------------------------------------------------------------------------- estimates
+
+
+def _table_bytes(kind: int, order: int, a: int, pad: int, rows_in_table: int, b: int) -> int:
+  size = 2 + (rows_in_table * a * b + 7) // 8
+  if order:
+    size += coder.varint_size(pad) + (a**order + 7) // 8
+  return size
+
+
+def _score_codes(n, occ, codes, s):
+  """Bits of counts ``n`` (float, (P, A)) coded with the log-code table ``codes``."""
+  w = coder._CODE_WEIGHTS[s][codes]
+  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
+  w = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    logq = np.log2(w) - np.log2(w.sum(axis=1, keepdims=True))
+    return -float(np.where(occ, logq * n, 0.0).sum())
+
+
+def _best_codes(counts: np.ndarray):
+  """(bits, s index, b, codes) of the cheapest log-code table (table bits counted) for a
+  (P, A) count table: like :func:`hemp_jax.codec.coder._best_codes`, searching fewer
+  candidates: every ``s`` at the width that holds all its codes, then narrower widths
+  for the best ``s`` only."""
+  n = counts.astype(np.float64)
+  occ = counts > 0
+  nmax = n.max(axis=1, keepdims=True)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    lr = np.where(occ, np.log2(nmax / np.where(occ, n, 1.0)), 0.0)
+  cells = counts.size
+
+  def cand(si, b=None):
+    sv = coder.S_VALUES[si]
+    j0 = np.rint(sv * lr).astype(np.int64)
+    if b is None:
+      need = min(int(j0[occ].max(initial=0)), (coder._MAX_SHIFT + 1) * sv - 1) + 1
+      b = min(max(need.bit_length(), 1), coder.MAX_CODE_BITS)
+    codes = np.where(occ, np.minimum(j0, coder._max_j(sv, b)) + 1, 0)
+    bits = _score_codes(n, occ, codes, sv)
+    return bits + b * cells, bits, si, b, codes
+
+  best = min((cand(si) for si in range(len(coder.S_VALUES))), key=lambda c: c[0])
+  for b in (best[3] - 1, best[3] - 2):
+    if b >= 1:
+      c = cand(best[2], b)
+      if c[0] < best[0]:
+        best = c
+  return best[1:]
+
+
+def _prior(codes: np.ndarray, s: int, beta: int) -> np.ndarray:
+  """int64 prior pseudo-counts (scaled by 2**PRIOR_BITS) of a (P, A) code table."""
+  w = coder._int_weights(codes, s)
+  tot = w.sum(axis=1, keepdims=True)
+  scaled = (w * (beta << PRIOR_BITS)) // np.maximum(tot, 1)
+  return np.where(w > 0, np.maximum(scaled, 1), 0)
+
+
+def polya_blocks(rows: int) -> np.ndarray:
+  """Row boundaries of the blocks between which polya counts are refreshed: 0, 1, 2, ...
+  growing by half each time (about ``3 + log(rows) / log(1.5)`` blocks)."""
+  out = [0]
+  t = 1
+  while t < rows:
+    out.append(t)
+    t = max(t + 1, (t * 3) // 2)
+  out.append(rows)
+  return np.asarray(out, np.int64)
+
+
+def _block_table(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
+  """float32 weights (P, U, A) from counts (P, U, A) and the prior (P, A), exactly
+  reproducible: ``counts * 2**PRIOR_BITS + prior``, nonzero ones floored at sum >> 20."""
+  w = (counts << PRIOR_BITS) + prior[:, None, :]
+  floor = w.sum(axis=2, keepdims=True) >> coder._FLOOR_SHIFT
+  return np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
+
+
+def _polya_bits(y, valid, p, n_present, a, codes, s, order) -> tuple[float, int]:
+  """Code length (bits, up to fixed-point rounding) of the polya model over BETAS: the
+  smallest and its beta index. ``p``: present-context index of each entry."""
+  rows, units = y.shape
+  if order:
+    return _polya_bits_sequential(y, valid, p, n_present, a, codes, s)
+  bounds = polya_blocks(rows)
+  nb = bounds.size - 1
+  if nb * n_present * units * a > MAX_POLYA_ESTIMATE:
+    return math.inf, 0
+  block = np.repeat(np.arange(nb), np.diff(bounds))[:, None]
+  cell = ((block * n_present + p) * units + np.arange(units)) * a + y
+  counts = np.bincount(cell[valid], minlength=nb * n_present * units * a)
+  counts = counts.reshape(nb, n_present * units, a).astype(np.float64)
+  occupied = counts.sum(axis=2) > 0  # (block, cell) pairs that code something
+  before = (np.cumsum(counts, axis=0) - counts)[occupied]
+  counts = counts[occupied]
+  pidx = np.nonzero(occupied)[1] // units
+  scores = {}
+
+  def score(bi):
+    if bi not in scores and 0 <= bi < len(BETAS):
+      prior = _prior(codes, s, BETAS[bi]).astype(np.float64)[pidx]
+      w = before * (1 << PRIOR_BITS) + prior
+      with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.log2(w) - np.log2(w.sum(axis=1, keepdims=True))
+        scores[bi] = -float(np.where(counts > 0, counts * logq, 0.0).sum())
+
+  for bi in (2, 5):  # coarse, then the neighbours of the best
+    score(bi)
+  first = min(scores, key=scores.get)
+  score(first - 1)
+  score(first + 1)
+  bi = min(scores, key=scores.get)
+  return scores[bi], bi
+
+
+def _polya_bits_sequential(y, valid, p, n_present, a, codes, s) -> tuple[float, int]:
+  """Orders >= 1: counts change after every symbol of a (unit, context) cell, so the code
+  length is the Polya urn's closed form (it does not depend on the order of the symbols)."""
+  units = y.shape[1]
+  cell = (p * units + np.arange(units)) * a + y
+  counts = np.bincount(cell[valid], minlength=n_present * units * a).reshape(-1, a)
+  occupied = counts.sum(axis=1) > 0
+  c = counts[occupied].astype(np.float64)
+  pidx = np.nonzero(occupied)[0] // units
+  n = c.sum(axis=1)
+  scores = {}
+
+  def score(bi):
+    if bi not in scores and 0 <= bi < len(BETAS):
+      alpha = _prior(codes, s, BETAS[bi]).astype(np.float64)[pidx] / (1 << PRIOR_BITS)
+      live = alpha > 0
+      al = np.where(live, alpha, 1.0)
+      tot = alpha.sum(axis=1)
+      nats = (gammaln(n + tot) - gammaln(tot)).sum()
+      nats -= np.where(live, gammaln(c + al) - gammaln(al), 0.0).sum()
+      scores[bi] = float(nats / math.log(2))
+
+  for bi in (2, 5):
+    score(bi)
+  first = min(scores, key=scores.get)
+  score(first - 1)
+  score(first + 1)
+  bi = min(scores, key=scores.get)
+  return scores[bi], bi
+
+
+def _refresh(table, counts, prior, pidx, cidx) -> None:
+  """Recomputes the polya weights of the (context, unit) cells ``(pidx, cidx)``."""
+  w = (counts[pidx, cidx] << PRIOR_BITS) + prior[pidx]
+  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
+  table[pidx, cidx] = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
+
+
+# -------------------------------------------------------------------------- encoder
+
+
+def _write_model(kind, order, layout, beta_index, pad, s_index, b, a, present, codes) -> bytes:
+  out = bytearray([kind | (order << 2) | (layout << 4) | (beta_index << 5), s_index | (b - 1) << 3])
+  if order:
+    write_varint(out, pad)
+    mask = np.zeros(a**order, np.uint8)
+    mask[present] = 1
+    out += np.packbits(mask, bitorder="little").tobytes()
+  out += pack_bits(codes.reshape(-1), b)
+  return bytes(out)
+
+
+def _candidates(
+  x: np.ndarray,
+  a: int,
+  layout: int,
+  max_order: int,
+  allow: list,
+  polya: bool,
+  bound=math.inf,
+  prune: bool = True,
+):
+  """Scored candidates ``(total_bits, kind, order, beta index, pad, s index, b, present,
+  codes)`` of one layout's matrix ``x``; candidates that cannot beat ``bound`` bits may be
+  left out."""
+  rows, cols = x.shape
+  out = []
+  counts0 = np.bincount(x.reshape(-1), minlength=a)
+  pad = int(np.argmax(counts0))
+  seq_orders = [m for k, m in allow if k == STATIC and 1 <= m <= max_order]
+  static = {}
+  bits, si, b, codes = _best_codes(counts0[None])
+  static[0] = (bits, si, b, codes, np.zeros(1, np.int64))
+  out.append((bits + 8 * _table_bytes(STATIC, 0, a, 0, 1, b), STATIC, 0, 0, 0, si, b, None, codes))
+  y = ctx = None
+  if seq_orders:
+    y, seg_t, s = _walked(x)
+    valid = _valid_mask(rows, cols, seg_t, s)
+    top = seq_orders[-1]
+    ctx = _contexts(y, a, top, pad)
+    joint = np.bincount((ctx[valid] * a + y[valid]), minlength=a ** (top + 1))
+    all_counts = {top: joint.reshape(-1, a)}
+    for m in range(top - 1, 0, -1):
+      all_counts[m] = all_counts[m + 1].reshape(a, -1, a).sum(axis=0)
+    best_total = min(out[0][0], bound)
+    for m in seq_orders:
+      counts = all_counts[m]
+      present = np.flatnonzero(counts.sum(axis=1))
+      counts = counts[present]
+      occ = counts > 0
+      tot = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
+      h = float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum())
+      if prune and h + 8 * _table_bytes(STATIC, m, a, pad, present.size, 1) >= best_total:
+        continue
+      bits, si, b, codes = _best_codes(counts)
+      total = bits + 8 * _table_bytes(STATIC, m, a, pad, present.size, b)
+      static[m] = (bits, si, b, codes, present)
+      best_total = min(best_total, total)
+      out.append((total, STATIC, m, 0, pad, si, b, present, codes))
+  if (UNIT, 0) in allow and (not prune or cols * a < min(bound, min(c[0] for c in out))):
+    per_unit = (
+      np.bincount((x.astype(np.int64) * cols + np.arange(cols)).reshape(-1), minlength=a * cols)
+      .reshape(a, cols)
+      .T
+    )
+    occ = per_unit > 0
+    tot = np.broadcast_to(per_unit.sum(axis=1, keepdims=True), per_unit.shape)
+    h = float((per_unit[occ] * np.log2(tot[occ] / per_unit[occ])).sum())
+    if prune and h + cols * a >= min(bound, min(c[0] for c in out)):
+      return out
+    bits, si, b, codes = _best_codes(per_unit)
+    out.append((bits + 8 * _table_bytes(UNIT, 0, a, 0, cols, b), UNIT, 0, 0, 0, si, b, None, codes))
+  return out
+
+
+def _polya_candidate(x: np.ndarray, a: int, static_cand: tuple):
+  """The polya candidate on top of a static candidate of the same matrix, or None."""
+  _, _, m, _, pad, si, b, present, codes = static_cand
+  rows, cols = x.shape
+  yy, seg_t, s = _walked(x)
+  valid = _valid_mask(rows, cols, seg_t, s)
+  if m == 0:
+    present = np.zeros(1, np.int64)
+    pc = np.zeros(yy.shape, np.int64)
+  else:
+    pos = np.full(a**m, -1, np.int64)
+    pos[present] = np.arange(present.size)
+    pc = pos[_contexts(yy, a, m, pad)]
+  bits, bi = _polya_bits(yy, valid, pc, present.size, a, codes, coder.S_VALUES[si], m)
+  if not math.isfinite(bits):
+    return None
+  table = _table_bytes(POLYA, m, a, pad, present.size, b)
+  return (bits + 8 * table, POLYA, m, bi, pad if m else 0, si, b, present, codes)
+
+
+def encode(
+  symbols: np.ndarray,
+  alphabet: int,
+  *,
+  max_order: int = coder.MAX_ORDER,
+  adaptive: bool = True,
+  force: tuple[int, int, int] | None = None,
+) -> Coded:
+  """Codes a leaf's compact symbols (shape of the leaf, ints in ``[0, alphabet)``).
+
+  Requires at least one symbol and ``alphabet >= 2``. Every allowed static and unit model
+  of every layout is scored (on a block of leading rows for leaves of more than
+  :data:`EST_SYMBOLS` symbols), then the polya model on top of the best static one (when
+  ``adaptive``, for leaves of at most :data:`MAX_POLYA_SYMBOLS` symbols, where it saves at
+  least :data:`ADAPTIVE_MIN_GAIN`); the smallest estimated total (payload + model section)
+  wins (ties: layout 0, static, lower order). ``force=(layout, kind, order)`` codes with
+  that model instead (it must be allowed).
+  """
+  symbols = np.asarray(symbols)
+  shape = symbols.shape
+  a = int(alphabet)
+  flat = symbols.reshape(-1).astype(np.int32, copy=False)
+  allow = allowed(shape, a)
+  best = best_static = None
+  statics = []
+  samples = {}
+  dims = [d for d in shape if d != 1]
+  for lay, (rows, cols) in enumerate(layouts(shape)):
+    if force is not None and lay != force[0]:
+      continue
+    if force is None and lay == 1 and len(dims) > 2 and dims[0] <= dims[-1]:
+      if symbols.size > LAYOUT_FREE_SYMBOLS:
+        continue  # (kh, kw, in, out)-like: the first axis is not the output units
+    x = _matrix(flat, rows, cols, lay)
+    sample = x
+    if x.size > EST_SYMBOLS:  # score on a block of leading rows, scaled to the leaf
+      sample = np.ascontiguousarray(x[: max(2, -(-EST_SYMBOLS // cols))])
+    scale = x.size / sample.size
+    samples[lay] = (sample, scale)
+    if force is None:
+      bound = best[0][0] / scale if best else math.inf
+      cands = _candidates(sample, a, lay, int(max_order), allow[lay], False, bound)
+    else:
+      m = force[2]
+      only = [(STATIC, 0), (STATIC if force[1] == POLYA else force[1], m)]
+      if force[1] != POLYA and tuple(force[1:]) not in allow[lay]:
+        raise ValueError(f"model {force} is not allowed for shape {shape}")
+      cands = [
+        c
+        for c in _candidates(sample, a, lay, m, only, False, prune=False)
+        if c[2] == m and c[1] == only[1][0]
+      ]
+    for cand in cands:
+      if force is None and lay and cand[1] == STATIC and cand[2] == 0:
+        continue  # the same for every layout
+      cand = (cand[0] * scale,) + cand[1:]
+      if best is None or cand[0] < best[0][0]:
+        best = (cand, lay)
+      if cand[1] == STATIC:
+        statics.append((cand, lay))
+        if best_static is None or cand[0] < best_static[0][0]:
+          best_static = (cand, lay)
+  if best is None or (best_static is None and force[1] == POLYA):
+    raise ValueError(f"model {force} is not allowed for shape {shape}")
+  # adaptive counts on top of the best static model
+  (static_total, _, m, *_), lay = best_static or best
+  sample, scale = samples[lay]
+  if force is not None and force[1] == POLYA:
+    if (POLYA, m) not in allow[lay]:
+      raise ValueError(f"model {force} is not allowed for shape {shape}")
+    cand = _polya_candidate(sample, a, best_static[0])
+    if cand is None:
+      raise ValueError(f"model {force} is too large to score for shape {shape}")
+    best = ((cand[0] * scale,) + cand[1:], lay)
+  elif force is None and adaptive and symbols.size <= MAX_POLYA_SYMBOLS:
+    # on top of the best static model; of every static model scored for small leaves
+    bases = statics if symbols.size <= LAYOUT_FREE_SYMBOLS else [best_static]
+    for base, lay in bases:
+      m = base[2]
+      if layouts(shape)[lay][0] < 8 or (POLYA, m) not in allow[lay]:
+        continue
+      sample, scale = samples[lay]
+      cand = _polya_candidate(sample, a, base)
+      if cand is not None and cand[0] * scale < (1 - ADAPTIVE_MIN_GAIN) * static_total:
+        cand = (cand[0] * scale,) + cand[1:]
+        if cand[0] < best[0][0]:
+          best = (cand, lay)
+  (total, kind, m, bi, pad, si, b, present, codes), lay = best
+  rows, cols = layouts(shape)[lay]
+  x = _matrix(flat, rows, cols, lay)
+  if x.size > EST_SYMBOLS:  # the chosen model's tables from the whole leaf
+    base = STATIC if kind == POLYA else kind
+    for cand in _candidates(x, a, lay, m, [(STATIC, 0), (base, m)], False, prune=False):
+      if cand[1] == base and cand[2] == m:
+        _, _, _, _, pad, si, b, present, codes = cand
+        total = total if kind == POLYA else cand[0]
+  if present is None:
+    present = np.zeros(1, np.int64)
+  s = coder.S_VALUES[si]
+  model = _write_model(
+    kind, m, lay, bi, pad, si, b, a, present if present is not None else [], codes
+  )
+  weights = coder._int_weights(codes, s)
+  det = (weights > 0).sum(axis=1) == 1
+  enc = _RangeEncoder()
+  if kind == STATIC and m == 0:
+    if not det[0]:
+      enc.encode(
+        np.ascontiguousarray(x).reshape(-1),
+        _Categorical(weights[0].astype(np.float32), perfect=False),
+      )
+  elif kind == UNIT:
+    _encode_gathered(enc, np.ascontiguousarray(x), weights.astype(np.float32), det, None)
+  else:
+    y, seg_t, s_ = _walked(x)
+    valid = _valid_mask(rows, cols, seg_t, s_)
+    if kind == STATIC:
+      table = np.zeros((a**m, a), np.float32)
+      table[present] = weights
+      dets = np.zeros(a**m, bool)
+      dets[present] = det
+      ctx = _contexts(y, a, m, pad)
+      _encode_gathered(enc, y, table, dets, ctx, valid)
+    else:
+      _encode_polya(enc, y, valid, a, m, pad, present, _prior(codes, s, BETAS[bi]))
+  payload = coder._words_to_bytes(enc.get_compressed())
+  return Coded(kind, m, lay, model, payload, total - 8 * len(model))
+
+
+def _encode_gathered(enc, y, table, det, ctx, valid=None) -> None:
+  """Codes ``y`` row-major with probabilities ``table[ctx]`` (``ctx`` None: the column),
+  skipping entries of deterministic contexts and invalid entries."""
+  rows, cols = y.shape
+  family = _Categorical(perfect=False)
+  step = max(1, _CHUNK // max(1, cols * table.shape[1]))
+  for r0 in range(0, rows, step):
+    yy = y[r0 : r0 + step]
+    c = ctx[r0 : r0 + step] if ctx is not None else np.broadcast_to(np.arange(cols), yy.shape)
+    keep = ~det[c]
+    if valid is not None:
+      keep &= valid[r0 : r0 + step]
+    if keep.any():
+      enc.encode(yy[keep].astype(np.int32), family, np.take(table, c[keep], axis=0))
+
+
+def _encode_polya(enc, y, valid, a, m, pad, present, prior) -> None:
+  rows, units = y.shape
+  pos = np.zeros(a**m, np.int64)
+  pos[present] = np.arange(present.size)
+  p = pos[_contexts(y, a, m, pad)] if m else np.zeros(y.shape, np.int64)
+  det = (prior > 0).sum(axis=1) == 1
+  counts = np.zeros((present.size, units, a), np.int64)
+  cols = np.broadcast_to(np.arange(units), y.shape)
+  family = _Categorical(perfect=False)
+  if m:  # sequential: counts change after every row
+    table = _block_table(counts, prior)
+    buf_s, buf_p, held = [], [], 0
+    for t in range(rows):
+      v = valid[t]
+      pt, ct, yt = p[t][v], cols[t][v], y[t][v]
+      keep = ~det[pt]
+      if keep.any():
+        buf_s.append(yt[keep].astype(np.int32))
+        buf_p.append(table[pt[keep], ct[keep]])
+        held += buf_p[-1].size
+      counts[pt, ct, yt] += 1
+      _refresh(table, counts, prior, pt, ct)
+      if buf_s and (held >= _CHUNK or t == rows - 1):
+        enc.encode(np.concatenate(buf_s), family, np.concatenate(buf_p))
+        buf_s, buf_p, held = [], [], 0
+    return
+  bounds = polya_blocks(rows)
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    table = _block_table(counts, prior)
+    pb, yb, cb, vb = p[r0:r1], y[r0:r1], cols[r0:r1], valid[r0:r1]
+    keep = vb & ~det[pb]
+    step = max(1, _CHUNK // max(1, units * a))
+    for s0 in range(0, r1 - r0, step):
+      k = keep[s0 : s0 + step]
+      if k.any():
+        if m:
+          probs = table[pb[s0 : s0 + step][k], cb[s0 : s0 + step][k]]
+        else:
+          probs = table[0].take(cb[s0 : s0 + step][k], axis=0)
+        enc.encode(yb[s0 : s0 + step][k].astype(np.int32), family, probs)
+    cell = (pb[vb] * units + cb[vb]) * a + yb[vb]
+    counts += np.bincount(cell, minlength=counts.size).reshape(counts.shape)
+
+
+# -------------------------------------------------------------------------- decoder
+
+
+def parse_model(reader: Reader, shape: Sequence[int], alphabet: int) -> Model:
+  """Reads and validates a version-3 model section (leaves ``reader`` at the payload)."""
+  start = reader.pos
+  head = reader.u8("coder model header")
+  kind, m, lay, bi = head & 3, (head >> 2) & 3, (head >> 4) & 1, head >> 5
+  head2 = reader.u8("coder table header")
+  si, b = head2 & 7, ((head2 >> 3) & 7) + 1
+  if head2 >> 6:
+    reader.fail(f"coder table header {head2:#04x} has unknown bits")
+  a = int(alphabet)
+  allow = allowed(shape, a)
+  if lay not in allow or (kind, m) not in allow[lay]:
+    reader.fail(
+      f"model {KIND_NAMES.get(kind, kind)} order {m} layout {lay} is not allowed for shape "
+      f"{tuple(shape)} with {a} symbols"
+    )
+  if kind != POLYA and bi:
+    reader.fail("prior strength given for a model without a prior")
+  s = coder.S_VALUES[si]
+  pad = 0
+  if m:
+    pad = reader.varint("pad symbol", max_value=a - 1)
+    nctx = a**m
+    mask = np.unpackbits(
+      np.frombuffer(bytes(reader.take((nctx + 7) // 8, "context bitmap")), np.uint8),
+      bitorder="little",
+    )
+    if mask[nctx:].any():
+      reader.fail("context bitmap has bits beyond the contexts")
+    present = np.flatnonzero(mask[:nctx])
+    if present.size == 0:
+      reader.fail("context model without any context")
+  else:
+    present = np.zeros(1, np.int64)
+  rows_in_table = layouts(shape)[lay][1] if kind == UNIT else present.size
+  count = rows_in_table * a
+  codes = unpack_bits(reader.take((count * b + 7) // 8, "context tables"), count, b)
+  codes = codes.reshape(rows_in_table, a)
+  if codes.size and codes.max() > coder._max_j(s, b) + 1:
+    reader.fail(f"probability code {int(codes.max())} out of range")
+  if not np.all(codes.max(axis=1) > 0):
+    reader.fail("a table has no symbol with nonzero probability")
+  return Model(kind, m, lay, BETAS[bi], pad, s, b, present, codes, reader.pos - start)
+
+
+def decode(reader: Reader, shape: Sequence[int], alphabet: int) -> np.ndarray:
+  """Decodes a version-3 coder section (model + payload, to ``reader.end``): int32 symbols."""
+  shape = tuple(int(d) for d in shape)
+  info = parse_model(reader, shape, alphabet)
+  payload = reader.take(reader.remaining, "payload")
+  a = int(alphabet)
+  rows, cols = layouts(shape)[info.layout]
+  weights = coder._int_weights(info.codes, info.s)
+  det = (weights > 0).sum(axis=1) == 1
+  detsym = np.argmax(weights > 0, axis=1).astype(np.int32)
+  try:
+    dec = _RangeDecoder(coder._bytes_to_words(payload))
+    if info.kind == STATIC and info.order == 0:
+      if det[0]:
+        x = np.full((rows, cols), detsym[0], np.int32)
+      else:
+        model = _Categorical(weights[0].astype(np.float32), perfect=False)
+        x = np.asarray(dec.decode(model, rows * cols), np.int32).reshape(rows, cols)
+    elif info.kind == UNIT:
+      x = _decode_units(dec, rows, cols, weights.astype(np.float32), det, detsym)
+    else:
+      x = _decode_walk(dec, info, rows, cols, a, weights, det, detsym)
+  except FormatError:
+    raise
+  except (KeyboardInterrupt, SystemExit, GeneratorExit):
+    raise
+  except BaseException as e:  # noqa: B036 - constriction raises ValueError, or a
+    # pyo3 PanicException (a BaseException) on some malformed inputs.
+    raise FormatError(f"{reader.what}: range decoder failed: {type(e).__name__}: {e}") from None
+  out = _unmatrix(x, info.layout)
+  if out.size and (out.min() < 0 or out.max() >= a):
+    raise FormatError(f"{reader.what}: decoded symbol out of range")
+  return out.reshape(shape)
+
+
+def _decode_units(dec, rows, cols, table, det, detsym) -> np.ndarray:
+  x = np.empty((rows, cols), np.int32)
+  x[:] = detsym
+  live = np.flatnonzero(~det)
+  if live.size == 0:
+    return x
+  family = _Categorical(perfect=False)
+  step = max(1, _CHUNK // max(1, live.size * table.shape[1]))
+  probs_row = table[live]
+  for r0 in range(0, rows, step):
+    r1 = min(rows, r0 + step)
+    probs = np.broadcast_to(probs_row, (r1 - r0,) + probs_row.shape).reshape(-1, table.shape[1])
+    got = np.asarray(dec.decode(family, np.ascontiguousarray(probs)), np.int32)
+    x[r0:r1, live] = got.reshape(r1 - r0, live.size)
+  return x
+
+
+def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.ndarray:
+  m = info.order
+  seg_t, s = segment_rows(rows, cols)
+  units = s * cols
+  nctx = a**m
+  pos = np.zeros(nctx, np.int64)
+  pos[info.present] = np.arange(info.present.size)
+  known = np.zeros(nctx, bool)
+  known[info.present] = True
+  y = np.zeros((seg_t, units), np.int32)
+  ctx = np.full(units, sum(info.pad * a**j for j in range(m)), np.int64)
+  family = _Categorical(perfect=False)
+  cols_idx = np.arange(units)
+  polya = info.kind == POLYA
+  if polya:
+    prior = _prior(info.codes, info.s, info.beta)
+    det = (prior > 0).sum(axis=1) == 1
+    counts = np.zeros((info.present.size, units, a), np.int64)
+    bounds = polya_blocks(seg_t) if m == 0 else np.array([0, seg_t])
+    table = _block_table(counts, prior)
+  else:
+    table = weights.astype(np.float32)
+    bounds = np.array([0, seg_t])
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    if polya and m == 0:
+      table = _block_table(counts, prior)
+    if m == 0:  # polya of order 0: no dependency inside a block, one call per chunk
+      live = np.flatnonzero(~det)
+      valid = _valid_mask(rows, cols, seg_t, s)[r0:r1]
+      block = np.full((r1 - r0, units), detsym[0], np.int32)
+      if live.size:
+        step = max(1, _CHUNK // max(1, units * a))
+        for s0 in range(r0, r1, step):
+          s1 = min(r1, s0 + step)
+          v = valid[s0 - r0 : s1 - r0]
+          probs = np.broadcast_to(table[0], (s1 - s0, units, a))[v]
+          block[s0 - r0 : s1 - r0][v] = np.asarray(dec.decode(family, probs), np.int32)
+      y[r0:r1] = block
+    else:
+      for t in range(r0, r1):
+        w = _valid_width(t, rows, cols, seg_t, s)
+        c = ctx[:w]
+        if not known[c].all():
+          raise FormatError("context without a table")
+        p = pos[c]
+        d = det[p]
+        row = detsym[p]
+        if not d.all():
+          live = ~d
+          probs = table[p[live], cols_idx[:w][live]] if polya else table[p[live]]
+          row[live] = np.asarray(dec.decode(family, probs), np.int32)
+        y[t, :w] = row
+        ctx[:w] = (c * a + row) % nctx
+        if polya:  # sequential: counts change after every row
+          counts[p, cols_idx[:w], row] += 1
+          _refresh(table, counts, prior, p, cols_idx[:w])
+    if polya and m == 0:
+      valid = _valid_mask(rows, cols, seg_t, s)[r0:r1]
+      cell = np.broadcast_to(cols_idx, valid.shape)[valid] * a + y[r0:r1][valid]
+      counts += np.bincount(cell, minlength=counts.size).reshape(counts.shape)
+  return _unwalk(y, rows, cols, s)
