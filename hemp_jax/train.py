@@ -523,16 +523,28 @@ def _restore(mngr, state: TrainState, data_position: DataPosition | None = None)
 
 
 def _save(mngr, state: TrainState, epoch: int, data_position: DataPosition | None = None):
-  """Saves ``state`` and the last completed ``epoch`` (and the grain iterator position)."""
+  """Saves ``state`` and the last completed ``epoch``, then the grain iterator position.
+
+  The position goes into ``<step>/data/process_<i>-of-<n>.json`` through grain's orbax
+  handler, next to orbax's single ``default`` item (not as a ``Composite`` item: a manager
+  that restored a single-item checkpoint refuses composite saves, and single-item
+  checkpoints of earlier versions stay readable). A checkpoint without it resumes from
+  the same batches anyway: the order is a function of (seed, epoch, batch).
+  """
   import orbax.checkpoint as ocp
 
-  args = ocp.args.StandardSave(_to_saveable(state, epoch))
+  step = int(state.step)
+  mngr.save(step, args=ocp.args.StandardSave(_to_saveable(state, epoch)), force=True)
+  mngr.wait_until_finished()
   if data_position is not None and data_position.state is not None:
     import grain
+    from etils import epath
 
-    args = ocp.args.Composite(default=args, data=grain.checkpoint.CheckpointSave(data_position))
-  mngr.save(int(state.step), args=args, force=True)
-  mngr.wait_until_finished()
+    path = epath.Path(os.path.join(str(mngr.directory), str(step), "data"))
+    path.mkdir(parents=True, exist_ok=True)
+    grain.checkpoint.CheckpointHandler().save(
+      path, args=grain.checkpoint.CheckpointSave(data_position)
+    )
 
 
 # ------------------------------------------------------------------------------ loop
