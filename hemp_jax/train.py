@@ -911,7 +911,8 @@ def evaluate_model_file(config, path: str) -> float:
   """Test accuracy of the model decoded from a ``.hemp`` file (model/data from config)."""
   graphdef, state, _, pipe = build(config)
   decoded = read_model_file(path, state)
-  eval_fn = jax.jit(make_eval_step(graphdef))
+  eval_step, normalize = make_eval_step(graphdef), pipe.normalize
+  eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, normalize(x), y))
   return _evaluate(eval_fn, decoded.params, decoded.model_state, pipe.eval())
 
 
