@@ -91,7 +91,12 @@ def _cmd_train(args, rest):
 
   if args.coordinator_address or args.num_processes is not None or args.process_id is not None:
     # Multi-process data parallelism: join the job before any JAX backend use.
-    train.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    from hemp_jax.errors import UsageError
+
+    try:
+      train.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
 
   try:
     summary = train.train_and_evaluate(config, args.workdir)

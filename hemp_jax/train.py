@@ -101,10 +101,12 @@ def initialize_distributed(
     num_processes: Number of processes.
     process_id: This process's index in ``[0, num_processes)``.
   """
-  if (num_processes is None) != (process_id is None) and coordinator_address is not None:
-    raise ValueError("give both num_processes and process_id (or neither, to auto-detect)")
+  if (num_processes is None) != (process_id is None):
+    raise ValueError(
+      "give both --num_processes and --process_id (or neither, to let JAX detect them)"
+    )
   if num_processes is not None and not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id {process_id} is not in [0, {num_processes})")
+    raise ValueError(f"--process_id {process_id} is not in [0, {num_processes}): fix it")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU backend only
   jax.distributed.initialize(
     coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id

@@ -16,12 +16,15 @@ Two kinds of datasets are supported:
 * **TFDS datasets** (``'mnist'``, ``'cifar10'``, ``'imagenet2012'``) read with
   random access from data prepared in the ArrayRecord format, through
   ``tfds`` data sources, which need neither TensorFlow nor network access. See
-  :func:`load_tfds`. The data must be prepared beforehand (see
-  :class:`DatasetNotPreparedError` for how); :func:`load_tfds` never starts a
-  download and fails within a fraction of a second if the data is missing.
+  :func:`open_tfds_source` (used by training) and :func:`load_tfds`. The data
+  must be prepared beforehand (see :class:`DatasetNotPreparedError` for how);
+  neither ever starts a download and both fail within a fraction of a second if
+  the data is missing.
 
-All images are returned as ``float32`` arrays in NHWC layout and all labels as
-``int32``.
+Images are NHWC and labels ``int32``. The offline sets and :class:`TfdsPipeline`
+give normalized ``float32`` images; the grain graph (:class:`GrainPipeline` with
+:class:`ImageTransform`) gives ``uint8`` images of the tfds sets, which
+:class:`Normalize` turns into the same model input on the device.
 
 Determinism: every random choice (splits, shuffling, augmentation) is derived
 from explicit integer seeds with ``numpy.random.default_rng``, so that the same
