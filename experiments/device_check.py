@@ -156,12 +156,23 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--cpu", action="store_true", help="tiny sizes on CPU (CI smoke test)")
   parser.add_argument("--steps", type=int, default=None, help="timed steps per row")
+  parser.add_argument(
+    "--models", default=None, help="comma-separated subset of the models, e.g. resnet20"
+  )
+  parser.add_argument("--skip_estimator", action="store_true", help="no estimator table")
   args = parser.parse_args(argv)
   if args.cpu:
     os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
 
   sizes = Sizes(args.cpu, args.steps)
+  if args.models:
+    keep = set(args.models.split(","))
+    sizes.models = [m for m in sizes.models if m[1] in keep]
+    if not sizes.models:
+      raise SystemExit(
+        f"--models {args.models}: none of {[m[1] for m in Sizes(args.cpu, 1).models]}"
+      )
   on_cpu = jax.default_backend() == "cpu"
   dev = jax.devices()[0]
   print(f"# device check: {len(jax.devices())} x {dev.device_kind} ({jax.default_backend()})")
@@ -179,7 +190,7 @@ def main(argv=None) -> dict:
 
   n = sizes.estimator_params
   print(f"\n| estimator value+grad, {n:,} params | ms | compile s |\n|---|---|---|")
-  for order in (1, 2, 3, 4):
+  for order in () if args.skip_estimator else (1, 2, 3, 4):
     ms, cs = time_estimator(n, order)
     results["estimator"].append(dict(order=order, ms=ms, compile_s=cs))
     print(f"| order {order} | {ms:.2f} | {cs:.1f} |", flush=True)

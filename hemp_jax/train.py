@@ -542,6 +542,10 @@ def _save(mngr, state: TrainState, epoch: int, data_position: DataPosition | Non
     import grain
     from etils import epath
 
+    if jax.process_count() > 1:  # the step directory is final on every process
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"hemp_jax checkpoint {step}")
     path = epath.Path(os.path.join(str(mngr.directory), str(step), "data"))
     path.mkdir(parents=True, exist_ok=True)
     grain.checkpoint.CheckpointHandler().save(

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = ml_collections.config_dict.placeholder(int)  # mid-epoch saves
 
   c.data = ml_collections.ConfigDict()
-  c.data.worker_count = 0  # grain worker processes (0: in-process)
+  c.data.worker_count = 0  # grain worker processes (0: in-process); keep it when resuming
   c.data.num_threads = 2  # reader threads per process
   c.data.prefetch = 4  # batches buffered ahead
 
