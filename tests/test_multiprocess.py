@@ -73,3 +73,32 @@ def test_two_processes_match_one(tmp_path):
   for a, b in zip(leaves_one, leaves_two):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
   assert int(s_two.step) == int(s_one.step) == 3
+
+
+def test_train_process_flags_and_environment(monkeypatch, tmp_path):
+  import pytest
+
+  from hemp_jax.errors import UsageError
+
+  args = cli.build_parser().parse_args(["train", "--config", "c.py", "--workdir", "w"])
+  assert (args.coordinator_address, args.num_processes, args.process_id) == (None, None, None)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  args = cli.build_parser().parse_args(["train", "--config", "c.py", "--workdir", "w"])
+  assert (args.coordinator_address, args.num_processes, args.process_id) == (
+    "10.0.0.1:1234",
+    4,
+    3,
+  )
+  monkeypatch.delenv("JAX_NUM_PROCESSES")
+  monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+  # One of the pair alone is a usage error, raised before anything is initialized.
+  args = cli.build_parser().parse_args(
+    ["train", "--config", os.path.join(ROOT, "experiments", "configs", "default.py")]
+    + ["--workdir", str(tmp_path)]
+  )
+  with pytest.raises(UsageError, match="give both --num_processes and --process_id"):
+    cli._cmd_train(args, [])  # (cli.main prints it as one line, exit code 2)
+  with pytest.raises(ValueError, match=r"--process_id 2 is not in \[0, 2\)"):
+    train.initialize_distributed("127.0.0.1:1", 2, 2)
