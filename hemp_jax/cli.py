@@ -89,6 +89,15 @@ def _cmd_train(args, rest):
   config = apply_overrides(load_config(args.config), rest)
   from hemp_jax import train
 
+  if args.coordinator_address or args.num_processes is not None or args.process_id is not None:
+    # Multi-process data parallelism: join the job before any JAX backend use.
+    from hemp_jax.errors import UsageError
+
+    try:
+      train.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+
   try:
     summary = train.train_and_evaluate(config, args.workdir)
   except train.TrainingDivergedError as e:
@@ -282,12 +291,35 @@ def _cmd_inspect(args, rest):
   return 0
 
 
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value not in (None, "") else None
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="hemp-jax", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("train", help="train a model with HEMP (config + overrides)")
   p.add_argument("--config", required=True, help="config file (file.py or file.py:arg)")
   p.add_argument("--workdir", required=True, help="output directory (resumed if it exists)")
+  env = os.environ.get
+  p.add_argument(
+    "--coordinator_address",
+    default=env("JAX_COORDINATOR_ADDRESS"),
+    help="multi-process: HOST:PORT of process 0 (default $JAX_COORDINATOR_ADDRESS)",
+  )
+  p.add_argument(
+    "--num_processes",
+    type=int,
+    default=_env_int("JAX_NUM_PROCESSES"),
+    help="multi-process: number of processes (default $JAX_NUM_PROCESSES)",
+  )
+  p.add_argument(
+    "--process_id",
+    type=int,
+    default=_env_int("JAX_PROCESS_ID"),
+    help="multi-process: this process's index (default $JAX_PROCESS_ID)",
+  )
   p.set_defaults(func=_cmd_train, takes_overrides=True)
   p = sub.add_parser(
     "compress",

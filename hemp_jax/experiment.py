@@ -140,7 +140,7 @@ def mock_tfds(num_examples: int = 16) -> Iterator[None]:
   from hemp_jax import data as data_lib
 
   with (
-    mock.patch.object(data_lib, "_check_prepared", lambda *args: None),
+    mock.patch.object(data_lib.tfds_source, "_check_prepared", lambda *args: None),
     tfds.testing.mock_data(num_examples=num_examples),
   ):
     yield

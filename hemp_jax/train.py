@@ -20,6 +20,7 @@ with orbax at every epoch end, resumes from the last checkpoint, and stops with
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import math
@@ -78,9 +79,43 @@ class TrainState(NamedTuple):
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """1-D ``("data",)`` mesh over ``devices`` (default: all local devices), Auto axis."""
-  devices = list(jax.local_devices() if devices is None else devices)
+  """1-D ``("data",)`` mesh over ``devices`` (default: all devices of all processes),
+  Auto axis."""
+  devices = list(jax.devices() if devices is None else devices)
   return jax.sharding.Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
+  """Joins a multi-process JAX job (``jax.distributed.initialize``) before any backend use.
+
+  On CPU the cross-process collectives are gloo's (set here, DESIGN §5). Arguments left
+  ``None`` are detected by ``jax.distributed.initialize`` (``$JAX_COORDINATOR_ADDRESS``,
+  SLURM, Open MPI, TPU pods, ...).
+
+  Args:
+    coordinator_address: ``HOST:PORT`` of process 0's coordinator service.
+    num_processes: Number of processes.
+    process_id: This process's index in ``[0, num_processes)``.
+  """
+  if (num_processes is None) != (process_id is None):
+    raise ValueError(
+      "give both --num_processes and --process_id (or neither, to let JAX detect them)"
+    )
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id {process_id} is not in [0, {num_processes}): fix it")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU backend only
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
+
+
+def is_main_process() -> bool:
+  """Whether this process writes the outputs (metrics, summary, model file): process 0."""
+  return jax.process_index() == 0
 
 
 def _learning_rate(config, steps_per_epoch: int):
@@ -239,6 +274,7 @@ def make_train_step(
       if quantized_forward:
         params = _quantized_forward_params(params, state.opt_state)
       logits, new_ms = _forward(graphdef, params, state.model_state, images, True)
+      logits = logits.astype(jnp.float32)  # bf16 models: the loss in float32
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, (logits, new_ms)
 
@@ -260,6 +296,7 @@ def make_eval_step(graphdef) -> Callable:
 
   def evaluate(params, model_state, images, labels):
     logits, _ = _forward(graphdef, params, model_state, images, False)
+    logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(jnp.argmax(logits, -1) == labels), jnp.sum(loss)
 
@@ -361,71 +398,93 @@ def eval_codebooks(config, state: TrainState):
 
 
 class InputPipeline(NamedTuple):
-  """Epoch-indexed batches: ``train(epoch, start_batch)`` and ``eval()`` iterators."""
+  """Epoch-indexed batches and what the step needs to read them.
+
+  ``train(epoch, start_batch)`` returns a grain iterator over this process's rows of the
+  epoch's global batches (``get_state`` / ``set_state``); ``eval()`` iterates the whole
+  test split in this process; ``normalize`` maps a (uint8) batch to the model's float
+  input and runs inside the jitted steps (identity for the float offline sets).
+  """
 
   train: Callable[[int, int], Iterator]
   eval: Callable[[], Iterator]
   steps_per_epoch: int
   num_classes: int
   image_shape: tuple
+  normalize: Callable = data_lib.Normalize(None)
+
+
+def _pipeline_options(config) -> data_lib.PipelineOptions:
+  d = config.get("data", None) or {}
+  return data_lib.PipelineOptions(
+    worker_count=int(d.get("worker_count", 0) or 0),
+    num_threads=int(d.get("num_threads", 2)),
+    prefetch=int(d.get("prefetch", 4)),
+  )
 
 
 def input_pipeline(config) -> InputPipeline:
-  """Offline datasets (``mnist5k``, ``digits``) or tfds ones (``mnist``, ``cifar10``,
-  ``imagenet2012``, prepared in ``config.data_dir``)."""
+  """The grain graph (:mod:`hemp_jax.data.pipeline`) over the offline datasets
+  (``mnist5k``, ``digits``: float32 images from memory) or tfds ones (``mnist``,
+  ``cifar10``, ``imagenet2012`` prepared in ``config.data_dir``: uint8 images, normalized on
+  the device). ``config.batch_size`` is the global batch; this process reads its
+  ``1 / process_count`` share of every batch."""
   name = config.dataset
   info = data_lib.dataset_info(name)
   bs, seed = config.batch_size, config.seed
+  options = _pipeline_options(config)
+  host = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  max_steps = config.get("max_steps_per_epoch", None)
   if name in ("mnist5k", "digits"):
     ds = data_lib.load_mnist5k() if name == "mnist5k" else data_lib.load_digits_dataset()
     limit = config.get("max_train_examples", None)
-    tr_x, tr_y = ds.train_images[:limit], ds.train_labels[:limit]
-    train = lambda epoch, start=0: data_lib.iterate_batches(
-      tr_x, tr_y, bs, rng_seed=seed, epoch=epoch, start_batch=start
-    )
-    evaluate = lambda: data_lib.iterate_batches(
-      ds.test_images,
-      ds.test_labels,
-      config.eval_batch_size,
-      rng_seed=seed,
-      epoch=0,
-      shuffle=False,
-      drop_remainder=False,
-    )
-    steps = data_lib.num_batches(len(tr_y), bs)
+    train_src = data_lib.ArraySource(ds.train_images[:limit], ds.train_labels[:limit])
+    eval_src = data_lib.ArraySource(ds.test_images, ds.test_labels)
+    transform = eval_transform = None
+    normalize = data_lib.Normalize(None)
+    image_shape = tuple(info.image_shape)
   else:
     import contextlib
 
     from hemp_jax import experiment  # config.mock_data: random TFDS examples (smoke runs)
 
-    size = {"image_size": config.image_size} if config.get("image_size", None) else {}
+    data_dir = config.get("data_dir", None)
     with experiment.mock_tfds() if config.get("mock_data", False) else contextlib.nullcontext():
-      tr = data_lib.load_tfds(
-        name,
-        info.train_split,
-        batch_size=bs,
-        train=True,
-        seed=seed,
-        data_dir=config.get("data_dir", None),
-        **size,
-      )
-      ev = data_lib.load_tfds(
-        name,
-        info.eval_split,
-        batch_size=config.eval_batch_size,
-        train=False,
-        seed=seed,
-        data_dir=config.get("data_dir", None),
-        **size,
-      )
-    info = info._replace(image_shape=tuple(tr.image_shape))
-    train = lambda epoch, start=0: tr.batches(epoch, start_batch=start)
-    evaluate = lambda: ev.batches(0)
-    steps = len(tr)
-  max_steps = config.get("max_steps_per_epoch", None)
-  if max_steps:
-    steps = min(steps, max_steps)
-  return InputPipeline(train, evaluate, steps, info.num_classes, tuple(info.image_shape))
+      base, train_src = data_lib.open_tfds_source(name, info.train_split, data_dir)
+      _, eval_src = data_lib.open_tfds_source(name, info.eval_split, data_dir)
+    size = info.image_shape[0]
+    if base == "imagenet2012" and config.get("image_size", None):
+      size = int(config.image_size)
+    transform = eval_transform = data_lib.ImageTransform(base, size)
+    normalize = data_lib.Normalize(base)
+    image_shape = (size, size, info.image_shape[2])
+  train_pipe = data_lib.GrainPipeline(
+    train_src,
+    batch_size=bs,
+    train=True,
+    seed=seed,
+    transform=transform,
+    max_batches=max_steps,
+    options=options,
+    **host,
+  )
+  # Evaluation reads the whole test split in every process (results are identical).
+  eval_pipe = data_lib.GrainPipeline(
+    eval_src,
+    batch_size=config.eval_batch_size,
+    train=False,
+    seed=seed,
+    transform=eval_transform,
+    options=options._replace(worker_count=0),
+  )
+  return InputPipeline(
+    lambda epoch, start=0: train_pipe.epoch(epoch, start),
+    lambda: eval_pipe.epoch(0),
+    len(train_pipe),
+    info.num_classes,
+    image_shape,
+    normalize,
+  )
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -444,7 +503,32 @@ def _to_saveable(state: TrainState, epoch: int):
   return {"state": jax.tree.map(np.asarray, state), "epoch": np.asarray(epoch)}
 
 
-def _restore(mngr, state: TrainState):
+class DataPosition:
+  """The grain iterator state after the last batch the loop consumed.
+
+  The host iterator runs ahead of the loop (prefetch, double buffering), so its own
+  ``get_state()`` is not the position to resume from; the loop records the state that
+  followed each batch and saves that one. Saved and restored by grain's orbax handler
+  (``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore``: one JSON file per
+  process), in the same format as the iterator's own state.
+  """
+
+  def __init__(self, state: dict | None = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state)
+
+  def start_prefetch(self) -> None:  # called by grain's handler after a restore
+    pass
+
+
+def _restore(mngr, state: TrainState, data_position: DataPosition | None = None):
+  """``(state, epoch)`` of the latest checkpoint, or None; fills ``data_position`` with the
+  saved grain iterator state when the checkpoint has one (else leaves it unchanged)."""
   import orbax.checkpoint as ocp
 
   step = mngr.latest_step()
@@ -452,14 +536,44 @@ def _restore(mngr, state: TrainState):
     return None
   target = jax.tree.map(np.asarray, _to_saveable(state, 0))
   restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
+  data_dir = os.path.join(str(mngr.directory), str(step), "data")
+  if data_position is not None and os.path.isdir(data_dir):
+    import grain
+    from etils import epath
+
+    grain.checkpoint.CheckpointHandler().restore(
+      epath.Path(data_dir), args=grain.checkpoint.CheckpointRestore(data_position)
+    )
   return restored["state"], int(restored["epoch"])
 
 
-def _save(mngr, state: TrainState, epoch: int):
+def _save(mngr, state: TrainState, epoch: int, data_position: DataPosition | None = None):
+  """Saves ``state`` and the last completed ``epoch``, then the grain iterator position.
+
+  The position goes into ``<step>/data/process_<i>-of-<n>.json`` through grain's orbax
+  handler, next to orbax's single ``default`` item (not as a ``Composite`` item: a manager
+  that restored a single-item checkpoint refuses composite saves, and single-item
+  checkpoints of earlier versions stay readable). A checkpoint without it resumes from
+  the same batches anyway: the order is a function of (seed, epoch, batch).
+  """
   import orbax.checkpoint as ocp
 
-  mngr.save(int(state.step), args=ocp.args.StandardSave(_to_saveable(state, epoch)), force=True)
+  step = int(state.step)
+  mngr.save(step, args=ocp.args.StandardSave(_to_saveable(state, epoch)), force=True)
   mngr.wait_until_finished()
+  if data_position is not None and data_position.state is not None:
+    import grain
+    from etils import epath
+
+    if jax.process_count() > 1:  # the step directory is final on every process
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"hemp_jax checkpoint {step}")
+    path = epath.Path(os.path.join(str(mngr.directory), str(step), "data"))
+    path.mkdir(parents=True, exist_ok=True)
+    grain.checkpoint.CheckpointHandler().save(
+      path, args=grain.checkpoint.CheckpointSave(data_position)
+    )
 
 
 # ------------------------------------------------------------------------------ loop
@@ -510,6 +624,8 @@ def build(config):
   model = models_lib.init_model(
     config.model, num_classes=pipe.num_classes, seed=config.seed, **config.get("model_kwargs", {})
   )
+  # config.dtype "bfloat16": activations and matmuls in bf16, params stay float32.
+  models_lib.set_dtype(model, config.get("dtype", "float32"))
   if config.get("init_checkpoint", None):  # fine-tuning (issue #5): before tx.init
     from hemp_jax import experiment
 
@@ -519,42 +635,111 @@ def build(config):
   return graphdef, state, tx, pipe
 
 
+def _local(tree):
+  """This process's copy of replicated (possibly multi-process) arrays."""
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x.addressable_data(0)
+    return x
+
+  return jax.tree.map(one, tree)
+
+
+def _feed(host_iter, put: Callable, ahead: int = 2):
+  """Device batches ``ahead`` batches in front of the loop (double buffering).
+
+  Yields ``(images, labels, data_state)``: the arrays already transferred (``put``) and
+  the grain iterator state that follows the batch (what a checkpoint taken after it saves).
+  While the loop runs step ``i``, batches ``i + 1 .. i + ahead`` are on their way.
+  """
+  buf = collections.deque()
+  get_state = getattr(host_iter, "get_state", lambda: None)
+
+  def pull() -> None:
+    try:
+      images, labels = next(host_iter)
+    except StopIteration:
+      return
+    buf.append((put(images), put(labels), get_state()))
+
+  for _ in range(ahead):
+    pull()
+  while buf:
+    item = buf.popleft()
+    pull()
+    yield item
+
+
+def _close(it) -> None:
+  close = getattr(it, "close", None)
+  if close is not None:
+    close()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``; returns the summary (also ``summary.json``).
 
-  Files: ``config.json``, ``metrics.jsonl`` (one line per epoch: epoch, train_loss,
-  train_accuracy, test_accuracy, test_accuracy_quantized, entropy_soft, entropy_exact,
-  seconds), ``checkpoints/`` (orbax, last two epochs), ``summary.json``.
+  Files (written by process 0): ``config.json``, ``metrics.jsonl`` (one line per epoch:
+  epoch, train_loss, train_accuracy, test_accuracy, test_accuracy_quantized,
+  entropy_soft, entropy_exact, seconds, examples_per_s, input_wait_fraction),
+  ``checkpoints/`` (orbax, every process; the last two: every epoch end and, with
+  ``config.checkpoint_every_steps``, mid-epoch; each holds the grain iterator position),
+  ``summary.json`` and ``model.hemp``.
+
+  Several processes (after :func:`initialize_distributed`) train data-parallel:
+  ``config.batch_size`` is the global batch, each process reads its share
+  (:func:`input_pipeline`) and the batch is assembled on the global mesh.
+  On CPU the loop syncs on the loss every step (DESIGN §4); on accelerators only every
+  ``config.log_every_steps`` steps.
   """
+  main = is_main_process()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   graphdef, state, tx, pipe = build(config)
   mesh = make_mesh()
   n_dev = mesh.devices.size
   if config.batch_size % n_dev:
-    raise ValueError(
-      f"batch_size {config.batch_size} must be a multiple of the {n_dev} local devices"
-    )
+    raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {n_dev} devices")
   qat_epochs = config.get("qat_epochs", 0) or 0
   if qat_epochs and config.hemp.mode == "none":
     raise ValueError("qat_epochs needs hemp.mode 'grad' or 'paper' (codebooks in the state)")
   use_pmap = config.get("parallel", "jit") == "pmap"
+  if use_pmap and jax.process_count() > 1:
+    raise ValueError("parallel='pmap' is single-process; use 'jit' with several processes")
+  normalize = pipe.normalize
   if use_pmap:
-    train_steps = [pmap_train_step(graphdef, tx, quantized_forward=qf) for qf in (False, True)]
+    pmapped = [pmap_train_step(graphdef, tx, quantized_forward=qf) for qf in (False, True)]
+    train_steps = [(lambda s, x, y, f=f: f(s, normalize(jnp.asarray(x)), y)) for f in pmapped]
+    put = np.asarray
   else:
+
+    def with_input(step):
+      return lambda state, images, labels: step(state, normalize(images), labels)
+
     train_steps = [
-      data_parallel_train_step(make_train_step(graphdef, tx, quantized_forward=qf), mesh)
+      data_parallel_train_step(
+        with_input(make_train_step(graphdef, tx, quantized_forward=qf)), mesh
+      )
       for qf in (False, True)
     ]
+    batch_sharding = NamedSharding(mesh, P("data"))
+    put = functools.partial(jax.make_array_from_process_local_data, batch_sharding)
   # Every array the compiled steps see lives on the mesh, replicated: the state from
   # ``build``, a restored one, and the decoded and quantized params at evaluation.
   # Uncommitted inputs give the same shapes a different type (no mesh), and the step or
   # the evaluation would be traced and compiled a second time.
   on_mesh = functools.partial(jax.device_put, device=NamedSharding(mesh, P()))
-  eval_fn = jax.jit(make_eval_step(graphdef))
+  # Evaluation runs in every process on its own devices (the whole test split each).
+  on_local = functools.partial(
+    jax.device_put, device=NamedSharding(make_mesh(jax.local_devices()), P())
+  )
+  eval_step = make_eval_step(graphdef)
+  eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, normalize(x), y))
   evaluate = lambda params, model_state: _evaluate(
-    eval_fn, *on_mesh((params, model_state)), pipe.eval()
+    eval_fn, *on_local(_local((params, model_state))), pipe.eval()
   )
   hk = _entropy_kwargs(config)
   soft_entropy = jax.jit(lambda p, cb: ent.tree_entropy(p, cb, **hk))
@@ -562,43 +747,85 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   mngr = _checkpoint_manager(workdir)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  start_epoch = 0
-  restored = _restore(mngr, state)
+  steps = pipe.steps_per_epoch
+  start_epoch, start_batch = 0, 0
+  position = DataPosition()
+  restored = _restore(mngr, state, position)
   if restored is not None:
     state, last_epoch = restored
     start_epoch = last_epoch + 1
+    # A mid-epoch checkpoint: the batches of epoch ``start_epoch`` already trained.
+    start_batch = int(state.step) - start_epoch * steps
+    if not 0 <= start_batch < steps:
+      start_batch = 0
     print(
-      f"resumed from checkpoint at epoch {last_epoch} (step {int(state.step)})", file=sys.stderr
+      f"resumed from checkpoint at epoch {last_epoch + 1}"
+      + (f", batch {start_batch}" if start_batch else "")
+      + f" (step {int(state.step)})",
+      file=sys.stderr,
     )
   state = jax.tree.map(jnp.asarray, state) if use_pmap else on_mesh(state)
   rows = _read_metrics(metrics_path, start_epoch)  # rows count epochs from 1
-  show = config.get("progress", True)
+  show = config.get("progress", True) and main
+  on_cpu = jax.default_backend() == "cpu"
+  # CPU: sync on the loss every step (queued CPU collectives deadlock, DESIGN §4).
+  sync_every = 1 if on_cpu else max(1, int(config.get("log_every_steps", 50) or 50))
+  ckpt_every = config.get("checkpoint_every_steps", None) or 0
 
+  host_it = None
   for epoch in range(start_epoch, config.num_epochs):
     t0 = time.time()
-    bar = _progress(pipe.steps_per_epoch, f"epoch {epoch + 1}/{config.num_epochs}", show)
-    losses, accs = [], []
+    first = start_batch if epoch == start_epoch else 0
+    if host_it is None:
+      host_it = pipe.train(epoch, 0)
+    if first:
+      if position.state is not None:
+        host_it.set_state(position.state)  # bitwise the batches an uninterrupted run reads
+      else:
+        _close(host_it)
+        host_it = pipe.train(epoch, first)
+    bar = _progress(steps, f"epoch {epoch + 1}/{config.num_epochs}", show)
+    if bar is not None and first:
+      bar.update(first)
+    losses, accs, pending = [], [], []
+    wait = 0.0
     train_step = train_steps[epoch >= config.num_epochs - qat_epochs]
-    for i, (images, labels) in enumerate(pipe.train(epoch, 0)):
-      if i >= pipe.steps_per_epoch:
-        break
-      state, m = train_step(state, jnp.asarray(images), jnp.asarray(labels))
-      loss = float(m["loss"])  # syncs every step (CPU collectives, DESIGN §4)
-      if not math.isfinite(loss):
-        if bar is not None:
-          bar.close()
-        last = mngr.latest_step()
-        raise TrainingDivergedError(
-          f"loss became {loss} at epoch {epoch + 1}, batch {i + 1} (step "
-          f"{int(state.step)}); stopped. Last good checkpoint: "
-          f"{'none' if last is None else f'step {last}'} in {workdir}/checkpoints. "
-          "Lower the learning rate or the HEMP strength and resume."
-        )
-      losses.append(loss)
-      accs.append(float(m["accuracy"]))
+    feed = _feed(host_it, put)
+    for i in range(first, steps):
+      tw = time.perf_counter()
+      images, labels, data_state = next(feed)
+      wait += time.perf_counter() - tw
+      state, m = train_step(state, images, labels)
+      pending.append(m)
+      position.state = data_state
+      if (i + 1) % sync_every and i + 1 < steps and not (ckpt_every and (i + 1) % ckpt_every == 0):
+        continue
+      fetched = jax.device_get(pending)  # the only host sync of the loop
+      for j, mj in enumerate(fetched):
+        loss = float(mj["loss"])
+        if not math.isfinite(loss):
+          if bar is not None:
+            bar.close()
+          last = mngr.latest_step()
+          batch = i + 2 - len(fetched) + j
+          raise TrainingDivergedError(
+            f"loss became {loss} at epoch {epoch + 1}, batch {batch} (step "
+            f"{int(state.step) - len(fetched) + j + 1}); stopped. Last good checkpoint: "
+            f"{'none' if last is None else f'step {last}'} in {workdir}/checkpoints. "
+            "Lower the learning rate or the HEMP strength and resume."
+          )
+        losses.append(loss)
+        accs.append(float(mj["accuracy"]))
       if bar is not None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accs[-1]:.3f}")
+        bar.update(len(fetched))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{accs[-1]:.3f}")
+      pending = []
+      if ckpt_every and (i + 1) % ckpt_every == 0 and i + 1 < steps:
+        _save(mngr, state, epoch - 1, position)  # mid-epoch: epoch - 1 is the last complete
+    train_seconds = time.time() - t0
+    _close(host_it)
+    # The next epoch's iterator starts prefetching while this one is evaluated.
+    host_it = pipe.train(epoch + 1, 0) if epoch + 1 < config.num_epochs else None
     codebooks = eval_codebooks(config, state)
     qparams = quantized(state.params, codebooks)
     row = {
@@ -612,6 +839,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state.params, codebooks, order=hk["order"], tuples=hk["tuples"], rate=hk["rate"]
       ),
       "seconds": time.time() - t0,
+      "examples_per_s": (steps - first) * config.batch_size / train_seconds,
+      "input_wait_fraction": wait / train_seconds,
     }
     if bar is not None:
       bar.set_postfix(
@@ -625,19 +854,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(
         f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  test {row['test_accuracy']:.4f}"
         f"  quantized {row['test_accuracy_quantized']:.4f}  H soft "
-        f"{row['entropy_soft']:.4f} exact {row['entropy_exact']:.4f} bits/param",
+        f"{row['entropy_soft']:.4f} exact {row['entropy_exact']:.4f} bits/param"
+        f"  {row['examples_per_s']:.0f} ex/s  input wait {row['input_wait_fraction']:.3f}",
         file=sys.stderr,
       )
     if not _finite(state.params):
       raise TrainingDivergedError(f"parameters became non-finite in epoch {epoch + 1}")
     rows.append(row)
-    _save(mngr, state, epoch)
-    _write_metrics(metrics_path, rows)
+    _save(mngr, state, epoch, position)
+    if main:
+      _write_metrics(metrics_path, rows)
 
   if not rows:
     raise ValueError("num_epochs is 0: nothing to train")
   codebooks = eval_codebooks(config, state)
   last = rows[-1]
+  if not main:  # process 0 writes the model file and the summary
+    return {"process_index": jax.process_index(), "epochs": last["epoch"]}
   model_path = os.path.join(workdir, "model.hemp")
   file_bytes = write_model_file(model_path, state, codebooks)
   decoded = read_model_file(model_path, state)
@@ -717,7 +950,8 @@ def evaluate_model_file(config, path: str) -> float:
   """Test accuracy of the model decoded from a ``.hemp`` file (model/data from config)."""
   graphdef, state, _, pipe = build(config)
   decoded = read_model_file(path, state)
-  eval_fn = jax.jit(make_eval_step(graphdef))
+  eval_step, normalize = make_eval_step(graphdef), pipe.normalize
+  eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, normalize(x), y))
   return _evaluate(eval_fn, decoded.params, decoded.model_state, pipe.eval())
 
 

@@ -176,7 +176,7 @@ def mock_tfds(monkeypatch):
   so skip the on-disk check that `load_tfds` does first (that check is
   covered by the not-prepared and real-ArrayRecord tests).
   """
-  monkeypatch.setattr(D, "_check_prepared", lambda *args: None)
+  monkeypatch.setattr(D.tfds_source, "_check_prepared", lambda *args: None)
   with tfds.testing.mock_data(num_examples=20):
     yield
 
@@ -449,3 +449,28 @@ def test_tfds_real_arrayrecord_incomplete(real_tfds_dir, tmp_path):
   assert (
     len(D.load_tfds("mnist", "test", data_dir=str(tmp_path / "b"), batch_size=4, train=False)) == 13
   )
+
+
+def test_grain_over_real_arrayrecord_sources(real_tfds_dir, tmp_path):
+  """The grain graph reads the same prepared sources; mnist batches equal TfdsPipeline's."""
+  root, _ = real_tfds_dir
+  base, src = D.open_tfds_source("mnist", "train", str(root))
+  assert base == "mnist" and len(src) == 120
+  pipe = D.GrainPipeline(src, batch_size=32, train=False, transform=D.ImageTransform(base, 28))
+  old = D.load_tfds("mnist", "train", data_dir=str(root), batch_size=32, train=False)
+  norm = D.Normalize(base)
+  got, want = list(pipe.epoch(0)), list(old)
+  assert [len(y) for _, y in got] == [32, 32, 32, 24]
+  for (gx, gy), (wx, wy) in zip(got, want):
+    assert gx.dtype == np.uint8
+    np.testing.assert_allclose(norm(gx), wx, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(gy, wy)
+  base, src = D.open_tfds_source("imagenet2012", "train", str(root))
+  pipe = D.GrainPipeline(
+    src, batch_size=2, train=True, seed=1, transform=D.ImageTransform(base, 32)
+  )
+  for x, y in pipe.epoch(0):
+    assert x.shape == (2, 32, 32, 3) and x.dtype == np.uint8
+    assert set(y.tolist()) <= {0, 7, 14, 21}
+  with pytest.raises(D.DatasetNotPreparedError, match="tfds build cifar10"):
+    D.open_tfds_source("cifar10", "train", str(tmp_path))

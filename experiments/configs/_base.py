@@ -14,6 +14,7 @@ comma-separated tokens after the colon:
 * ``none`` — no regularizer (baseline: the same quantizer and coder);
 * ``prune`` / ``prune_sens`` — add 90% magnitude / loss-sensitivity pruning with an exact
   zero level in the (uniform) codebooks;
+* ``bf16`` — mixed precision: activations and matmuls in bfloat16 (``config.dtype``);
 * ``smoke`` — the runlocal switch: a few steps on offline (MNIST-5k / digits) or mock
   TFDS data, small batches, no progress bar; runs in CI in well under a minute.
 """
@@ -76,7 +77,7 @@ def apply_variant(
 ) -> ml_collections.ConfigDict:
   """Applies the comma-separated variant tokens of ``arg`` (see the module docstring)."""
   tokens = [t for t in (arg or "").split(",") if t]
-  known = {"grad", "paper", "none", "prune", "prune_sens", "smoke"}
+  known = {"grad", "paper", "none", "prune", "prune_sens", "smoke", "bf16"}
   bad = [t for t in tokens if t not in known]
   if bad:
     raise ValueError(f"unknown config variant(s) {bad}; known: {sorted(known)}")
@@ -90,6 +91,8 @@ def apply_variant(
     c.pruning.method = "sensitivity" if "prune_sens" in tokens else "magnitude"
     c.quantizer.method = "uniform"
     c.quantizer.zero_level = True
+  if "bf16" in tokens:
+    c.dtype = "bfloat16"  # activations and matmuls in bf16, params/optimizer float32
   if "smoke" in tokens:
     c.dataset = smoke_dataset
     c.mock_data = smoke_mock

@@ -24,6 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.qat_epochs = 8  # last epochs: task loss on the quantized net (STE)
   c.parallel = "jit"  # "jit" (NamedSharding over a ("data",) mesh) or "pmap"
   c.progress = True
+  c.dtype = "float32"  # or "bfloat16": activations/matmuls in bf16, params float32
+  c.log_every_steps = 50  # accelerators: host sync (metrics, NaN check) interval; CPU: 1
+  c.checkpoint_every_steps = ml_collections.config_dict.placeholder(int)  # mid-epoch saves
+
+  c.data = ml_collections.ConfigDict()
+  c.data.worker_count = 0  # grain worker processes (0: in-process); keep it when resuming
+  c.data.num_threads = 2  # reader threads per process
+  c.data.prefetch = 4  # batches buffered ahead
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"

@@ -37,6 +37,7 @@ __all__ = [
   "create_model",
   "init_model",
   "count_params",
+  "set_dtype",
 ]
 
 #: Read-only registry: name -> constructor ``(*, num_classes, rngs, **kw)``.
@@ -74,6 +75,32 @@ def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs: Any) 
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
   return MODELS[name](num_classes=num_classes, rngs=rngs, **kwargs)
+
+
+def set_dtype(model: nnx.Module, dtype: Any) -> nnx.Module:
+  """Sets the computation dtype of every layer (mixed precision), in place.
+
+  Every submodule with a ``dtype`` attribute (``nnx.Conv``, ``nnx.Linear``,
+  ``nnx.BatchNorm``, ...) computes in ``dtype``: inputs and parameters are cast to it for
+  the matmuls and convolutions, activations flow in it. Parameters stay stored in their
+  ``param_dtype`` (float32), so gradients, optimizer state and the entropy estimate are
+  float32; BatchNorm keeps its statistics and reductions in float32.
+
+  Args:
+    model: Any NNX module.
+    dtype: e.g. ``jnp.bfloat16``, ``"bfloat16"``; ``None`` or ``"float32"`` restores the
+      default (compute in the parameters' dtype).
+
+  Returns:
+    ``model`` (modified in place).
+  """
+  import jax.numpy as jnp
+
+  dtype = None if dtype in (None, "float32", jnp.float32) else jnp.dtype(dtype)
+  for _, module in nnx.iter_modules(model):
+    if hasattr(module, "dtype") and hasattr(module, "param_dtype"):
+      module.dtype = dtype
+  return model
 
 
 def init_model(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> nnx.Module:
