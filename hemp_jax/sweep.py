@@ -160,7 +160,8 @@ def measure(config, graphdef, params, model_state, codebooks, pipe, path: str) -
   """Writes ``path`` (.hemp), decodes it, evaluates the decoded model; returns metrics."""
   from hemp_jax import codec, train
 
-  eval_fn = jax.jit(train.make_eval_step(graphdef))
+  eval_step, normalize = train.make_eval_step(graphdef), pipe.normalize
+  eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, normalize(x), y))
   params = jax.tree.map(np.asarray, params)
   blob = codec.compress(params, codebooks)
   _atomic_write(path, blob)
@@ -255,10 +256,13 @@ def _train(config, graphdef, state, tx, pipe, log) -> tuple[Any, list]:
   from hemp_jax import train
 
   qat_epochs = config.get("qat_epochs", 0) or 0
-  steps = [
-    jax.jit(train.make_train_step(graphdef, tx, quantized_forward=qf), donate_argnums=(0,))
-    for qf in ((False, True) if qat_epochs else (False,))
-  ]
+  normalize = pipe.normalize  # uint8 batches of the tfds sets become floats on the device
+
+  def jit_step(qf):
+    f = train.make_train_step(graphdef, tx, quantized_forward=qf)
+    return jax.jit(lambda st, x, y: f(st, normalize(x), y), donate_argnums=(0,))
+
+  steps = [jit_step(qf) for qf in ((False, True) if qat_epochs else (False,))]
   history = []
   for epoch in range(config.num_epochs):
     # Last qat_epochs: the task loss on the quantized network (straight-through).

@@ -62,7 +62,7 @@ def test_evaluate_reads_a_file_of_params_alone(tmp_path):
   codebooks = hj.fit_codebooks(params, 4)
   codec.compress_file(params, path, codebooks=codebooks)
   quantized = train.quantize_params(state.params, codebooks)
-  direct = train._evaluate(
-    jax.jit(train.make_eval_step(graphdef)), quantized, state.model_state, pipe.eval()
-  )
+  eval_step = train.make_eval_step(graphdef)
+  eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, pipe.normalize(x), y))
+  direct = train._evaluate(eval_fn, quantized, state.model_state, pipe.eval())
   assert train.evaluate_model_file(config, path) == pytest.approx(direct, abs=0)
