@@ -347,7 +347,9 @@ def reencode_hemp(blob, **compress_options) -> bytes:
   from hemp_jax.codec import format as fmt
 
   tree, cbs = hemp_codebooks(blob)
-  out = fmt.compress(tree, cbs, **compress_options)
+  # The format's own re-encoder keeps every leaf's levels and indices as they are; the
+  # codebooks rebuilt above serve a re-encode with other compress options.
+  out = fmt.compress(tree, cbs, **compress_options) if compress_options else fmt.reencode(blob)
   old = jax.tree_util.tree_flatten_with_path(tree)[0]
   new = jax.tree_util.tree_leaves(fmt.decompress(out))
   if len(old) != len(new):
