@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Leaves that start constant (zero biases): "keep" (a codebook of the start, +-0.001),
   # "defer" (codebook fitted after degenerate_fit_epochs, no entropy gradient before),
   # "float" (never quantized).
-  c.quantizer.degenerate = "keep"
+  c.quantizer.degenerate = "defer"
   c.quantizer.degenerate_fit_epochs = 1.0
 
   c.hemp = ml_collections.ConfigDict()

@@ -51,6 +51,12 @@ CANDIDATES = {
     dict(_PRUNE, pruning__method="sensitivity", pruning__sparsity=0.9, hemp__strength=7.0),
     "hemp+prune-sensitivity",
   ),
+  "l5-hp-sens0.9-s6-e30": (
+    "lenet5",
+    30,
+    dict(_PRUNE, pruning__method="sensitivity", pruning__sparsity=0.9, hemp__strength=6.0),
+    "hemp+prune-sensitivity",
+  ),
   "l5-hp-sens0.9-s5-e60-q3": (
     "lenet5",
     60,
