@@ -67,15 +67,29 @@ def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+VARIANTS = ("grad", "paper", "none", "prune", "prune_sens", "smoke")
+
+
 def apply_variant(
-  c: ml_collections.ConfigDict, arg: str | None, *, smoke_dataset: str, smoke_mock: bool
+  c: ml_collections.ConfigDict,
+  arg: str | None,
+  *,
+  smoke_dataset: str,
+  smoke_mock: bool,
+  extra_known: tuple = (),
 ) -> ml_collections.ConfigDict:
-  """Applies the comma-separated variant tokens of ``arg`` (see the module docstring)."""
+  """Applies the comma-separated variant tokens of ``arg`` (see the module docstring).
+
+  ``extra_known``: tokens the family handled itself (listed in the error message).
+  """
   tokens = [t for t in (arg or "").split(",") if t]
-  known = {"grad", "paper", "none", "prune", "prune_sens", "smoke"}
+  known = sorted(set(VARIANTS) | set(extra_known))
   bad = [t for t in tokens if t not in known]
   if bad:
-    raise ValueError(f"unknown config variant(s) {bad}; known: {sorted(known)}")
+    raise ValueError(
+      f"unknown config variant(s) {', '.join(map(repr, bad))}; known: {', '.join(known)} "
+      "(comma-separated after the file name, e.g. file.py:paper,smoke)"
+    )
   if "paper" in tokens:
     paper_recipe(c)
     c.qat_epochs = 0  # the paper's recipe has no quantization-aware epochs
@@ -121,7 +135,9 @@ def mnist(model: str, arg: str | None) -> ml_collections.ConfigDict:
     c.dataset = "mnist5k"
     c.eval_batch_size = 500
     tokens.remove("offline")
-  return apply_variant(c, ",".join(tokens), smoke_dataset="mnist5k", smoke_mock=False)
+  return apply_variant(
+    c, ",".join(tokens), smoke_dataset="mnist5k", smoke_mock=False, extra_known=("offline",)
+  )
 
 
 def _sgd_hemp(
