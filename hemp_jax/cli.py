@@ -194,6 +194,9 @@ def _cmd_evaluate(args, rest):
 
   validate_config(config)
   try:
+    with open(args.file, "rb") as f:
+      codec.inspect(f.read())  # a damaged file fails here, before the model is built
+    print(f"decoding {args.file} and evaluating it...", file=sys.stderr)
     accuracy = train.evaluate_model_file(config, args.file)
   except codec.FormatError as e:
     raise UsageError(f"{args.file}: {e}") from None

@@ -879,7 +879,8 @@ def train_and_evaluate(
           f"loss became {loss} at epoch {epoch + 1}, batch {i + 1} (step "
           f"{int(state.step)}); stopped. Last good checkpoint: "
           f"{'none' if last is None else f'step {last}'} in {workdir}/checkpoints. "
-          "Lower the learning rate or the HEMP strength and resume."
+          "Lower the learning rate or the HEMP strength and resume "
+          "(hemp-jax train --allow-config-change)."
         )
       losses.append(loss)
       accs.append(float(m["accuracy"]))
