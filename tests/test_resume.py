@@ -209,6 +209,20 @@ def test_damaged_latest_checkpoint_falls_back_and_finishes(reference, tmp_path, 
   _assert_same_final_state(workdir, reference)
 
 
+def test_no_checkpoint_restores_starts_from_scratch(reference, tmp_path, capsys):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  for step in ("4", "8"):
+    _garbage(os.path.join(workdir, "checkpoints", step))
+  train.train_and_evaluate(_config(), workdir)
+  err = capsys.readouterr().err
+  assert len([line for line in err.splitlines() if "cannot be restored" in line]) == 2
+  assert "no checkpoint restores: training starts from scratch" in err
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints.corrupt"))) == ["4", "8"]
+  _assert_same_outputs(workdir, reference)  # the run is deterministic
+  _assert_same_final_state(workdir, reference)
+
+
 # ------------------------------------------------------------ crashes and the outputs
 
 
