@@ -271,7 +271,12 @@ resuming:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="hemp-jax", description=__doc__.splitlines()[0])
+  parser = _Parser(
+    prog="hemp-jax",
+    description="HEMP: train, compress and evaluate entropy-regularized networks.",
+    epilog="Errors print one line on stderr; exit codes: 0 success, 2 bad input or usage, "
+    "1 failed run, 3 training diverged. --debug shows the Python traceback instead.",
+  )
   parser.add_argument(
     "--debug", action="store_true", help="show the Python traceback of an error (any position)"
   )
