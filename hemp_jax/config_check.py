@@ -155,7 +155,7 @@ def validate_config(config) -> None:
   _check_int(config, "quantizer.min_size", 0, allow_none=True)
 
   _check_name(config, "hemp.mode", HEMP_MODES)
-  _check_real(config, "hemp.strength", low=0.0, required=True)
+  _check_real(config, "hemp.strength", low=0.0, required=_get(config, "hemp.mode") != "none")
   _check_int(config, "hemp.order", 1, required=True)
   _check_name(config, "hemp.tuples", TUPLES)
   _check_name(config, "hemp.rate", RATES)
@@ -164,9 +164,14 @@ def validate_config(config) -> None:
   _check_int(config, "hemp.refit_every", 1, allow_none=True)
   _check_real(config, "hemp.lambda_q", low=0.0)
   if _get(config, "hemp.rate") == "conditional" and _get(config, "hemp.tuples") != "sliding":
-    _fail("hemp.rate", "conditional", "needs hemp.tuples = 'sliding'")
+    raise ConfigError(
+      "config.hemp.rate = 'conditional' needs sliding tuples: set --config.hemp.tuples=sliding"
+    )
   if _is_int(qat) and qat > 0 and _get(config, "hemp.mode") == "none":
-    _fail("qat_epochs", qat, "needs hemp.mode 'grad' or 'paper' (codebooks); set it to 0")
+    raise ConfigError(
+      f"config.qat_epochs = {qat} needs hemp.mode 'grad' or 'paper' (their codebooks): "
+      "set --config.qat_epochs=0 or another --config.hemp.mode"
+    )
 
   _check_name(config, "pruning.method", PRUNING_METHODS, required=False)
   _check_real(config, "pruning.sparsity", low=0.0, high=1.0, high_open=True)

@@ -60,6 +60,22 @@ def test_paper_setups_present():
     _load("resnet32_cifar10", "offline")  # offline is a variant of the MNIST configs only
 
 
+def test_every_config_variant_and_sweep_point_passes_validation():
+  """The checks of hemp_jax.config_check refuse no config the project ships."""
+  from hemp_jax import sweep
+  from hemp_jax.config_check import validate_config
+
+  validate_config(cli.load_config(os.path.join(CONFIG_DIR, "default.py")))
+  for name in CONFIGS:
+    for arg in ["", "paper", "none", "prune", "prune_sens", "smoke", "paper,smoke"]:
+      validate_config(_load(name, arg))
+  sweeps = os.path.join(os.path.dirname(CONFIG_DIR), "sweeps", "mnist5k_offline.py")
+  points = sweep.load_sweep(sweeps).points
+  assert len(points) > 50
+  for p in points:
+    validate_config(p.config)
+
+
 SMOKE = [(n, "smoke") for n in CONFIGS] + [
   ("lenet5_mnist", "paper,smoke"),
   ("lenet300_mnist", "prune_sens,smoke"),
