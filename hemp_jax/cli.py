@@ -2,10 +2,15 @@
 
 ``hemp-jax train --config experiments/configs/default.py --workdir runs/default
 [--config.key=value ...]``; ``hemp-jax compress --workdir DIR``, ``hemp-jax decompress
-FILE``, ``hemp-jax evaluate FILE --config CONFIG``, ``hemp-jax inspect FILE``. A config file is a Python file with ``get_config()``
-(optionally ``get_config(arg)``, selected as ``file.py:arg``) returning an
-``ml_collections.ConfigDict``; ``--config.a.b=value`` overrides a field, the value parsed
-as the type the field already has.
+FILE``, ``hemp-jax evaluate FILE --config CONFIG``, ``hemp-jax inspect FILE``. A config
+file is a Python file with ``get_config()`` (optionally ``get_config(arg)``, selected as
+``file.py:arg``) returning an ``ml_collections.ConfigDict``, or the ``config.json`` a
+training run wrote; ``--config.a.b=value`` overrides a field, the value parsed as the type
+the field already has.
+
+Errors a user can cause print one line on stderr (``error: ...``) and exit with code 2
+(bad input or usage), 1 (a failed run) or 3 (training diverged); ``--debug`` (anywhere on
+the command line) shows the Python traceback instead.
 """
 
 from __future__ import annotations
@@ -18,20 +23,57 @@ import sys
 
 import ml_collections
 
+from hemp_jax.errors import UsageError
+
 __all__ = ["main", "load_config", "apply_overrides"]
+
+EXIT_USAGE, EXIT_FAILED, EXIT_DIVERGED = 2, 1, 3
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads ``path.py`` or ``path.py:arg`` by calling its ``get_config``."""
+  """Loads ``path.py`` or ``path.py:arg`` (its ``get_config``), or a run's ``config.json``.
+
+  Raises:
+    UsageError: a missing or unreadable file, a syntax error, no ``get_config``, an
+      unknown variant (``:arg``), or any error raised while building the config.
+  """
   path, _, arg = spec.partition(":")
+  if os.path.isdir(path):
+    raise UsageError(
+      f"--config {path} is a directory: pass a config file (.py, or a workdir's config.json)"
+    )
   if not os.path.isfile(path):
-    raise SystemExit(f"config file not found: {path}")
+    raise UsageError(f"config file not found: {path}")
+  if path.endswith(".json"):
+    if arg:
+      raise UsageError(f"--config {spec}: a config.json takes no ':variant'")
+    try:
+      with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+    except ValueError as e:
+      raise UsageError(f"config file {path} is not valid JSON: {e}") from None
+  if not path.endswith(".py"):
+    raise UsageError(f"config file {path}: expected a .py file with get_config() or a .json")
   from hemp_jax.experiment import load_python_file
 
-  module = load_python_file(path, "hemp_config")
+  try:
+    module = load_python_file(path, "hemp_config")
+  except SyntaxError as e:
+    raise UsageError(
+      f"config file {e.filename or path} line {e.lineno}: syntax error: {e.msg}"
+    ) from None
+  except Exception as e:
+    raise UsageError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_config"):
-    raise SystemExit(f"{path} has no get_config()")
-  return module.get_config(arg) if arg else module.get_config()
+    raise UsageError(f"config file {path} has no get_config()")
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except TypeError as e:
+    if arg and "positional argument" in str(e):
+      raise UsageError(f"config file {path} takes no ':variant' (got {arg!r})") from None
+    raise UsageError(f"{spec}: get_config() failed: {type(e).__name__}: {e}") from None
+  except Exception as e:
+    raise UsageError(f"{spec}: {e}") from None
 
 
 def _parse_value(text: str, current):
@@ -55,32 +97,37 @@ def _parse_value(text: str, current):
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
-  """Applies ``--config.a.b=value`` arguments (also ``--config.a.b value``)."""
+  """Applies ``--config.a.b=value`` arguments (also ``--config.a.b value``).
+
+  Raises:
+    UsageError: an argument that is not an override, an unknown field, a bad value.
+  """
   i = 0
   while i < len(overrides):
     item = overrides[i]
     if not item.startswith("--config."):
-      raise SystemExit(f"unknown argument {item!r} (overrides look like --config.key=value)")
+      raise UsageError(f"unknown argument {item!r} (overrides look like --config.key=value)")
     key = item[len("--config.") :]
     if "=" in key:
       key, value = key.split("=", 1)
     else:
       if i + 1 >= len(overrides):
-        raise SystemExit(f"missing value for --config.{key}")
+        raise UsageError(f"missing value for --config.{key}")
       i += 1
       value = overrides[i]
     node, parts = config, key.split(".")
     for p in parts[:-1]:
-      if p not in node:
-        raise SystemExit(f"unknown config field {key!r}")
+      if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+        raise UsageError(f"unknown config field {key!r}")
       node = node[p]
-    if parts[-1] not in node:
-      raise SystemExit(f"unknown config field {key!r}; fields here: {sorted(node.keys())}")
+    if not isinstance(node, ml_collections.ConfigDict) or parts[-1] not in node:
+      fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise UsageError(f"unknown config field {key!r}; fields here: {fields}")
     current = node[parts[-1]]
     try:
       node[parts[-1]] = _parse_value(value, current)
     except (ValueError, TypeError) as e:
-      raise SystemExit(f"bad value for --config.{key}: {e}") from None
+      raise UsageError(f"bad value for --config.{key}: {e}") from None
     i += 1
   return config
 
@@ -91,18 +138,14 @@ def _cmd_train(args, rest):
 
   if args.coordinator_address or args.num_processes is not None or args.process_id is not None:
     # Multi-process data parallelism: join the job before any JAX backend use.
-    from hemp_jax.errors import UsageError
-
     try:
       train.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     except ValueError as e:
       raise UsageError(str(e)) from None
 
-  try:
-    summary = train.train_and_evaluate(config, args.workdir)
-  except train.TrainingDivergedError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 3
+  summary = train.train_and_evaluate(
+    config, args.workdir, allow_config_change=args.allow_config_change
+  )
   print(json.dumps(summary, indent=2))
   return 0
 
@@ -257,14 +300,26 @@ def _cmd_decompress(args, rest):
 
 
 def _cmd_evaluate(args, rest):
+  if not os.path.isfile(args.file):
+    what = "is a directory" if os.path.isdir(args.file) else "not found"
+    raise UsageError(f"model file {args.file}: {what} (pass a .hemp file)")
   config = apply_overrides(load_config(args.config), rest)
   from hemp_jax import codec, train
+  from hemp_jax.config_check import validate_config
 
+  validate_config(config)
   try:
+    with open(args.file, "rb") as f:
+      codec.inspect(f.read())  # a damaged file fails here, before the model is built
+    print(f"decoding {args.file} and evaluating it...", file=sys.stderr)
     accuracy = train.evaluate_model_file(config, args.file)
   except codec.FormatError as e:
-    print(f"error: {args.file}: {e}", file=sys.stderr)
-    return 2
+    raise UsageError(f"{args.file}: {e}") from None
+  except ValueError as e:  # decoded leaves that do not match the config's model
+    raise UsageError(
+      f"{args.file} does not hold a {config.model} model of this config ({e}); "
+      "pass the config it was trained with"
+    ) from None
   print(
     json.dumps(
       {
@@ -281,12 +336,14 @@ def _cmd_evaluate(args, rest):
 def _cmd_inspect(args, rest):
   from hemp_jax import codec
 
+  if not os.path.isfile(args.file):
+    what = "is a directory" if os.path.isdir(args.file) else "not found"
+    raise UsageError(f"{args.file}: {what} (pass a .hemp file)")
   try:
     with open(args.file, "rb") as f:
       report = codec.inspect(f.read())
   except codec.FormatError as e:
-    print(f"error: {args.file}: {e}", file=sys.stderr)
-    return 2
+    raise UsageError(f"{args.file}: {e}") from None
   print(json.dumps(report.as_dict(), indent=2) if args.json else codec.format_inspection(report))
   return 0
 
@@ -296,11 +353,69 @@ def _env_int(name: str) -> int | None:
   return int(value) if value not in (None, "") else None
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (``error: ... (see hemp-jax CMD --help)``), exit 2."""
+
+  def error(self, message):
+    print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+_TRAIN_EPILOG = """\
+config overrides:
+  Any field of the config can be set after the other options, as --config.KEY=VALUE
+  or --config.KEY VALUE, with dotted keys for nested fields; the value is parsed as the
+  type the field already has. Examples:
+    --config.num_epochs=5  --config.hemp.strength=10  --config.hemp.mode=none
+    --config.optimizer.learning_rate=3e-4  --config.quantizer.num_levels=8
+  The config is checked before anything is compiled or written (names and ranges).
+
+config variants:
+  --config FILE.py:VARIANT[,VARIANT...] passes VARIANT to the file's get_config(). The
+  experiment configs (experiments/configs/*.py) accept:
+    grad        lambda * H added to the gradient (the default)
+    paper       the paper's recipe (SGD lr 0.1, gated unscaled second step)
+    none        no regularizer (baseline; same quantizer and coder)
+    prune       90% magnitude pruning, with an exact zero level
+    prune_sens  90% loss-sensitivity pruning, with an exact zero level
+    smoke       a few steps on offline or mock data (CI)
+    bf16        activations and matmuls in bfloat16 (params, optimizer, entropy float32)
+    offline     (lenet5_mnist, lenet300_mnist) the offline MNIST-5k split
+  e.g. --config experiments/configs/lenet5_mnist.py:paper,offline
+
+resuming:
+  An existing --workdir is resumed from its newest checkpoint that restores (damaged
+  ones are moved to checkpoints.corrupt/). A workdir trained with another config is
+  refused, with the differing fields; --allow-config-change resumes anyway and records
+  the change in config_history.jsonl.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="hemp-jax", description=__doc__.splitlines()[0])
+  parser = _Parser(
+    prog="hemp-jax",
+    description="HEMP: train, compress and evaluate entropy-regularized networks.",
+    epilog="Errors print one line on stderr; exit codes: 0 success, 2 bad input or usage, "
+    "1 failed run, 3 training diverged. --debug shows the Python traceback instead.",
+  )
+  parser.add_argument(
+    "--debug", action="store_true", help="show the Python traceback of an error (any position)"
+  )
   sub = parser.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("train", help="train a model with HEMP (config + overrides)")
-  p.add_argument("--config", required=True, help="config file (file.py or file.py:arg)")
+  p = sub.add_parser(
+    "train",
+    help="train a model with HEMP (config + overrides)",
+    usage="%(prog)s --config FILE.py[:VARIANT] --workdir DIR [--allow-config-change] "
+    "[--coordinator_address HOST:PORT --num_processes N --process_id I] "
+    "[--config.KEY=VALUE ...]",
+    epilog=_TRAIN_EPILOG,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--config",
+    required=True,
+    help="config file: FILE.py, FILE.py:VARIANT[,VARIANT] (see below) or a run's config.json",
+  )
   p.add_argument("--workdir", required=True, help="output directory (resumed if it exists)")
   env = os.environ.get
   p.add_argument(
@@ -319,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     type=int,
     default=_env_int("JAX_PROCESS_ID"),
     help="multi-process: this process's index (default $JAX_PROCESS_ID)",
+  )
+  p.add_argument(
+    "--allow-config-change",
+    action="store_true",
+    help="resume a workdir trained with another config (recorded in config_history.jsonl)",
   )
   p.set_defaults(func=_cmd_train, takes_overrides=True)
   p = sub.add_parser(
@@ -374,7 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=_cmd_decompress)
   p = sub.add_parser("evaluate", help="test accuracy of the model decoded from a .hemp file")
   p.add_argument("file")
-  p.add_argument("--config", required=True, help="the config the model was trained with")
+  p.add_argument(
+    "--config",
+    required=True,
+    help="the config the model was trained with (FILE.py[:VARIANT] or the run's config.json)",
+  )
   p.set_defaults(func=_cmd_evaluate, takes_overrides=True)
   p = sub.add_parser("inspect", help="per-leaf sizes, bits/param and coder of a .hemp file")
   p.add_argument("file")
@@ -429,12 +553,64 @@ def _cmd_report(args, rest):
   return 0
 
 
+def _one_line(text: str) -> str:
+  return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _error_line(e: BaseException) -> tuple[int, str]:
+  """``(exit code, message)`` of an exception that reached :func:`main`."""
+  from hemp_jax import codec
+  from hemp_jax.train import TrainingDivergedError
+
+  if isinstance(e, UsageError):
+    return EXIT_USAGE, str(e)
+  if isinstance(e, TrainingDivergedError):
+    return EXIT_DIVERGED, str(e)
+  if isinstance(e, codec.FormatError):
+    return EXIT_USAGE, f"damaged or foreign .hemp file: {e}"
+  if isinstance(e, OSError):
+    if e.filename is not None and e.strerror and str(e).startswith("[Errno"):
+      return EXIT_USAGE, f"{e.filename}: {e.strerror}"
+    if e.strerror and str(e).startswith("[Errno"):
+      return EXIT_USAGE, e.strerror
+    return EXIT_USAGE, str(e) or type(e).__name__
+  if isinstance(e, ValueError):  # the library's checks of user input (configs, files)
+    return EXIT_USAGE, str(e)
+  if isinstance(e, MemoryError):
+    return EXIT_FAILED, "out of memory (lower batch_size or eval_batch_size)"
+  return EXIT_FAILED, f"{type(e).__name__}: {e} (run again with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
+  """Runs a ``hemp-jax`` command; returns the exit code (errors: one line on stderr)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv
+  argv = [a for a in argv if a != "--debug"]
   parser = build_parser()
-  args, rest = parser.parse_known_args(argv)
-  if rest and not getattr(args, "takes_overrides", False):
-    parser.error(f"unrecognized arguments: {' '.join(rest)}")
-  return args.func(args, rest) or 0
+  try:
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_overrides", False):
+      parser.error(f"unrecognized arguments: {' '.join(rest)}")
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else EXIT_USAGE
+  try:
+    return args.func(args, rest) or 0
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print("error: interrupted", file=sys.stderr)
+    return 130
+  except SystemExit as e:
+    if debug or not isinstance(e.code, str):
+      raise
+    print(f"error: {_one_line(e.code)}", file=sys.stderr)
+    return EXIT_USAGE
+  except Exception as e:
+    if debug:
+      raise
+    code, message = _error_line(e)
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -21,11 +21,14 @@ with orbax at every epoch end, resumes from the last checkpoint, and stops with
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -59,11 +62,16 @@ __all__ = [
   "state_codebooks",
   "exact_entropy",
   "train_and_evaluate",
+  "ConfigChangedError",
 ]
 
 
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN/Inf; the last good checkpoint is kept."""
+
+
+class ConfigChangedError(ValueError):
+  """The workdir holds a run of another config (resume refused; the message lists keys)."""
 
 
 class TrainState(NamedTuple):
@@ -526,16 +534,20 @@ class DataPosition:
     pass
 
 
-def _restore(mngr, state: TrainState, data_position: DataPosition | None = None):
-  """``(state, epoch)`` of the latest checkpoint, or None; fills ``data_position`` with the
-  saved grain iterator state when the checkpoint has one (else leaves it unchanged)."""
+def _restore_step(mngr, step: int, state: TrainState, data_position=None):
+  """``(state, epoch index, metrics row or None)`` of checkpoint ``step``; fills
+  ``data_position`` with the saved grain iterator state when the checkpoint has one."""
   import orbax.checkpoint as ocp
 
-  step = mngr.latest_step()
-  if step is None:
-    return None
   target = jax.tree.map(np.asarray, _to_saveable(state, 0))
   restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
+  epoch = int(restored["epoch"])
+  try:
+    row = (mngr.metadata(step).custom_metadata or {}).get("metrics_row")
+  except Exception:  # the step metadata file is optional for restoring the arrays
+    row = None
+  if row is not None and row.get("epoch") != epoch + 1:
+    row = None
   data_dir = os.path.join(str(mngr.directory), str(step), "data")
   if data_position is not None and os.path.isdir(data_dir):
     import grain
@@ -544,22 +556,123 @@ def _restore(mngr, state: TrainState, data_position: DataPosition | None = None)
     grain.checkpoint.CheckpointHandler().restore(
       epath.Path(data_dir), args=grain.checkpoint.CheckpointRestore(data_position)
     )
-  return restored["state"], int(restored["epoch"])
+  return restored["state"], epoch, row
 
 
-def _save(mngr, state: TrainState, epoch: int, data_position: DataPosition | None = None):
+def _restore(mngr, state: TrainState, data_position: DataPosition | None = None):
+  """``(state, epoch index)`` of the latest checkpoint, or None (no fallback)."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  restored_state, epoch, _ = _restore_step(mngr, step, state, data_position)
+  return restored_state, epoch
+
+
+def _set_aside(ckpt_dir: str, step: int) -> str:
+  """Moves checkpoint ``step`` to ``<workdir>/checkpoints.corrupt/`` (renamed, not deleted)."""
+  src = os.path.join(ckpt_dir, str(step))
+  dest_dir = ckpt_dir.rstrip(os.sep) + ".corrupt"
+  os.makedirs(dest_dir, exist_ok=True)
+  dest = os.path.join(dest_dir, str(step))
+  n = 1
+  while os.path.exists(dest):
+    n += 1
+    dest = os.path.join(dest_dir, f"{step}.{n}")
+  os.replace(src, dest)
+  return dest
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _restore_with_fallback(
+  mngr, state: TrainState, workdir: str, data_position: DataPosition | None = None
+):
+  """Restores the newest checkpoint that restores; sets aside those that do not.
+
+  A checkpoint that fails to restore (garbage or truncated files, missing metadata, an
+  emptied step directory, ...) is reported in one line on stderr and moved to
+  ``<workdir>/checkpoints.corrupt/<step>``; the previous one is tried next.
+
+  Returns:
+    ``(manager, restored)``: the manager (a fresh one if steps were moved) and
+    ``(state, epoch index, metrics row or None)``, or None when no checkpoint restores.
+  """
+  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  moved = False
+  restored = None
+  # A step that is not a directory (orbax would silently skip it and later save over it).
+  for name in sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else []:
+    if name.isdigit() and not os.path.isdir(os.path.join(ckpt_dir, name)):
+      dest = _set_aside(ckpt_dir, int(name))
+      moved = True
+      print(
+        f"warning: checkpoint step {name} cannot be restored (not a directory); moved to "
+        f"{dest}; trying the previous one",
+        file=sys.stderr,
+      )
+  if moved:
+    mngr = _checkpoint_manager(workdir)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      with _quiet_orbax_logs():  # one line of ours per damaged step, not orbax's
+        restored = _restore_step(mngr, step, state, data_position)
+      break
+    except Exception as e:  # orbax raises many types for damaged files
+      dest = _set_aside(ckpt_dir, step)
+      moved = True
+      print(
+        f"warning: checkpoint step {step} cannot be restored ({_first_line(e)}); "
+        f"moved to {dest}; trying the previous one",
+        file=sys.stderr,
+      )
+      # A fresh manager: orbax caches what it read of the damaged step.
+      mngr = _checkpoint_manager(workdir)
+  if moved and restored is None:
+    print("warning: no checkpoint restores: training starts from scratch", file=sys.stderr)
+  return mngr, restored
+
+
+@contextlib.contextmanager
+def _quiet_orbax_logs():
+  """Silences absl's ERROR/WARNING log lines while a checkpoint is tried."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _save(
+  mngr,
+  state: TrainState,
+  epoch: int,
+  row: dict | None = None,
+  data_position: DataPosition | None = None,
+):
   """Saves ``state`` and the last completed ``epoch``, then the grain iterator position.
 
-  The position goes into ``<step>/data/process_<i>-of-<n>.json`` through grain's orbax
-  handler, next to orbax's single ``default`` item (not as a ``Composite`` item: a manager
-  that restored a single-item checkpoint refuses composite saves, and single-item
-  checkpoints of earlier versions stay readable). A checkpoint without it resumes from
-  the same batches anyway: the order is a function of (seed, epoch, batch).
+  ``row`` (the epoch's metrics) goes into the checkpoint's metadata, so the outputs can
+  be re-derived if the run stops before they are written. The position goes into
+  ``<step>/data/process_<i>-of-<n>.json`` through grain's orbax handler, next to orbax's
+  single ``default`` item (not as a ``Composite`` item: a manager that restored a
+  single-item checkpoint refuses composite saves, and single-item checkpoints of earlier
+  versions stay readable). A checkpoint without it resumes from the same batches anyway:
+  the order is a function of (seed, epoch, batch).
   """
   import orbax.checkpoint as ocp
 
   step = int(state.step)
-  mngr.save(step, args=ocp.args.StandardSave(_to_saveable(state, epoch)), force=True)
+  mngr.save(
+    step,
+    args=ocp.args.StandardSave(_to_saveable(state, epoch)),
+    force=True,
+    custom_metadata=None if row is None else {"metrics_row": row},
+  )
   mngr.wait_until_finished()
   if data_position is not None and data_position.state is not None:
     import grain
@@ -574,6 +687,174 @@ def _save(mngr, state: TrainState, epoch: int, data_position: DataPosition | Non
     grain.checkpoint.CheckpointHandler().save(
       path, args=grain.checkpoint.CheckpointSave(data_position)
     )
+
+
+# ------------------------------------------------------- workdir, resume guard, outputs
+
+# Fields that change no result: a resume with another value is not a config change.
+_RESUME_IGNORED_FIELDS = ("progress",)
+
+
+def _first_missing_ancestor(path: str) -> str | None:
+  path = os.path.abspath(path)
+  top = None
+  while not os.path.exists(path):
+    top = path
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return top
+
+
+def _prepare_workdir(workdir: str) -> str | None:
+  """Creates ``workdir`` (if missing) and checks it is writable, before anything runs.
+
+  Returns:
+    The topmost directory this call created (to remove if the run fails before it
+    starts), or None.
+
+  Raises:
+    NotADirectoryError: ``workdir`` (or a parent) is a file.
+    PermissionError: it cannot be created or written.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(
+      f"workdir {workdir} is a file, not a directory: pass a directory path "
+      "(it is created if missing)"
+    )
+  created = _first_missing_ancestor(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except NotADirectoryError:
+    parent = os.path.dirname(os.path.abspath(workdir))
+    while parent != os.path.dirname(parent) and not os.path.exists(parent):
+      parent = os.path.dirname(parent)
+    raise NotADirectoryError(
+      f"workdir {workdir}: {parent} is a file, not a directory; pass a directory path"
+    ) from None
+  except OSError as e:
+    _remove_created(workdir, created)
+    raise PermissionError(
+      f"cannot create or write the workdir {workdir} ({e.strerror}): pass a writable --workdir"
+    ) from None
+  return created
+
+
+def _remove_created(workdir: str, created: str | None) -> None:
+  """Removes the empty directories ``_prepare_workdir`` created, up to ``created``."""
+  if created is None:
+    return
+  path = os.path.abspath(workdir)
+  while True:
+    try:
+      os.rmdir(path)
+    except OSError:
+      return
+    if path == created:
+      return
+    path = os.path.dirname(path)
+
+
+def _has_run(workdir: str) -> bool:
+  ckpt = os.path.join(workdir, "checkpoints")
+  has_ckpt = os.path.isdir(ckpt) and any(True for _ in os.scandir(ckpt))
+  return has_ckpt or os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
+def _check_resume(workdir: str, config, allow_config_change: bool) -> dict:
+  """The resume guard: compares ``config`` with the workdir's ``config.json``.
+
+  Returns:
+    ``{field: (old, new)}`` of the accepted changes (empty when nothing changed or there
+    is nothing to resume).
+
+  Raises:
+    ConfigChangedError: the workdir holds a run of another config and
+      ``allow_config_change`` is False.
+  """
+  from hemp_jax.config_check import config_diff
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or not _has_run(workdir):
+    return {}
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    old, diff = None, {"config.json": (f"unreadable ({_first_line(e)})", "this config")}
+  if old is not None:
+    diff = config_diff(old, config, ignore=_RESUME_IGNORED_FIELDS)
+  if diff and not allow_config_change:
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:8])
+    more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
+    raise ConfigChangedError(
+      f"workdir {workdir} holds a run of another config ({len(diff)} field(s) differ: "
+      f"{shown}{more}); use a new workdir, or resume with the change knowingly "
+      "(hemp-jax train --allow-config-change; it is recorded in config_history.jsonl)"
+    )
+  return diff
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file and ``os.replace``.
+
+  The temporary file is opened like any other output (mode 0666 minus the umask), so
+  readers see the old file or the new one, never a partial one.
+  """
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    f = open(tmp, "wb")
+  except OSError as e:  # name the file asked for, not the temporary one
+    raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from None
+  try:
+    with f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _write_config(workdir: str, config, changes: dict, resumed_epochs: int) -> None:
+  """Writes ``config.json``; an accepted change is appended to ``config_history.jsonl``."""
+  if changes:
+    entry = {
+      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      "after_epoch": resumed_epochs,
+      "changed": {k: [a, b] for k, (a, b) in changes.items()},
+    }
+    path = os.path.join(workdir, "config_history.jsonl")
+    with open(path, "a") as f:
+      f.write(json.dumps(entry) + "\n")
+    print(f"config change accepted ({', '.join(changes)}); recorded in {path}", file=sys.stderr)
+  _atomic_write_bytes(
+    os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2).encode()
+  )
+
+
+def _invalidate_outputs(workdir: str) -> None:
+  """Removes ``summary.json`` then ``model.hemp`` of an earlier epoch before training on:
+  they are written again (last) when the run ends, so they never describe another epoch
+  than ``metrics.jsonl``."""
+  for name in ("summary.json", "model.hemp"):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      os.remove(path)
+
+
+def _resume_rows(metrics_path: str, epochs_done: int, ckpt_row: dict | None) -> list[dict]:
+  """Metrics rows of epochs ``1..epochs_done``: ``metrics.jsonl``'s, completed with the
+  restored checkpoint's own row when the run stopped before writing it."""
+  rows = _read_metrics(metrics_path, epochs_done)
+  if epochs_done and (not rows or rows[-1]["epoch"] < epochs_done) and ckpt_row is not None:
+    rows = [r for r in rows if r["epoch"] < epochs_done] + [ckpt_row]
+  return rows
 
 
 # ------------------------------------------------------------------------------ loop
@@ -601,17 +882,21 @@ def _evaluate(eval_fn, params, model_state, batches) -> float:
 def _read_metrics(path: str, upto_epoch: int) -> list[dict]:
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r["epoch"] <= upto_epoch]
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue  # a damaged line: the epoch's row is re-derived or recomputed
+      if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+        rows.append(row)
+  by_epoch = {r["epoch"]: r for r in rows if r["epoch"] <= upto_epoch}
+  return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _write_metrics(path: str, rows: list[dict]):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
+  _atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def _finite(tree) -> bool:
@@ -677,7 +962,9 @@ def _close(it) -> None:
     close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict:
   """Trains ``config`` in ``workdir``; returns the summary (also ``summary.json``).
 
   Files (written by process 0): ``config.json``, ``metrics.jsonl`` (one line per epoch:
@@ -685,24 +972,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   entropy_soft, entropy_exact, seconds, examples_per_s, input_wait_fraction),
   ``checkpoints/`` (orbax, every process; the last two: every epoch end and, with
   ``config.checkpoint_every_steps``, mid-epoch; each holds the grain iterator position),
-  ``summary.json`` and ``model.hemp``.
+  ``model.hemp`` and ``summary.json``.
 
   Several processes (after :func:`initialize_distributed`) train data-parallel:
   ``config.batch_size`` is the global batch, each process reads its share
   (:func:`input_pipeline`) and the batch is assembled on the global mesh.
   On CPU the loop syncs on the loss every step (DESIGN §4); on accelerators only every
   ``config.log_every_steps`` steps.
+
+  The config is validated before anything is compiled or written
+  (:func:`hemp_jax.config_check.validate_config`). A workdir holding a run is resumed
+  from its newest checkpoint that restores (damaged ones are moved to
+  ``checkpoints.corrupt/``), if its ``config.json`` equals ``config`` (fields that
+  change no result, like ``progress``, aside); ``allow_config_change`` accepts a changed
+  config and appends the change to ``config_history.jsonl``. ``metrics.jsonl``,
+  ``model.hemp`` and ``summary.json`` are written atomically after the checkpoint, the
+  summary last; a rerun after a crash re-derives them, so they describe the same epoch.
+
+  Raises:
+    hemp_jax.config_check.ConfigError: a bad config field (nothing written).
+    ConfigChangedError: the workdir holds a run of another config.
+    NotADirectoryError, PermissionError: the workdir cannot be used.
+    TrainingDivergedError: the loss became NaN/Inf (the last good checkpoint is kept).
   """
+  from hemp_jax.config_check import validate_config
+
+  # ---- checks before anything is compiled or written (a failed start leaves nothing)
+  validate_config(config)
   main = is_main_process()
-  os.makedirs(workdir, exist_ok=True)
-  if main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  graphdef, state, tx, pipe = build(config)
-  mesh = make_mesh()
-  n_dev = mesh.devices.size
-  if config.batch_size % n_dev:
-    raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {n_dev} devices")
+  created = _prepare_workdir(workdir)
+  try:
+    changes = _check_resume(workdir, config, allow_config_change)
+    graphdef, state, tx, pipe = build(config)
+    mesh = make_mesh()
+    n_dev = mesh.devices.size
+    if config.batch_size % n_dev:
+      raise ValueError(
+        f"batch_size {config.batch_size} must be a multiple of the {n_dev} local devices "
+        f"(set --config.batch_size to a multiple of {n_dev})"
+      )
+  except BaseException:
+    _remove_created(workdir, created)
+    raise
+  # ---- end of the checks
   qat_epochs = config.get("qat_epochs", 0) or 0
   if qat_epochs and config.hemp.mode == "none":
     raise ValueError("qat_epochs needs hemp.mode 'grad' or 'paper' (codebooks in the state)")
@@ -745,27 +1057,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   soft_entropy = jax.jit(lambda p, cb: ent.tree_entropy(p, cb, **hk))
   quantized = jax.jit(quantize_params)
 
-  mngr = _checkpoint_manager(workdir)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   steps = pipe.steps_per_epoch
-  start_epoch, start_batch = 0, 0
+  # ---- resume: newest checkpoint that restores; outputs re-derived from it
   position = DataPosition()
-  restored = _restore(mngr, state, position)
+  mngr, restored = _restore_with_fallback(_checkpoint_manager(workdir), state, workdir, position)
+  if main:
+    _write_config(workdir, config, changes, 0 if restored is None else restored[1] + 1)
+  start_epoch, start_batch, ckpt_row = 0, 0, None
   if restored is not None:
-    state, last_epoch = restored
+    state, last_epoch, ckpt_row = restored
     start_epoch = last_epoch + 1
     # A mid-epoch checkpoint: the batches of epoch ``start_epoch`` already trained.
     start_batch = int(state.step) - start_epoch * steps
     if not 0 <= start_batch < steps:
       start_batch = 0
     print(
-      f"resumed from checkpoint at epoch {last_epoch + 1}"
-      + (f", batch {start_batch}" if start_batch else "")
+      f"resumed after epoch {start_epoch} of {config.num_epochs}"
+      + (f", batch {start_batch} of epoch {start_epoch + 1}" if start_batch else "")
       + f" (step {int(state.step)})",
       file=sys.stderr,
     )
+  rows = _resume_rows(metrics_path, start_epoch, ckpt_row)  # rows count epochs from 1
+  if start_epoch < config.num_epochs:
+    if main:  # summary/model of an earlier epoch: written again at the end
+      _invalidate_outputs(workdir)
+    print("compiling the train step (the first step takes a while)...", file=sys.stderr)
+  # ---- end of resume
   state = jax.tree.map(jnp.asarray, state) if use_pmap else on_mesh(state)
-  rows = _read_metrics(metrics_path, start_epoch)  # rows count epochs from 1
   show = config.get("progress", True) and main
   on_cpu = jax.default_backend() == "cpu"
   # CPU: sync on the loss every step (queued CPU collectives deadlock, DESIGN §4).
@@ -812,7 +1131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"loss became {loss} at epoch {epoch + 1}, batch {batch} (step "
             f"{int(state.step) - len(fetched) + j + 1}); stopped. Last good checkpoint: "
             f"{'none' if last is None else f'step {last}'} in {workdir}/checkpoints. "
-            "Lower the learning rate or the HEMP strength and resume."
+            "Lower the learning rate or the HEMP strength and resume "
+            "(hemp-jax train --allow-config-change)."
           )
         losses.append(loss)
         accs.append(float(mj["accuracy"]))
@@ -821,7 +1141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{accs[-1]:.3f}")
       pending = []
       if ckpt_every and (i + 1) % ckpt_every == 0 and i + 1 < steps:
-        _save(mngr, state, epoch - 1, position)  # mid-epoch: epoch - 1 is the last complete
+        # mid-epoch: epoch - 1 is the last complete one (no metrics row yet)
+        _save(mngr, state, epoch - 1, None, position)
     train_seconds = time.time() - t0
     _close(host_it)
     # The next epoch's iterator starts prefetching while this one is evaluated.
@@ -861,18 +1182,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not _finite(state.params):
       raise TrainingDivergedError(f"parameters became non-finite in epoch {epoch + 1}")
     rows.append(row)
-    _save(mngr, state, epoch, position)
+    # The checkpoint first (it holds the row and the data position), outputs after.
+    _save(mngr, state, epoch, row, position)
     if main:
       _write_metrics(metrics_path, rows)
 
-  if not rows:
-    raise ValueError("num_epochs is 0: nothing to train")
   codebooks = eval_codebooks(config, state)
+  done = max(start_epoch, config.num_epochs)  # epochs the state has trained
+  if not rows or rows[-1]["epoch"] != done:  # a checkpoint without its row (older version)
+    rows = [r for r in rows if r["epoch"] < done]
+    rows.append(_rederived_row(done, state, codebooks, evaluate, quantized, soft_entropy, hk))
   last = rows[-1]
   if not main:  # process 0 writes the model file and the summary
     return {"process_index": jax.process_index(), "epochs": last["epoch"]}
+  # ---- outputs: metrics.jsonl, model.hemp, then summary.json (each atomic, the summary last)
+  _write_metrics(metrics_path, rows)
   model_path = os.path.join(workdir, "model.hemp")
+  print(f"entropy-coding the weights into {model_path}...", file=sys.stderr)
   file_bytes = write_model_file(model_path, state, codebooks)
+  print(f"decoding {model_path} to check it...", file=sys.stderr)
   decoded = read_model_file(model_path, state)
   test_accuracy_decoded = evaluate(decoded.params, decoded.model_state)
   num_values = int(sum(np.size(x) for x in jax.tree.leaves((state.params, state.model_state))))
@@ -904,6 +1232,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
+def _rederived_row(epoch, state, codebooks, evaluate, quantized, soft_entropy, hk) -> dict:
+  """The evaluation part of an epoch's metrics row, recomputed from its checkpoint (the
+  training loss/accuracy of that epoch are lost: None)."""
+  return {
+    "epoch": epoch,
+    "train_loss": None,
+    "train_accuracy": None,
+    "test_accuracy": evaluate(state.params, state.model_state),
+    "test_accuracy_quantized": evaluate(quantized(state.params, codebooks), state.model_state),
+    "entropy_soft": float(soft_entropy(state.params, codebooks)),
+    "entropy_exact": exact_entropy(
+      state.params, codebooks, order=hk["order"], tuples=hk["tuples"], rate=hk["rate"]
+    ),
+    "seconds": None,
+    "rederived": True,
+  }
+
+
 def _model_file_tree(state: TrainState) -> dict:
   return {"params": state.params, "model_state": state.model_state}
 
@@ -919,7 +1265,9 @@ def write_model_file(path: str, state: TrainState, codebooks) -> int:
 
   tree = jax.tree.map(np.asarray, _model_file_tree(state))
   cbs = {"params": codebooks, "model_state": jax.tree.map(lambda _: None, tree["model_state"])}
-  return codec.compress_file(tree, path, codebooks=cbs)
+  blob = codec.compress(tree, codebooks=cbs)
+  _atomic_write_bytes(os.fspath(path), blob)  # mode 0666 minus the umask, like the others
+  return len(blob)
 
 
 def read_model_file(path: str, template: TrainState) -> TrainState:
@@ -956,16 +1304,18 @@ def evaluate_model_file(config, path: str) -> float:
 
 
 def _write_json(path: str, obj: dict):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  _atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
 
 
 def load_final_state(config, workdir: str):
   """``(graphdef, TrainState)`` restored from the latest checkpoint in ``workdir``."""
   graphdef, state, _, _ = build(config)
-  restored = _restore(_checkpoint_manager(workdir), state)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(
+      f"no checkpoint in {ckpt_dir}: is {workdir!r} a `hemp-jax train` work directory?"
+    )
+  _, restored = _restore_with_fallback(_checkpoint_manager(workdir), state, workdir)
   if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir} restores")
   return graphdef, jax.tree.map(jnp.asarray, restored[0])

@@ -1,5 +1,6 @@
 """experiments/quickstart.ipynb runs top to bottom (nbclient, offline data)."""
 
+import json
 import os
 import sys
 
@@ -33,3 +34,14 @@ def test_quickstart_notebook_executes(tmp_path):
     if o.get("output_type") == "error"
   ]
   assert not errors
+
+
+def test_quickstart_notebook_is_committed_with_its_outputs():
+  """The committed notebook shows its results without running it (issue 12)."""
+  with open(NOTEBOOK) as f:
+    nb = json.load(f)
+  code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+  assert code and all(c["outputs"] and c["execution_count"] for c in code)
+  text = "".join("".join(o.get("text", "")) for c in code for o in c["outputs"])
+  assert "bits/param" in text and "accuracy of the decoded file" in text
+  assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]

@@ -129,7 +129,11 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
   s_full = train.train_and_evaluate(full, str(tmp_path / "full"))
   part = _loop_config(1)
   train.train_and_evaluate(part, str(tmp_path / "resumed"))  # "killed" after epoch 1
-  s_res = train.train_and_evaluate(_loop_config(3), str(tmp_path / "resumed"))
+  with pytest.raises(train.ConfigChangedError, match="num_epochs: 1 -> 3"):
+    train.train_and_evaluate(_loop_config(3), str(tmp_path / "resumed"))
+  s_res = train.train_and_evaluate(
+    _loop_config(3), str(tmp_path / "resumed"), allow_config_change=True
+  )
   _, a = train.load_final_state(full, str(tmp_path / "full"))
   _, b = train.load_final_state(full, str(tmp_path / "resumed"))
   assert int(a.step) == int(b.step) == 12
@@ -138,6 +142,8 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
   assert s_full["test_accuracy"] == s_res["test_accuracy"]
   rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
   assert [r["epoch"] for r in rows] == [1, 2, 3]
+  history = [json.loads(line) for line in open(tmp_path / "resumed" / "config_history.jsonl")]
+  assert [h["changed"] for h in history] == [{"num_epochs": [1, 3]}]
 
 
 def test_metrics_and_summary_files(tmp_path):
@@ -192,13 +198,26 @@ def test_cli_compress_inspect_decompress_evaluate(tmp_path, capsys):
   assert "error" in capsys.readouterr().err
 
 
-def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, capsys):
   train.train_and_evaluate(_loop_config(1), str(tmp_path))
   _, good = train.load_final_state(_loop_config(1), str(tmp_path))
-  bad = _loop_config(3)
-  bad.optimizer.learning_rate = 1e30
-  with pytest.raises(train.TrainingDivergedError, match="Last good checkpoint: step 4"):
-    train.train_and_evaluate(bad, str(tmp_path))
+  # Through the CLI, with the run's own config.json and a learning rate that diverges.
+  rc = cli.main(
+    [
+      "train",
+      "--config",
+      str(tmp_path / "config.json"),
+      "--workdir",
+      str(tmp_path),
+      "--config.optimizer.learning_rate=1e30",
+      "--config.num_epochs=3",
+      "--allow-config-change",
+    ]
+  )
+  assert rc == 3
+  err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert len(err) == 1 and "Last good checkpoint: step 4" in err[0]
+  assert "Lower the learning rate" in err[0]
   _, kept = train.load_final_state(_loop_config(1), str(tmp_path))
   assert int(kept.step) == 4
   for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(kept.params)):
@@ -224,7 +243,8 @@ def test_cli_train_with_overrides(tmp_path, capsys):
   assert rc == 0
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["model"] == "lenet5" and summary["entropy_order"] == 1
-  with pytest.raises(SystemExit, match="unknown config field"):
-    cli.main(
-      ["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path), "--config.hemp.nope=1"]
-    )
+  capsys.readouterr()
+  rc = cli.main(
+    ["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path), "--config.hemp.nope=1"]
+  )
+  assert rc == 2 and "unknown config field 'hemp.nope'" in capsys.readouterr().err
