@@ -28,6 +28,8 @@ RATES = ("block", "conditional")
 POOLS = ("group", "global")
 PRUNING_METHODS = ("none", "magnitude", "sensitivity")
 PARALLEL = ("jit", "pmap")
+DTYPES = ("float32", "bfloat16")
+LLOYD_METHODS = ("empirical", "gaussian")
 
 
 class ConfigError(ValueError):
@@ -131,6 +133,7 @@ def validate_config(config) -> None:
   """
   from hemp_jax import models
   from hemp_jax.data import DATASET_NAMES
+  from hemp_jax.regularizer import DEGENERATE, LAMBDA_UNITS
 
   _check_name(config, "model", sorted(models.MODELS))
   _check_name(config, "dataset", list(DATASET_NAMES))
@@ -142,6 +145,12 @@ def validate_config(config) -> None:
   _check_int(config, "max_steps_per_epoch", 1, allow_none=True)
   _check_int(config, "qat_epochs", 0, allow_none=True)
   _check_name(config, "parallel", PARALLEL, required=False)
+  _check_name(config, "dtype", DTYPES, required=False)
+  _check_int(config, "log_every_steps", 1, allow_none=True)
+  _check_int(config, "checkpoint_every_steps", 1, allow_none=True)
+  _check_int(config, "data.worker_count", 0, allow_none=True)
+  _check_int(config, "data.num_threads", 0, allow_none=True)
+  _check_int(config, "data.prefetch", 0, allow_none=True)
   qat = _get(config, "qat_epochs")  # may exceed num_epochs: then every epoch is QAT
 
   _check_name(config, "optimizer.name", OPTIMIZERS)
@@ -153,6 +162,9 @@ def validate_config(config) -> None:
   _check_int(config, "quantizer.num_levels", 2, required=True)
   _check_name(config, "quantizer.method", QUANTIZER_METHODS)
   _check_int(config, "quantizer.min_size", 0, allow_none=True)
+  _check_name(config, "quantizer.lloyd_method", LLOYD_METHODS, required=False)
+  _check_name(config, "quantizer.degenerate", DEGENERATE, required=False)
+  _check_real(config, "quantizer.degenerate_fit_epochs", low=0.0, low_open=True)
 
   _check_name(config, "hemp.mode", HEMP_MODES)
   _check_real(config, "hemp.strength", low=0.0, required=_get(config, "hemp.mode") != "none")
@@ -163,6 +175,7 @@ def validate_config(config) -> None:
   _check_int(config, "hemp.refresh_every", 1)
   _check_int(config, "hemp.refit_every", 1, allow_none=True)
   _check_real(config, "hemp.lambda_q", low=0.0)
+  _check_name(config, "hemp.lambda_units", LAMBDA_UNITS, required=False)
   if _get(config, "hemp.rate") == "conditional" and _get(config, "hemp.tuples") != "sliding":
     raise ConfigError(
       "config.hemp.rate = 'conditional' needs sliding tuples: set --config.hemp.tuples=sliding"

@@ -1280,7 +1280,9 @@ def read_model_file(path: str, template: TrainState) -> TrainState:
   from hemp_jax import codec
 
   decoded = codec.decompress_file(path)
-  if isinstance(decoded, dict) and set(decoded) == {"params", "model_state"}:
+  if (
+    isinstance(decoded, dict) and "params" in decoded and set(decoded) <= {"params", "model_state"}
+  ):
     tree = codec.load_into(_model_file_tree(template), decoded)
   else:  # a file of the params alone (sweep points, a compressed params checkpoint)
     if jax.tree.leaves(template.model_state):

@@ -55,8 +55,8 @@ def test_paper_setups_present():
   assert "init_checkpoint" in _load("resnet50_imagenet")
   with pytest.raises(UsageError, match="unknown config variant") as e:
     _load("lenet5_mnist", "bogus")
-  assert "known: grad, none, offline, paper, prune, prune_sens, smoke" in str(e.value)
-  with pytest.raises(UsageError, match="known: grad, none, paper, prune, prune_sens, smoke"):
+  assert "known: bf16, grad, none, offline, paper, prune, prune_sens, smoke" in str(e.value)
+  with pytest.raises(UsageError, match="known: bf16, grad, none, paper, prune, prune_sens, smoke"):
     _load("resnet32_cifar10", "offline")  # offline is a variant of the MNIST configs only
 
 
