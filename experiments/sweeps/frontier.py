@@ -69,6 +69,30 @@ CANDIDATES = {
     ),
     "hemp+prune-sensitivity",
   ),
+  "l5-hp-sens0.9-s6-e60-q10": (
+    "lenet5",
+    60,
+    dict(
+      _PRUNE,
+      pruning__method="sensitivity",
+      pruning__sparsity=0.9,
+      hemp__strength=6.0,
+      qat_epochs=10,
+    ),
+    "hemp+prune-sensitivity",
+  ),
+  "l5-hp-sens0.9-s5-e60-q10": (
+    "lenet5",
+    60,
+    dict(
+      _PRUNE,
+      pruning__method="sensitivity",
+      pruning__sparsity=0.9,
+      hemp__strength=5.0,
+      qat_epochs=10,
+    ),
+    "hemp+prune-sensitivity",
+  ),
   # LeNet-300-100.
   "l3-h-s5-e30": ("lenet300", 30, dict(hemp__strength=5.0, qat_epochs=1), "hemp"),
   "l3-h-s10-e30": ("lenet300", 30, dict(hemp__strength=10.0, qat_epochs=1), "hemp"),
