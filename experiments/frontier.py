@@ -8,7 +8,7 @@ accuracy and the file size (mean +- sample std over seeds), the float models' ac
 over the same seeds, the gap in percentage points and the compression ratio against
 float32. With ``--manifest DIR`` it copies the ``.hemp`` files of the named candidates
 (all three seeds) from the sweep's scratch dir to ``DIR/<candidate>/seed<s>.hemp``,
-re-evaluates every copied file exactly as ``hemp-jax evaluate FILE --config CONFIG`` does
+re-encoded with the current coder (lossless), re-evaluates every copied file exactly as ``hemp-jax evaluate FILE --config CONFIG`` does
 (the accuracy must equal the sweep's record) and writes ``DIR/frontier.json``.
 """
 
@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 
 import numpy as np
@@ -28,7 +27,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The config spec `hemp-jax evaluate` needs for each model (the offline MNIST-5k split).
 CONFIG_SPEC = {
   "lenet5": "experiments/configs/lenet5_mnist.py:offline",
-  "lenet300": "experiments/configs/lenet300_mnist.py:offline",
+  "lenet_300_100": "experiments/configs/lenet300_mnist.py:offline",
 }
 _SEED = re.compile(r"^(?P<name>.+)-seed(?P<seed>\d+)$")
 
@@ -60,8 +59,11 @@ def summarize(records: dict, tolerance_pp: float = 1.0) -> list[dict]:
   for name, by_seed in sorted(records.items()):
     if name.endswith("-float"):
       continue
-    model = next(iter(by_seed.values()))["model"]
-    floats = records.get(f"{model}-float", {})
+    first = next(iter(by_seed.values()))
+    model = first["model"]
+    # the float models of the same seeds: the points each seed fine-tuned from
+    init = _SEED.match(first.get("init") or "")
+    floats = records.get(init["name"] if init else f"{model}-float", {})
     seeds = sorted(s for s in by_seed if s in floats)
     if not seeds:
       continue
@@ -112,7 +114,7 @@ def format_table(rows: list[dict]) -> str:
 
 def write_manifest(rows: list[dict], names: list[str], scratch: str, out_dir: str) -> str:
   """Copies the named candidates' files, re-evaluates them, writes ``frontier.json``."""
-  from hemp_jax import cli, train
+  from hemp_jax import cli, codec, train
 
   by_name = {r["candidate"]: r for r in rows}
   missing = [n for n in names if n not in by_name]
@@ -122,31 +124,39 @@ def write_manifest(rows: list[dict], names: list[str], scratch: str, out_dir: st
   for name in names:
     r = by_name[name]
     spec = CONFIG_SPEC[r["model"]]
-    config = cli.load_config(os.path.join(_ROOT, os.path.relpath(spec, "experiments")))
+    config = cli.load_config(os.path.join(_ROOT, spec))
     files = []
     for seed, acc in zip(r["seeds"], r["decoded_accuracy"]):
       src = os.path.join(scratch, f"{name}-seed{seed}", "model.hemp")
       dst = os.path.join(out_dir, name, f"seed{seed}.hemp")
       os.makedirs(os.path.dirname(dst), exist_ok=True)
-      shutil.copyfile(src, dst)
+      with open(src, "rb") as f:  # with the current coder (lossless: same decoded values)
+        codec.write_bytes_atomic(dst, codec.reencode(f.read()))
       got = train.evaluate_model_file(config, dst)
       if abs(got - acc) > 1e-9:
         raise SystemExit(f"{dst}: evaluates to {got}, the sweep recorded {acc}")
       print(f"{dst}: {os.path.getsize(dst)} B, decoded accuracy {got:.4f} (checked)")
       with open(dst, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-      files.append((os.path.relpath(dst, os.path.dirname(_ROOT)), digest))
+      files.append((os.path.relpath(os.path.abspath(dst), _ROOT), digest, os.path.getsize(dst)))
+    sizes = [n for _, _, n in files]
+    print(
+      f"{name}: mean {np.mean(sizes):,.0f} B ({r['float32_bytes'] / np.mean(sizes):.0f}x), "
+      f"decoded {100 * np.mean(r['decoded_accuracy']):.2f}% vs float "
+      f"{100 * np.mean(r['float_accuracy']):.2f}%"
+    )
     entries.append(
       {
         "model": r["model"],
         "candidate": name,
         "config": spec,
-        "files": [f for f, _ in files],
-        "sha256": [d for _, d in files],
+        "files": [f for f, _, _ in files],
+        "sha256": [d for _, d, _ in files],
         "seeds": r["seeds"],
         "float_accuracy": r["float_accuracy"],
         "decoded_accuracy": r["decoded_accuracy"],
-        "file_bytes": r["file_bytes"],
+        "file_bytes": [n for _, _, n in files],
+        "sweep_file_bytes": r["file_bytes"],
         "float32_bytes": r["float32_bytes"],
       }
     )
@@ -162,7 +172,7 @@ def main(argv=None) -> int:
   p.add_argument("--scratch", help="the sweep's scratch dir (holds the .hemp files)")
   p.add_argument("--manifest", help="output dir of the manifest and the copied files")
   p.add_argument("candidates", nargs="*", help="candidates to put in the manifest")
-  args = p.parse_args(argv)
+  args = p.parse_intermixed_args(argv)
   rows = summarize(load_records(args.results))
   print(format_table(rows))
   if args.manifest:

@@ -17,8 +17,10 @@ import frontier  # noqa: E402
 
 
 def _write(pdir, rid, model, acc, dec, size, f32=1000):
+  seed = rid.rsplit("-seed", 1)[1]
   rec = {
     "id": rid,
+    "init": None if "float" in rid else f"lenet5-float-seed{seed}",
     "model": model,
     "test_accuracy": acc,
     "test_accuracy_decoded": dec,
@@ -66,3 +68,39 @@ def test_evaluate_reads_a_file_of_params_alone(tmp_path):
   eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, pipe.normalize(x), y))
   direct = train._evaluate(eval_fn, quantized, state.model_state, pipe.eval())
   assert train.evaluate_model_file(config, path) == pytest.approx(direct, abs=0)
+
+
+MANIFEST = os.path.join(ROOT, "experiments", "frontier", "frontier.json")
+
+
+def _manifest():
+  with open(MANIFEST) as f:
+    return json.load(f)
+
+
+def test_manifest_files_are_the_recorded_ones():
+  """Every committed frontier file exists with its recorded size and digest, and each
+  entry meets the rule it was chosen by: mean decoded accuracy >= mean float - 1 pp."""
+  import hashlib
+
+  entries = _manifest()
+  assert entries
+  for e in entries:
+    assert len(e["files"]) == len(e["float_accuracy"]) == len(e["decoded_accuracy"]) == 3
+    for path, digest, size in zip(e["files"], e["sha256"], e["file_bytes"]):
+      with open(os.path.join(ROOT, path), "rb") as f:
+        blob = f.read()
+      assert hashlib.sha256(blob).hexdigest() == digest and len(blob) == size
+    assert np.mean(e["decoded_accuracy"]) >= np.mean(e["float_accuracy"]) - 0.01
+  sizes = {e["model"]: np.mean(e["file_bytes"]) / e["float32_bytes"] for e in entries}
+  assert sizes.get("lenet_300_100", 1) <= 1 / 150  # >= 150x smaller than float32
+
+
+def test_manifest_file_evaluates_to_its_recorded_accuracy(capsys):
+  """One file per entry through `hemp-jax evaluate FILE --config CONFIG`, as a user would."""
+  for e in _manifest():
+    path, acc = os.path.join(ROOT, e["files"][0]), e["decoded_accuracy"][0]
+    spec = os.path.join(ROOT, e["config"])
+    assert cli.main(["evaluate", path, "--config", spec]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test_accuracy_decoded"] == pytest.approx(acc, abs=0)
