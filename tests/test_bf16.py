@@ -52,6 +52,7 @@ def test_bf16_smoke_trains_and_its_file_decodes(tmp_path):
   assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))} <= {
     jnp.dtype(jnp.float32),
     jnp.dtype(jnp.int32),
+    jnp.dtype(bool),  # flags of codebooks waiting for the warm-up (degenerate="defer")
   }
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]

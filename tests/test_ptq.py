@@ -93,7 +93,8 @@ def test_ecsq_lagrangian_decreases_to_a_fixed_point():
 
 
 def test_ecsq_saves_3_percent_at_equal_mse_at_low_rate():
-  """At ~1.5-2 bits/param on Laplace weights, the same coder, files counted in bytes."""
+  """At ~1.6 bits/param on Laplace weights, the same coder, files counted in bytes (the
+  saving shrinks with the rate: ~3.7% at 1.9 bits/param, < 1% at 3; bench_ptq.py)."""
   x = _laplace((256, 256), seed=3)
   st = ptq.sorted_stats(x)
 
@@ -101,14 +102,14 @@ def test_ecsq_saves_3_percent_at_equal_mse_at_low_rate():
     v, cb = ptq._apply(x, fit)
     return len(codec.compress({"w": v}, {"w": cb})), fit.sqerr
 
-  e_bytes, e_sq = file(ptq.fit_ecsq(st, 0.9 * st.scale))
+  e_bytes, e_sq = file(ptq.fit_ecsq(st, 1.2 * st.scale))
   # nearest-level files around that error: interpolate their bytes at ECSQ's error
   pts = sorted(file(ptq.fit_uniform(st, s * st.scale)) for s in 2.0 ** np.arange(-1.5, 0.51, 0.125))
   sq = np.log([p[1] for p in pts])
   by = np.log([p[0] for p in pts])
   order = np.argsort(sq)
   ref = math.exp(np.interp(math.log(e_sq), sq[order], by[order]))
-  assert 8 * e_bytes / x.size < 2.2
+  assert 8 * e_bytes / x.size < 1.8
   assert e_bytes <= 0.97 * ref
 
 

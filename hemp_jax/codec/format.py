@@ -439,7 +439,8 @@ def _quantized_record(k, used, levels, compact, max_order: int) -> bytes:
 def _level_steps(levels: np.ndarray) -> bytes | None:
   """Levels as an arithmetic progression (version 3, "arith"): the first two levels, then
   for each next level the zigzag varint of (its bit pattern - the bit pattern of the
-  previous level plus the first step, computed in the leaf dtype). None below 3 levels."""
+  previous level plus the first step, computed in the leaf dtype). None below 3 levels or
+  when a difference does not fit a 64-bit varint (float64 levels far off the progression)."""
   if levels.size < 3:
     return None
   out = bytearray(_to_le_bytes(levels[:2]))
@@ -450,7 +451,10 @@ def _level_steps(levels: np.ndarray) -> bytes | None:
     with np.errstate(all="ignore"):
       pred = int(_bits_of(levels[i - 1 : i] + step)[0])
     d = int(ints[i]) - pred
-    write_varint(out, (d << 1) if d >= 0 else ((-d << 1) - 1))
+    zz = (d << 1) if d >= 0 else ((-d << 1) - 1)
+    if zz >= 1 << 64:  # a far jump of a 64-bit pattern: the raw levels are stored instead
+      return None
+    write_varint(out, zz)
   return bytes(out)
 
 
