@@ -93,6 +93,10 @@ CANDIDATES = {
     ),
     "hemp+prune-sensitivity",
   ),
+  # The paper code's recipe at the authors' defaults (variant "paper": SGD lr 0.1, wd 1e-4,
+  # lambda_H = 1 and lambda_Q = 0.1 in their units, order 3 pooled, N = 4 Lloyd-Max of a
+  # Gaussian fit + guards, refresh every 10 batches, sensitivity gate, clamp), 100 epochs.
+  "l5-paper-e100": ("lenet5", 100, dict(variant="paper"), "hemp-paper"),
   # LeNet-300-100.
   "l3-h-s5-e30": ("lenet300", 30, dict(hemp__strength=5.0, qat_epochs=1), "hemp"),
   "l3-h-s10-e30": ("lenet300", 30, dict(hemp__strength=10.0, qat_epochs=1), "hemp"),
@@ -161,7 +165,8 @@ CANDIDATES = {
     "hemp+prune-sensitivity",
   ),
 }
-FRONTIER = ()  # the candidates run on three seeds (filled in once the search has run)
+# The candidates run on three seeds (chosen by the seed-0 search of "explore").
+FRONTIER = ("l5-hp-sens0.9-s6-e60-q10", "l3-hz-s4-e100-q3", "l5-paper-e100")
 
 
 def _config(model, arg):
@@ -169,7 +174,13 @@ def _config(model, arg):
   return load_python_file(path, "hemp_cfg_" + CONFIG_FILE[model]).get_config(arg)
 
 
-def _base(model, seed, epochs, mode):
+def _base(model, seed, epochs, mode, variant=None):
+  if variant:  # a config variant as it ships (e.g. the paper's recipe), only seed/epochs set
+    c = _config(model, "offline," + variant)
+    c.progress = False
+    c.seed = seed
+    c.num_epochs = epochs
+    return c
   c = _config(model, "offline")
   c.progress = False
   c.seed = seed
@@ -212,7 +223,8 @@ def get_sweep(arg=None):
         c = _base(model, seed, PRE_EPOCHS[model], "none")
         c.quantizer.num_levels = 4
         pts.append(Point(pre, "pretrain", c, "float", None, {"seed": seed}))
-      c = _set(_base(model, seed, epochs, "grad"), overrides)
+      kw = dict(overrides)
+      c = _set(_base(model, seed, epochs, "grad", kw.pop("variant", None)), kw)
       axes = {"seed": seed, "candidate": name, "epochs": epochs}
       pts.append(Point(f"{name}-seed{seed}", "train", c, method, pre, axes))
   pts.sort(key=lambda p: 0 if p.kind == "pretrain" else 1)
