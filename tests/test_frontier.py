@@ -93,7 +93,8 @@ def test_manifest_files_are_the_recorded_ones():
       assert hashlib.sha256(blob).hexdigest() == digest and len(blob) == size
     assert np.mean(e["decoded_accuracy"]) >= np.mean(e["float_accuracy"]) - 0.01
   sizes = {e["model"]: np.mean(e["file_bytes"]) / e["float32_bytes"] for e in entries}
-  assert sizes.get("lenet_300_100", 1) <= 1 / 150  # >= 150x smaller than float32
+  assert sizes["lenet_300_100"] <= 1 / 150  # >= 150x smaller than float32
+  assert sizes["lenet5"] <= 1 / 300
 
 
 def test_manifest_file_evaluates_to_its_recorded_accuracy(capsys):
