@@ -112,6 +112,42 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: str, min_seeds: int = 3) -> str:
+  """Decoded accuracy vs file bytes per model, mean +- std over seeds (error bars both
+  ways), with the float models' seed mean and the 1-pp band below it."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = [r for r in rows if len(r["seeds"]) >= min_seeds]
+  models = sorted({r["model"] for r in rows})
+  fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+  for ax, model in zip(axes[0], models):
+    mine = [r for r in rows if r["model"] == model]
+    fm = float(np.mean([r["float_mean"] for r in mine]))
+    ax.axhspan(100 * fm - 1, 100 * fm, color="0.9", label="float mean - 1 pp")
+    ax.axhline(100 * fm, color="0.5", lw=1, label=f"float mean {100 * fm:.2f}%")
+    for r in mine:
+      ax.errorbar(
+        r["bytes_mean"],
+        100 * r["acc_mean"],
+        xerr=r["bytes_std"],
+        yerr=100 * r["acc_std"],
+        fmt="o",
+        capsize=3,
+        label=r["candidate"],
+      )
+    ax.set_xscale("log")
+    ax.set_xlabel("file bytes (mean of seeds)")
+    ax.set_ylabel("decoded test accuracy % (mean +- std)")
+    ax.set_title(f"{model}, {min_seeds}+ seeds")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return path
+
+
 def write_manifest(rows: list[dict], names: list[str], scratch: str, out_dir: str) -> str:
   """Copies the named candidates' files, re-evaluates them, writes ``frontier.json``."""
   from hemp_jax import cli, codec, train
@@ -171,10 +207,13 @@ def main(argv=None) -> int:
   p.add_argument("results", help="results dir of the frontier sweep")
   p.add_argument("--scratch", help="the sweep's scratch dir (holds the .hemp files)")
   p.add_argument("--manifest", help="output dir of the manifest and the copied files")
+  p.add_argument("--plot", help="PNG of accuracy vs bytes with error bars (3-seed rows)")
   p.add_argument("candidates", nargs="*", help="candidates to put in the manifest")
   args = p.parse_intermixed_args(argv)
   rows = summarize(load_records(args.results))
   print(format_table(rows))
+  if args.plot:
+    print(plot(rows, args.plot))
   if args.manifest:
     if not (args.scratch and args.candidates):
       p.error("--manifest needs --scratch and the candidates to include")

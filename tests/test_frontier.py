@@ -53,6 +53,9 @@ def test_summarize_seed_statistics(tmp_path):
   b = rows["cand-b"]
   assert b["seeds"] == [0] and b["acc_std"] == 0.0 and not b["within_band"]  # 6 pp
   assert "cand-a" in frontier.format_table(list(rows.values()))
+  png = frontier.plot(list(rows.values()), str(tmp_path / "f.png"))  # 3-seed rows only
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_reads_a_file_of_params_alone(tmp_path):

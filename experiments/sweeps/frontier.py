@@ -152,6 +152,40 @@ CANDIDATES = {
     dict(hemp__strength=3.0, qat_epochs=3, quantizer__zero_level=True),
     "hemp",
   ),
+  # The paper's claims at equal budget on LeNet-300-100 (100 epochs, 3 QAT, N = 8; 3 seeds):
+  # (a) order 1-4 at the frontier's lambda 4; (b) pruning alone (lambda 0: the same QAT and
+  # quantizer) and with HEMP; (c) Lloyd-Max levels (no zero level) instead of uniform.
+  **{
+    f"l3-hz-s4-e100-q3-o{o}": (
+      "lenet300",
+      100,
+      dict(hemp__strength=4.0, qat_epochs=3, quantizer__zero_level=True, hemp__order=o),
+      "hemp",
+    )
+    for o in (1, 2, 4)
+  },
+  "l3-pz-mag0.9-s0-e100-q3": (
+    "lenet300",
+    100,
+    dict(
+      _PRUNE, pruning__method="magnitude", pruning__sparsity=0.9, hemp__strength=0.0, qat_epochs=3
+    ),
+    "prune-magnitude",
+  ),
+  "l3-hpz-mag0.9-s4-e100-q3": (
+    "lenet300",
+    100,
+    dict(
+      _PRUNE, pruning__method="magnitude", pruning__sparsity=0.9, hemp__strength=4.0, qat_epochs=3
+    ),
+    "hemp+prune-magnitude",
+  ),
+  "l3-hl-s4-e100-q3": (
+    "lenet300",
+    100,
+    dict(hemp__strength=4.0, qat_epochs=3, quantizer__method="lloyd_max"),
+    "hemp-lloyd_max",
+  ),
   "l3-hp-mag0.9-s5-e30": (
     "lenet300",
     30,
