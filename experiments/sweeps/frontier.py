@@ -164,6 +164,16 @@ CANDIDATES = {
     )
     for o in (1, 2, 4)
   },
+  # ... and per order a smaller lambda, towards order 3's accuracy (matched accuracy).
+  **{
+    f"l3-hz-s{lam:g}-e100-q3-o{o}": (
+      "lenet300",
+      100,
+      dict(hemp__strength=lam, qat_epochs=3, quantizer__zero_level=True, hemp__order=o),
+      "hemp",
+    )
+    for o, lam in ((1, 2.0), (2, 2.0), (4, 3.0))
+  },
   "l3-pz-mag0.9-s0-e100-q3": (
     "lenet300",
     100,
