@@ -72,7 +72,11 @@ class Sweep:
 
 
 def load_sweep(spec: str) -> Sweep:
-  """Loads ``file.py`` or ``file.py:arg`` by calling its ``get_sweep``."""
+  """Loads ``file.py`` or ``file.py:arg`` by calling its ``get_sweep``.
+
+  Every point's config is checked (:func:`hemp_jax.config_check.validate_config`) before
+  the sweep is returned, so a bad field stops the sweep before anything trains.
+  """
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"sweep file not found: {path}")
@@ -91,6 +95,13 @@ def load_sweep(spec: str) -> Sweep:
       raise ValueError(f"point {p.id}: init {p.init!r} is not a point of the sweep")
     if p.kind == "ptq" and p.init is None:
       raise ValueError(f"ptq point {p.id} needs init")
+  from hemp_jax.config_check import ConfigError, validate_config
+
+  for p in sweep.points:  # before any point trains: a typo fails in a second, not hours in
+    try:
+      validate_config(p.config)
+    except ConfigError as e:
+      raise ValueError(f"point {p.id}: {e}") from None
   return sweep
 
 

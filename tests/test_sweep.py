@@ -97,3 +97,20 @@ def test_pareto_and_best_within():
   assert report.best_within(recs, 0.97, 0.01)["id"] == "c"
   assert report.best_within(recs, 0.96, 0.01)["id"] == "b"
   assert report.best_within(recs, 0.99, 0.001) is None
+
+
+def test_a_bad_point_config_stops_the_sweep_before_training(tmp_path, capsys):
+  bad = tmp_path / "bad_sweep.py"
+  bad.write_text(
+    "from hemp_jax.experiment import load_python_file\n"
+    "from hemp_jax.sweep import Point, Sweep\n"
+    f"_S = load_python_file({SWEEP!r}, 'base_sweep')\n"
+    "def get_sweep(arg=None):\n"
+    "  s = _S.get_sweep('tiny')\n"
+    "  s.points[-1].config.hemp.order = 0\n"
+    "  return s\n"
+  )
+  rc = cli.main(["sweep", str(bad), "--results", str(tmp_path / "r"), "--scratch", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert rc == 2 and "config.hemp.order = 0" in err and "point " in err
+  assert not (tmp_path / "r").exists()  # nothing written, nothing trained
