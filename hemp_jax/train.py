@@ -1290,8 +1290,10 @@ def read_model_file(path: str, template: TrainState) -> TrainState:
         f"{path} holds parameters only, but this model also needs its batch-norm "
         "statistics (model_state): compress a `hemp-jax train` workdir instead"
       )
-    tree = {"params": codec.load_into(template.params, decoded), "model_state": {}}
-    tree["model_state"] = template.model_state
+    tree = {
+      "params": codec.load_into(template.params, decoded),
+      "model_state": template.model_state,
+    }
   tree = jax.tree.map(jnp.asarray, tree)
   return template._replace(params=tree["params"], model_state=tree["model_state"])
 

@@ -13,45 +13,12 @@ import shutil
 import stat
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
+from run_configs import digits_run_config
 
 from hemp_jax import train
 from hemp_jax.config_check import ConfigError
-
-
-def _config(num_epochs=2):
-  c = ml_collections.ConfigDict()
-  c.model = "lenet_300_100"
-  c.model_kwargs = {"in_features": 64}
-  c.dataset = "digits"
-  c.seed = 0
-  c.batch_size = 32
-  c.eval_batch_size = 350
-  c.num_epochs = num_epochs
-  c.max_steps_per_epoch = 4
-  c.parallel = "jit"
-  c.progress = False
-  c.optimizer = ml_collections.ConfigDict(
-    dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4, schedule="constant")
-  )
-  c.quantizer = ml_collections.ConfigDict(
-    dict(num_levels=4, method="uniform", guard_levels=True, min_size=None)
-  )
-  c.hemp = ml_collections.ConfigDict(
-    dict(
-      mode="grad",
-      strength=5.0,
-      order=2,
-      tuples="disjoint",
-      rate="block",
-      pool="group",
-      refresh_every=1,
-      lambda_q=0.1,
-    )
-  )
-  return c
 
 
 def _rows(workdir):
@@ -76,7 +43,7 @@ def _without_seconds(rows):
 def reference(tmp_path_factory):
   """Workdir of an uninterrupted 2-epoch run (checkpoints at steps 4 and 8)."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  train.train_and_evaluate(_config(), workdir)
+  train.train_and_evaluate(digits_run_config(), workdir)
   return workdir
 
 
@@ -94,8 +61,8 @@ def _assert_same_outputs(workdir, reference):
 
 
 def _assert_same_final_state(workdir, reference):
-  _, a = train.load_final_state(_config(), reference)
-  _, b = train.load_final_state(_config(), workdir)
+  _, a = train.load_final_state(digits_run_config(), reference)
+  _, b = train.load_final_state(digits_run_config(), workdir)
   assert int(a.step) == int(b.step) == 8
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -107,11 +74,11 @@ def _assert_same_final_state(workdir, reference):
 def test_changed_config_is_refused_with_the_differing_keys(tmp_path):
   """Refused before anything is built or written; the flag accepts and records it."""
   workdir = str(tmp_path)
-  config = _config()
+  config = digits_run_config()
   (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2))
   (tmp_path / "metrics.jsonl").write_text("")  # a run was here
   before = (tmp_path / "config.json").read_text()
-  changed = _config()
+  changed = digits_run_config()
   changed.hemp.strength = 9.0
   changed.num_epochs = 3
   changed.progress = True  # changes no result: not reported
@@ -126,7 +93,7 @@ def test_changed_config_is_refused_with_the_differing_keys(tmp_path):
 
 
 def test_invalid_config_writes_nothing(tmp_path):
-  bad = _config()
+  bad = digits_run_config()
   bad.optimizer.learning_rate = -1.0
   with pytest.raises(ConfigError, match="optimizer.learning_rate"):
     train.train_and_evaluate(bad, str(tmp_path / "run"))
@@ -136,7 +103,7 @@ def test_invalid_config_writes_nothing(tmp_path):
 def test_accepted_change_is_recorded_and_epochs_count_from_1(reference, tmp_path, capsys):
   workdir = str(tmp_path / "w")
   shutil.copytree(reference, workdir)
-  more = _config(3)
+  more = digits_run_config(3)
   train.train_and_evaluate(more, workdir, allow_config_change=True)
   err = capsys.readouterr().err
   assert "resumed after epoch 2 of 3 (step 8)" in err
@@ -202,7 +169,7 @@ def test_damaged_latest_checkpoint_falls_back_and_finishes(reference, tmp_path, 
   workdir = str(tmp_path / "w")
   shutil.copytree(reference, workdir)
   corrupt(os.path.join(workdir, "checkpoints", "8"))
-  train.train_and_evaluate(_config(), workdir)
+  train.train_and_evaluate(digits_run_config(), workdir)
   err = capsys.readouterr().err
   lines = [line for line in err.splitlines() if "cannot be restored" in line]
   assert len(lines) == 1 and lines[0].startswith("warning: checkpoint step 8 cannot be restored")
@@ -218,7 +185,7 @@ def test_no_checkpoint_restores_starts_from_scratch(reference, tmp_path, capsys)
   shutil.copytree(reference, workdir)
   for step in ("4", "8"):
     _garbage(os.path.join(workdir, "checkpoints", step))
-  train.train_and_evaluate(_config(), workdir)
+  train.train_and_evaluate(digits_run_config(), workdir)
   err = capsys.readouterr().err
   assert len([line for line in err.splitlines() if "cannot be restored" in line]) == 2
   assert "no checkpoint restores: training starts from scratch" in err
@@ -253,12 +220,12 @@ def test_crash_between_checkpoint_and_metrics_gives_consistent_outputs(
   workdir = str(tmp_path)
   _crash_on_call(monkeypatch, "_write_metrics", 2)  # after epoch 2's checkpoint
   with pytest.raises(_Crash):
-    train.train_and_evaluate(_config(), workdir)
+    train.train_and_evaluate(digits_run_config(), workdir)
   monkeypatch.undo()
   assert [r["epoch"] for r in _rows(workdir)] == [1]  # the crash left metrics behind
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
   assert not os.path.exists(os.path.join(workdir, "model.hemp"))
-  train.train_and_evaluate(_config(), workdir)  # nothing to train: outputs re-derived
+  train.train_and_evaluate(digits_run_config(), workdir)  # nothing to train: outputs re-derived
   _assert_same_outputs(workdir, reference)
   _assert_same_final_state(workdir, reference)
 
@@ -268,7 +235,7 @@ def test_crash_between_model_file_and_summary_gives_consistent_outputs(
 ):
   workdir = str(tmp_path / "w")
   shutil.copytree(reference, workdir)
-  more = _config(3)
+  more = digits_run_config(3)
   _crash_on_call(monkeypatch, "_write_json", 1)  # model.hemp of epoch 3 written, summary not
   with pytest.raises(_Crash):
     train.train_and_evaluate(more, workdir, allow_config_change=True)
@@ -289,7 +256,7 @@ def test_output_files_respect_the_umask(reference, tmp_path):
     shutil.copytree(reference, workdir)
     for name in ("summary.json", "model.hemp", "metrics.jsonl", "config.json"):
       os.remove(os.path.join(workdir, name))
-    train.train_and_evaluate(_config(), workdir)  # re-derives every output
+    train.train_and_evaluate(digits_run_config(), workdir)  # re-derives every output
   finally:
     os.umask(old)
   for name in ("summary.json", "model.hemp", "metrics.jsonl", "config.json"):

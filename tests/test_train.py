@@ -5,10 +5,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from run_configs import base_config, digits_run_config
 
 import hemp_jax as hj
 from hemp_jax import cli, train
@@ -31,31 +31,6 @@ class _SmallBN(nnx.Module):
     return self.fc(x.reshape(x.shape[0], -1))
 
 
-def _config(**hemp):
-  c = ml_collections.ConfigDict()
-  c.optimizer = ml_collections.ConfigDict(
-    dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4, schedule="constant")
-  )
-  c.quantizer = ml_collections.ConfigDict(
-    dict(num_levels=4, method="uniform", guard_levels=True, min_size=None)
-  )
-  c.hemp = ml_collections.ConfigDict(
-    dict(
-      mode="grad",
-      strength=5.0,
-      order=2,
-      tuples="disjoint",
-      rate="block",
-      pool="group",
-      refresh_every=1,
-      lambda_q=0.1,
-    )
-  )
-  c.hemp.update(hemp)
-  c.num_epochs = 1
-  return c
-
-
 def _digits_batches(n_steps, batch=16):
   ds = hj.data.load_digits_dataset()
   it = hj.data.iterate_batches(ds.train_images, ds.train_labels, batch, rng_seed=0, epoch=0)
@@ -72,7 +47,7 @@ def _run(step, state, batches):
 @pytest.mark.parametrize("mode", ["grad", "paper"])
 def test_jit_mesh_4_devices_equals_1_device(mode):
   assert jax.device_count() >= 4
-  config = _config(mode=mode)
+  config = base_config(mode=mode)
   model = _SmallBN(rngs=nnx.Rngs(0))
   tx = train.make_optimizer(config)
   graphdef, state0 = train.create_train_state(config, model, tx)
@@ -93,7 +68,7 @@ def test_jit_mesh_4_devices_equals_1_device(mode):
 
 
 def test_pmap_4_devices_equals_1_device():
-  config = _config()
+  config = base_config()
   model = hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1))
   tx = train.make_optimizer(config)
   graphdef, state0 = train.create_train_state(config, model, tx)
@@ -108,31 +83,15 @@ def test_pmap_4_devices_equals_1_device():
   assert not np.allclose(single.params["fc1"]["kernel"], state0.params["fc1"]["kernel"])
 
 
-def _loop_config(workdir_epochs=2, **over):
-  c = _config()
-  c.model = "lenet_300_100"
-  c.model_kwargs = {"in_features": 64}
-  c.dataset = "digits"
-  c.seed = 0
-  c.batch_size = 32
-  c.eval_batch_size = 350
-  c.num_epochs = workdir_epochs
-  c.max_steps_per_epoch = 4
-  c.parallel = "jit"
-  c.progress = False
-  c.update(over)
-  return c
-
-
 def test_resume_after_interruption_equals_uninterrupted(tmp_path):
-  full = _loop_config(3)
+  full = digits_run_config(3)
   s_full = train.train_and_evaluate(full, str(tmp_path / "full"))
-  part = _loop_config(1)
+  part = digits_run_config(1)
   train.train_and_evaluate(part, str(tmp_path / "resumed"))  # "killed" after epoch 1
   with pytest.raises(train.ConfigChangedError, match="num_epochs: 1 -> 3"):
-    train.train_and_evaluate(_loop_config(3), str(tmp_path / "resumed"))
+    train.train_and_evaluate(digits_run_config(3), str(tmp_path / "resumed"))
   s_res = train.train_and_evaluate(
-    _loop_config(3), str(tmp_path / "resumed"), allow_config_change=True
+    digits_run_config(3), str(tmp_path / "resumed"), allow_config_change=True
   )
   _, a = train.load_final_state(full, str(tmp_path / "full"))
   _, b = train.load_final_state(full, str(tmp_path / "resumed"))
@@ -147,7 +106,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
 
 
 def test_metrics_and_summary_files(tmp_path):
-  s = train.train_and_evaluate(_loop_config(2), str(tmp_path))
+  s = train.train_and_evaluate(digits_run_config(2), str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert len(rows) == 2
   for key in [
@@ -171,17 +130,17 @@ def test_metrics_and_summary_files(tmp_path):
     4 * summary["num_params"] / summary["file_bytes"]
   )
   assert summary["test_accuracy_decoded"] == summary["test_accuracy_quantized"]
-  _, state = train.load_final_state(_loop_config(2), str(tmp_path))
+  _, state = train.load_final_state(digits_run_config(2), str(tmp_path))
   decoded = train.read_model_file(str(tmp_path / "model.hemp"), state)
-  expected = train.quantize_params(state.params, train.eval_codebooks(_loop_config(2), state))
+  expected = train.quantize_params(state.params, train.eval_codebooks(digits_run_config(2), state))
   for a, b in zip(jax.tree.leaves(decoded.params), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_cli_compress_inspect_decompress_evaluate(tmp_path, capsys):
-  summary = train.train_and_evaluate(_loop_config(1), str(tmp_path))
+  summary = train.train_and_evaluate(digits_run_config(1), str(tmp_path))
   assert (
-    train.evaluate_model_file(_loop_config(1), str(tmp_path / "model.hemp"))
+    train.evaluate_model_file(digits_run_config(1), str(tmp_path / "model.hemp"))
     == summary["test_accuracy_decoded"]
   )
   out = tmp_path / "again.hemp"
@@ -199,8 +158,8 @@ def test_cli_compress_inspect_decompress_evaluate(tmp_path, capsys):
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, capsys):
-  train.train_and_evaluate(_loop_config(1), str(tmp_path))
-  _, good = train.load_final_state(_loop_config(1), str(tmp_path))
+  train.train_and_evaluate(digits_run_config(1), str(tmp_path))
+  _, good = train.load_final_state(digits_run_config(1), str(tmp_path))
   # Through the CLI, with the run's own config.json and a learning rate that diverges.
   rc = cli.main(
     [
@@ -218,7 +177,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, capsys
   err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
   assert len(err) == 1 and "Last good checkpoint: step 4" in err[0]
   assert "Lower the learning rate" in err[0]
-  _, kept = train.load_final_state(_loop_config(1), str(tmp_path))
+  _, kept = train.load_final_state(digits_run_config(1), str(tmp_path))
   assert int(kept.step) == 4
   for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(kept.params)):
     np.testing.assert_array_equal(x, y)

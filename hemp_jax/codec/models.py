@@ -214,18 +214,6 @@ def _valid_mask(rows: int, cols: int, seg_t: int, s: int) -> np.ndarray:
   return mask
 
 
-def _contexts(y: np.ndarray, a: int, order: int, pad: int) -> np.ndarray:
-  rows = y.shape[0]
-  ctx = np.zeros(y.shape, np.int64)
-  mult = 1
-  for j in range(1, order + 1):
-    if j < rows:
-      ctx[j:] += y[:-j].astype(np.int64) * mult
-    ctx[: min(j, rows)] += pad * mult
-    mult *= a
-  return ctx
-
-
 def allowed(shape: Sequence[int], a: int) -> dict:
   """What the decoder accepts for a leaf: ``{layout: [(kind, order), ...]}``."""
   out = {}
@@ -442,7 +430,7 @@ def _candidates(
     y, seg_t, s = _walked(x)
     valid = _valid_mask(rows, cols, seg_t, s)
     top = seq_orders[-1]
-    ctx = _contexts(y, a, top, pad)
+    ctx = coder._contexts(y, a, top, pad)
     joint = np.bincount((ctx[valid] * a + y[valid]), minlength=a ** (top + 1))
     all_counts = {top: joint.reshape(-1, a)}
     for m in range(top - 1, 0, -1):
@@ -490,7 +478,7 @@ def _polya_candidate(x: np.ndarray, a: int, static_cand: tuple):
   else:
     pos = np.full(a**m, -1, np.int64)
     pos[present] = np.arange(present.size)
-    pc = pos[_contexts(yy, a, m, pad)]
+    pc = pos[coder._contexts(yy, a, m, pad)]
   bits, bi = _polya_bits(yy, valid, pc, present.size, a, codes, coder.S_VALUES[si], m)
   if not math.isfinite(bits):
     return None
@@ -619,7 +607,7 @@ def encode(
       table[present] = weights
       dets = np.zeros(a**m, bool)
       dets[present] = det
-      ctx = _contexts(y, a, m, pad)
+      ctx = coder._contexts(y, a, m, pad)
       _encode_gathered(enc, y, table, dets, ctx, valid)
     else:
       _encode_polya(enc, y, valid, a, m, pad, present, _prior(codes, s, BETAS[bi]))
@@ -647,7 +635,7 @@ def _encode_polya(enc, y, valid, a, m, pad, present, prior) -> None:
   rows, units = y.shape
   pos = np.zeros(a**m, np.int64)
   pos[present] = np.arange(present.size)
-  p = pos[_contexts(y, a, m, pad)] if m else np.zeros(y.shape, np.int64)
+  p = pos[coder._contexts(y, a, m, pad)] if m else np.zeros(y.shape, np.int64)
   det = (prior > 0).sum(axis=1) == 1
   counts = np.zeros((present.size, units, a), np.int64)
   cols = np.broadcast_to(np.arange(units), y.shape)

@@ -163,17 +163,22 @@ def _preprocess_mnist(image, rng, train, image_size):
   return np.asarray(image, np.float32) / 255.0
 
 
+def _pad_crop_flip(image: np.ndarray, rng) -> np.ndarray:
+  """Zero ("black") padding by 4, a random 32x32 crop and a random horizontal flip (as
+  torchvision's ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``), any dtype."""
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  top, left = (int(v) for v in rng.integers(0, 9, size=2))
+  image = padded[top : top + 32, left : left + 32]
+  if rng.random() < 0.5:
+    image = image[:, ::-1]
+  return image
+
+
 def _preprocess_cifar10(image, rng, train, image_size):
   del image_size
   image = np.asarray(image, np.float32) / 255.0
   if train:
-    # Zero ("black") padding of the raw image, then a random 32x32 crop and
-    # a random horizontal flip (as torchvision's RandomCrop(32, padding=4)).
-    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
-    top, left = (int(v) for v in rng.integers(0, 9, size=2))
-    image = padded[top : top + 32, left : left + 32]
-    if rng.random() < 0.5:
-      image = image[:, ::-1]
+    image = _pad_crop_flip(image, rng)
   return (image - CIFAR10_MEAN) / CIFAR10_STD
 
 
@@ -257,11 +262,7 @@ class ImageTransform:
     if self.name == "cifar10":
       image = np.asarray(image, np.uint8)
       if train:
-        padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
-        top, left = (int(v) for v in rng.integers(0, 9, size=2))
-        image = padded[top : top + 32, left : left + 32]
-        if rng.random() < 0.5:
-          image = image[:, ::-1]
+        image = _pad_crop_flip(image, rng)
       return np.ascontiguousarray(image)
     image = _rgb(image)
     h, w = image.shape[:2]
