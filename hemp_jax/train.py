@@ -1015,9 +1015,7 @@ def train_and_evaluate(
     _remove_created(workdir, created)
     raise
   # ---- end of the checks
-  qat_epochs = config.get("qat_epochs", 0) or 0
-  if qat_epochs and config.hemp.mode == "none":
-    raise ValueError("qat_epochs needs hemp.mode 'grad' or 'paper' (codebooks in the state)")
+  qat_epochs = config.get("qat_epochs", 0) or 0  # > 0 only with a regularizer (validated)
   use_pmap = config.get("parallel", "jit") == "pmap"
   if use_pmap and jax.process_count() > 1:
     raise ValueError("parallel='pmap' is single-process; use 'jit' with several processes")
