@@ -1002,7 +1002,9 @@ def inspect(
         if n and levels.size >= 2:
           if e.version >= 3:
             info = models.parse_model(r, e.shape, levels.size)
-            rep.model = f"{models.KIND_NAMES[info.kind]}/L{info.layout}"
+            rep.model = f"{models.KIND_NAMES[info.kind]}/L{info.layout}" + (
+              f"/P{info.period}" if info.period > 1 else ""
+            )
           else:
             info = coder.parse_model(r, e.shape, levels.size)
           rep.order, rep.table_bytes = info.order, info.model_bytes
