@@ -100,6 +100,7 @@ KIND_NAMES = {STATIC: "static", UNIT: "unit", POLYA: "polya"}
 BETAS = (2, 4, 8, 16, 32, 64, 128, 1024)
 PRIOR_BITS = 12
 MAX_PERIOD = 8  # tuple phase contexts: periods 2..MAX_PERIOD
+PERIOD_SAMPLE = 1 << 13  # symbols on which the period is chosen
 SEGMENT_FREE_ROWS = 1024  # walked rows allowed whatever the width, if the leaf is wide
 SEGMENT_SYMBOLS = 2048  # beyond that, at least this many symbols per walked row
 SEGMENT_NARROW = 16  # below it, at least this many per walked row (narrow leaves) ...
@@ -252,11 +253,12 @@ def _phase_base(rows: int, cols: int, period: int, stride: int | None = None) ->
   ``period`` = the training order it is the place inside the estimator's disjoint tuples
   (up to a relabelling of the phases when the stream does not start at the leaf).
   ``stride``: the rows of the whole matrix when ``(rows, cols)`` are its leading rows.
+  ``period`` 0: the places themselves.
   """
   seg_t, s = segment_rows(rows, cols)
   stride = rows if stride is None else stride
-  c, g = np.arange(cols)[None, :], np.arange(s)[:, None]
-  return ((c * stride + g * seg_t) % period).reshape(-1)
+  place = (np.arange(cols)[None, :] * stride + np.arange(s)[:, None] * seg_t).reshape(-1)
+  return place % period if period else place
 
 
 def _phases(rows: int, cols: int, period: int, stride: int | None = None) -> np.ndarray:
@@ -469,11 +471,12 @@ def _candidates(
   if seq_orders:
     y, seg_t, s = _walked(x)
     valid = _valid_mask(rows, cols, seg_t, s)
-    yv = y[valid]
-    ctx = coder._contexts(y, a, seq_orders[-1], pad)[valid]
+    ctx = coder._contexts(y, a, seq_orders[-1], pad)
     if periods is None:
-      p = _best_period(yv, ctx % a, valid, rows, cols, a, pad, stride)
+      p = _best_period(y, ctx % a, valid, rows, cols, a, pad, stride)
       periods = [1] + [p] * (p > 1)
+    whole = bool(valid.all())  # a boolean mask copy costs more than the counting
+    yv, ctx = (y.reshape(-1), ctx.reshape(-1)) if whole else (y[valid], ctx[valid])
     best_total = min(out[0][0], bound)
     for period in periods:
       orders = [m for m in seq_orders if period * a**m <= coder.MAX_CONTEXTS]
@@ -482,7 +485,8 @@ def _candidates(
       top = orders[-1]
       full = ctx % a**top
       if period > 1:
-        full = full + _phases(rows, cols, period, stride)[valid] * a**top
+        phases = _phases(rows, cols, period, stride)
+        full = full + (phases.reshape(-1) if whole else phases[valid]) * a**top
       joint = np.bincount(full * a + yv, minlength=period * a ** (top + 1))
       all_counts = {top: joint.reshape(period, -1, a)}
       for m in range(top - 1, 0, -1):
@@ -518,20 +522,26 @@ def _candidates(
   return out
 
 
-def _best_period(yv, prev, valid, rows, cols, a, pad, stride=None) -> int:
+def _best_period(y, prev, valid, rows, cols, a, pad, stride=None) -> int:
   """The tuple period (1..:data:`MAX_PERIOD`) whose phase, with the previous symbol, gives
   the order-1 model of least conditional entropy plus smallest possible tables (1 if
-  none beats no phase). ``yv``/``prev``: the valid walked symbols and their predecessors.
+  none beats no phase), measured on the leading walked rows that hold at most
+  :data:`PERIOD_SAMPLE` symbols. ``y``/``prev``: the walked matrix and the predecessor of
+  each entry (its order-1 context), ``valid`` its mask.
 
   HEMP trains on disjoint n-tuples of the scan stream, so the weights of a tuple are
   coded together and the place inside the tuple (its phase) tells much: on the LeNet-5
   fixture trained at order 3, the order-1 model with phase takes 7.3 kB for ``fc1``
   against 12.5 kB without (and 9.4 kB for order 3 without)."""
+  t = max(2, PERIOD_SAMPLE // max(1, y.shape[1]))
+  keep = valid[:t]
+  yv, prev = y[:t][keep], prev[:t][keep]
+  place = (_phase_base(rows, cols, 0, stride)[None, :] + np.arange(keep.shape[0])[:, None])[keep]
   best, best_p = math.inf, 1
   for period in range(1, MAX_PERIOD + 1):
     if period * a > coder.MAX_CONTEXTS:
       break
-    ctx = prev if period == 1 else _phases(rows, cols, period, stride)[valid] * a + prev
+    ctx = prev if period == 1 else (place % period) * a + prev
     counts = np.bincount(ctx * a + yv, minlength=period * a * a).reshape(-1, a)
     counts = counts[counts.sum(axis=1) > 0]
     occ = counts > 0
