@@ -48,6 +48,11 @@ def _base_params():
   unit_idx = (rng.random((120, 24, 1)) > np.cumsum(drift, axis=1)[None]).sum(axis=2).clip(0, 3)
   mild = rng.dirichlet(30 * np.array([0.1, 0.2, 0.4, 0.2, 0.1]), 24)
   polya_idx = (rng.random((120, 24, 1)) > np.cumsum(mild, axis=1)[None]).sum(axis=2).clip(0, 4)
+  # disjoint 3-tuples of the scan stream: zero, then a pair that is zero or live together
+  live = rng.random(61 * 20 // 3 + 1) < 0.2
+  tuples = np.where(live[:, None], rng.integers(0, 2, (live.size, 3)) * 4 + 1, 3)
+  tuples[:, 0] = 3
+  tuple_idx = tuples.reshape(-1)[: 61 * 20].reshape(20, 61).T
   params = {
     "conv": {
       "kernel": cb6[_markov(rng, 75, 16, 6)].reshape(5, 5, 3, 16),
@@ -57,6 +62,7 @@ def _base_params():
     "units": cb6[unit_idx],
     "adaptive": cb6[polya_idx].reshape(120, 1, 24),
     "vec": cb6[rng.integers(0, 6, 200)],
+    "tuples": cb6[tuple_idx],
     "half": rng.standard_normal((6, 5)).astype(np.float16),
     "ramp": np.arange(64, dtype=np.float32).astype(jnp.bfloat16),
     "steps": np.arange(5, dtype=np.int64),
@@ -71,6 +77,7 @@ def _base_params():
   cbs["units"] = cb6
   cbs["adaptive"] = cb6
   cbs["vec"] = cb6
+  cbs["tuples"] = cb6
   cbs["flat"] = cb6
   cbs["empty"] = cb6
   cbs["list"] = [None, None]
@@ -367,19 +374,24 @@ def test_garbage_payload_behind_valid_models_is_bounded():
   crash, no hang."""
   rng = np.random.default_rng(5)
   x = _markov(rng, 64, 32, 6)
-  for lay, allow in models.allowed(x.shape, 6).items():
-    for kind, m in allow:
+  forced = [
+    (lay, kind, m, period)
+    for period in (1, 3)
+    for lay, allow in models.allowed(x.shape, 6, period).items()
+    for kind, m in allow
+  ]
+  for force in forced:
+    try:
+      coded = models.encode(x, 6, force=force)
+    except ValueError:
+      continue
+    for _ in range(20):
+      garbage = rng.bytes(int(rng.integers(0, 64)))
       try:
-        coded = models.encode(x, 6, force=(lay, kind, m))
-      except ValueError:
-        continue
-      for _ in range(20):
-        garbage = rng.bytes(int(rng.integers(0, 64)))
-        try:
-          y = models.decode(Reader(coded.model + garbage), x.shape, 6)
-          assert y.shape == x.shape and y.min() >= 0 and y.max() < 6
-        except FormatError:
-          pass
+        y = models.decode(Reader(coded.model + garbage), x.shape, 6)
+        assert y.shape == x.shape and y.min() >= 0 and y.max() < 6
+      except FormatError:
+        pass
   coded = coder.encode_symbols(x, 6)  # the legacy coder (versions 1-2)
   for _ in range(50):
     garbage = rng.bytes(int(rng.integers(0, 64)))
