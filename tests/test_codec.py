@@ -1015,8 +1015,8 @@ def test_tuple_phase_model_sections_are_validated():
 
 def test_version_3_files_written_before_tuple_phases_still_decode():
   """A LeNet-300-100 frontier file written by the coder before tuple phases (polya order 1
-  in both layouts, static order 0) decodes to the arrays it held; its re-encode is smaller
-  and decodes identically."""
+  in both layouts, static order 0) decodes to the arrays it held; its re-encode is no
+  larger and decodes identically."""
   blob = (FIXTURES / "lenet300_v3_before_phases.hemp").read_bytes()
   assert inspect(blob).version == 3 and len(blob) == 2891
   out = flat(decompress(blob))
@@ -1029,6 +1029,6 @@ def test_version_3_files_written_before_tuple_phases_still_decode():
     "fc3/kernel": "863ee0ea2173c798",
   }
   new = fmt.reencode(blob)
-  assert len(new) < len(blob)
+  assert len(new) <= len(blob)
   again = flat(decompress(new))
   assert all(again[k].tobytes() == v.tobytes() for k, v in out.items())

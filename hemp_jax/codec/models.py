@@ -116,6 +116,9 @@ BETAS = (2, 4, 8, 16, 32, 64, 128, 1024)
 PRIOR_BITS = 12
 MAX_PERIOD = 8  # tuple phase contexts: periods 2..MAX_PERIOD
 PERIOD_SAMPLE = 1 << 13  # symbols on which the period is chosen
+PHASE_MIN_BYTES = 16  # a model with a tuple phase must save this many bytes ...
+PHASE_MIN_GAIN = 0.01  # ... and this fraction over the best model without phase, when
+# that model decodes without a walk (unit, or static of order 0)
 SEGMENT_FREE_ROWS = 1024  # walked rows allowed whatever the width, if the leaf is wide
 SEGMENT_SYMBOLS = 2048  # beyond that, at least this many symbols per walked row
 SEGMENT_NARROW = 16  # below it, at least this many per walked row (narrow leaves) ...
@@ -277,9 +280,13 @@ def _phase_base(rows: int, cols: int, period: int, stride: int | None = None) ->
 
 
 def _phases(rows: int, cols: int, period: int, stride: int | None = None) -> np.ndarray:
-  """Tuple phase of every entry of the walked matrix ``(T, S*C)`` (see :func:`_phase_base`)."""
+  """Tuple phase (uint8) of every entry of the walked matrix ``(T, S*C)`` (see
+  :func:`_phase_base`); no division per entry."""
   seg_t, _ = segment_rows(rows, cols)
-  return (_phase_base(rows, cols, period, stride)[None, :] + np.arange(seg_t)[:, None]) % period
+  base = _phase_base(rows, cols, period, stride).astype(np.uint8)
+  out = base[None, :] + (np.arange(seg_t) % period).astype(np.uint8)[:, None]
+  out -= np.uint8(period) * (out >= period)
+  return out
 
 
 # ------------------------------------------------------------------------- estimates
@@ -501,7 +508,7 @@ def _candidates(
       full = ctx % a**top
       if period > 1:
         phases = _phases(rows, cols, period, stride)
-        full = full + (phases.reshape(-1) if whole else phases[valid]) * a**top
+        full = full + (phases.reshape(-1) if whole else phases[valid]).astype(np.int64) * a**top
       joint = np.bincount(full * a + yv, minlength=period * a ** (top + 1))
       all_counts = {top: joint.reshape(period, -1, a)}
       for m in range(top - 1, 0, -1):
@@ -593,7 +600,7 @@ def _context_ids(y: np.ndarray, shape, a: int, m: int, pad: int, period: int, st
   ``shape`` ``(rows, cols)`` (phases: :func:`_phase_base`)."""
   ctx = coder._contexts(y, a, m, pad)
   if period > 1:
-    ctx += _phases(*shape, period, stride) * a**m
+    ctx += _phases(*shape, period, stride).astype(np.int64) * a**m
   return ctx
 
 
@@ -622,7 +629,7 @@ def encode(
   flat = symbols.reshape(-1).astype(np.int32, copy=False)
   fperiod = int(force[3]) if force is not None and len(force) > 3 else 1
   allow = allowed(shape, a, fperiod)
-  best = best_static = None
+  best = best_static = best_flat = None
   statics = []
   samples = {}
   dims = [d for d in shape if d != 1]
@@ -656,9 +663,11 @@ def encode(
     for cand in cands:
       if force is None and lay and cand[1] == STATIC and cand[2] == 0:
         continue  # the same for every layout
-      cand = (cand[0] * scale,) + cand[1:]
+      cand = _to_leaf(cand, scale, a, cols)
       if best is None or cand[0] < best[0][0]:
         best = (cand, lay)
+      if cand[9] == 1 and (best_flat is None or cand[0] < best_flat[0][0]):
+        best_flat = (cand, lay)
       if cand[1] == STATIC:
         statics.append((cand, lay))
         if best_static is None or cand[0] < best_static[0][0]:
@@ -674,20 +683,38 @@ def encode(
     cand = _polya_candidate(sample, a, best_static[0], layouts(shape)[lay][0])
     if cand is None:
       raise ValueError(f"model {force} is too large to score for shape {shape}")
-    best = ((cand[0] * scale,) + cand[1:], lay)
+    best = (_to_leaf(cand, scale, a, layouts(shape)[lay][1]), lay)
   elif force is None and adaptive and symbols.size <= MAX_POLYA_SYMBOLS:
-    # on top of the best static model; of every static model scored for small leaves
-    bases = statics if symbols.size <= LAYOUT_FREE_SYMBOLS else [best_static]
+    # on top of every static model scored for small leaves; else of each layout's best
+    # and of order 0 (adaptive counts per unit: estimates on a block of rows are too
+    # coarse to leave it out when a context model looks as good)
+    bases = statics
+    if symbols.size > LAYOUT_FREE_SYMBOLS:
+      picked = {}
+      for cand, lay in statics:
+        if lay not in picked or cand[0] < picked[lay][0][0]:
+          picked[lay] = (cand, lay)
+      bases = list(picked.values())
+      bases += [c for c in statics if c[0][2] == 0 and all(c[0] is not b[0] for b in bases)]
     for base, lay in bases:
       m = base[2]
       if layouts(shape)[lay][0] < 8 or (POLYA, m) not in allowed(shape, a, base[9])[lay]:
         continue
       sample, scale = samples[lay]
       cand = _polya_candidate(sample, a, base, layouts(shape)[lay][0])
-      if cand is not None and cand[0] * scale < (1 - ADAPTIVE_MIN_GAIN) * static_total:
-        cand = (cand[0] * scale,) + cand[1:]
+      if cand is not None:
+        cand = _to_leaf(cand, scale, a, layouts(shape)[lay][1])
+      if cand is not None and cand[0] < (1 - ADAPTIVE_MIN_GAIN) * static_total:
         if cand[0] < best[0][0]:
           best = (cand, lay)
+        if cand[9] == 1 and cand[0] < best_flat[0][0]:
+          best_flat = (cand, lay)
+  if force is None and best[0][9] > 1 and (best_flat[0][1] == UNIT or best_flat[0][2] == 0):
+    # walking the rows costs decoding time that the best model without phase does not
+    # spend (a unit table, or a static table of order 0): it must save bytes worth having
+    gain = best_flat[0][0] - best[0][0]
+    if gain < max(8 * PHASE_MIN_BYTES, PHASE_MIN_GAIN * best_flat[0][0]):
+      best = best_flat
   (total, kind, m, bi, pad, si, b, present, codes, period), lay = best
   rows, cols = layouts(shape)[lay]
   x = _matrix(flat, rows, cols, lay)
@@ -727,6 +754,17 @@ def encode(
       _encode_polya(enc, y, valid, a, m, ctx, present, _prior(codes, s, BETAS[bi]))
   payload = coder._words_to_bytes(enc.get_compressed())
   return Coded(kind, m, lay, model, payload, total - 8 * len(model), period)
+
+
+def _to_leaf(cand: tuple, scale: float, a: int, cols: int) -> tuple:
+  """A candidate scored on a block of leading rows, its payload scaled to the whole leaf
+  (``scale`` = leaf symbols / block symbols); its model section stays as it is."""
+  if scale == 1:
+    return cand
+  total, kind, m, _, pad, _, b, present, _, period = cand
+  rows_in_table = cols if kind == UNIT else (1 if present is None else present.size)
+  table = 8 * _table_bytes(kind, m, a, pad, rows_in_table, b, period)
+  return ((total - table) * scale + table,) + cand[1:]
 
 
 def _encode_gathered(enc, y, table, det, ctx, valid=None) -> None:
@@ -901,14 +939,15 @@ def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.nd
   seg_t, s = segment_rows(rows, cols)
   units = s * cols
   hist = a**m  # history contexts; the context id is phase * hist + history
-  nctx = info.period * hist
-  pos = np.zeros(nctx, np.int64)
+  period = info.period
+  pos = np.full(period * hist, -1, np.int64)  # -1: a context without a table
   pos[info.present] = np.arange(info.present.size)
-  known = np.zeros(nctx, bool)
-  known[info.present] = True
   y = np.zeros((seg_t, units), np.int32)
   ctx = np.full(units, sum(info.pad * a**j for j in range(m)), np.int64)
-  phase0 = _phase_base(rows, cols, info.period) if info.period > 1 else None
+  offsets = None  # phase * hist of walked row t: offsets[t % period]
+  if period > 1:
+    base = _phase_base(rows, cols, period)
+    offsets = (base[None, :] + np.arange(period)[:, None]) % period * hist
   family = _Categorical(perfect=False)
   cols_idx = np.arange(units)
   polya = info.kind == POLYA
@@ -940,10 +979,9 @@ def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.nd
       for t in range(r0, r1):
         w = _valid_width(t, rows, cols, seg_t, s)
         c = ctx[:w]
-        full = c if phase0 is None else (phase0[:w] + t) % info.period * hist + c
-        if not known[full].all():
+        p = pos[c if offsets is None else offsets[t % period, :w] + c]
+        if p.min(initial=0) < 0:
           raise FormatError("context without a table")
-        p = pos[full]
         d = det[p]
         row = detsym[p]
         if not d.all():
