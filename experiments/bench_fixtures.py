@@ -134,17 +134,11 @@ def measure(path: str) -> tuple[dict, list]:
     floats=sum(l.record_bytes for l in rep.leaves if l.kind == "float"),
     payload=sum(l.payload_bytes for l in q),
   )
-  entries, _ = fmt._parse_header(new, fmt.DEFAULT_MAX_ELEMENTS)
-  rows = []
-  for e, leaf in zip(entries, rep.leaves):
-    n = math.prod(e.shape)
-    if e.kind != fmt._KIND_QUANTIZED or n < 1000:
-      continue
-    r = fmt._record_reader(new, e)
-    _, _, levels = fmt._parse_quantized_head(r, e.dtype, n)
-    coded = r.remaining
-    symbols = models.decode(r, e.shape, levels.size)
-    rows.append(tensor_row(leaf.path, symbols, levels.size, coded, f"{leaf.model}/o{leaf.order}"))
+  model = {leaf.path: f"{leaf.model}/o{leaf.order}" for leaf in rep.leaves}
+  rows = [
+    tensor_row(path, symbols, levels.size, coded, model[path])
+    for path, _, levels, coded, symbols in fmt.quantized_symbols(new, min_size=1000)
+  ]
   return summary, rows
 
 

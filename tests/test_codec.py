@@ -702,18 +702,10 @@ def test_reencoded_fixture_tensors_within_per_unit_bound(name):
   """Every quantized tensor of >= 1,000 weights: model section + payload <= 1.005 x its
   per-output-unit order-0 entropy with its tables counted."""
   blob = fmt.reencode((FIXTURES / f"{name}.hemp").read_bytes())
-  entries, _ = fmt._parse_header(blob, fmt.DEFAULT_MAX_ELEMENTS)
   checked = 0
-  for e in entries:
-    n = math.prod(e.shape)
-    if e.kind != fmt._KIND_QUANTIZED or n < 1000:
-      continue
-    r = fmt._record_reader(blob, e)
-    _, _, levels = fmt._parse_quantized_head(r, e.dtype, n)
-    coded_bytes = r.remaining
-    symbols = models.decode(r, e.shape, levels.size)
-    bound = _unit_bound_bytes(symbols, levels.size, models.layouts(e.shape)[0])
-    assert coded_bytes <= 1.005 * bound, (fmt._name(e.comps), coded_bytes, bound)
+  for path, shape, levels, coded_bytes, symbols in fmt.quantized_symbols(blob, min_size=1000):
+    bound = _unit_bound_bytes(symbols, levels.size, models.layouts(shape)[0])
+    assert coded_bytes <= 1.005 * bound, (path, coded_bytes, bound)
     checked += 1
   assert checked == 3
 

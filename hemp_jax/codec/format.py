@@ -968,6 +968,29 @@ class Report:
     }
 
 
+def quantized_symbols(blob, min_size: int = 0):
+  """Yields ``(path, shape, levels, coded_bytes, symbols)`` for each quantized leaf of a
+  version-3 ``.hemp`` file with at least ``min_size`` weights and a coder section:
+  ``levels`` the used levels, ``coded_bytes`` the size of its model section + payload and
+  ``symbols`` (the leaf's shape) its indices into ``levels``. For measuring the coder.
+
+  Raises:
+    FormatError: ``blob`` is not a valid version-3 file.
+  """
+  buf = _as_buffer(blob)
+  entries, _ = _parse_header(buf, DEFAULT_MAX_ELEMENTS)
+  for e in entries:
+    n = math.prod(e.shape)
+    if e.kind != _KIND_QUANTIZED or n < max(1, min_size) or e.version < 3:
+      continue
+    r = _record_reader(buf, e)
+    _, _, levels = _parse_quantized_head(r, e.dtype, n)
+    if levels.size < 2:
+      continue
+    coded = r.remaining
+    yield _name(e.comps), e.shape, levels, coded, models.decode(r, e.shape, levels.size)
+
+
 def inspect(
   blob, *, max_elements: int = DEFAULT_MAX_ELEMENTS, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Report:
