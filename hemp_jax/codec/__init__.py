@@ -2,7 +2,9 @@
 
 ``compress(params, codebooks)`` -> bytes and ``decompress(bytes)`` -> nested dict of numpy
 arrays; :mod:`hemp_jax.codec.format` describes the byte layout and
-:mod:`hemp_jax.codec.coder` the coder (contexts = the estimator's sliding tuples).
+:mod:`hemp_jax.codec.models` the coder (contexts = the weights before each one in the
+estimator's scan order, optionally with its place inside the estimator's disjoint tuples;
+:mod:`hemp_jax.codec.coder` is the coder of format versions 1-2).
 """
 
 from hemp_jax.codec._wire import FormatError
