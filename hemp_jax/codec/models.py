@@ -967,7 +967,8 @@ def _decode_walk(dec, info: Model, rows, cols, a, weights, det, detsym) -> np.nd
   offsets = None  # phase * hist of walked row t: offsets[t % period]
   if period > 1:
     base = _phase_base(rows, cols, period)
-    offsets = (base[None, :] + np.arange(period)[:, None]) % period * hist
+    # int16 (ids < MAX_CONTEXTS): at most 2 bytes x period x units, <= 2x the output
+    offsets = ((base[None, :] + np.arange(period)[:, None]) % period * hist).astype(np.int16)
   family = _Categorical(perfect=False)
   cols_idx = np.arange(units)
   polya = info.kind == POLYA
