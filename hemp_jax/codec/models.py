@@ -497,7 +497,7 @@ def _candidates(
     valid = _valid_mask(rows, cols, seg_t, s)
     ctx = coder._contexts(y, a, seq_orders[-1], pad)
     if periods is None:
-      p = _best_period(y, ctx % a, valid, rows, cols, a, pad, stride)
+      p = _best_period(y, ctx, valid, rows, cols, a, pad, stride)
       periods = [1] + [p] * (p > 1)
     whole = bool(valid.all())  # a boolean mask copy costs more than the counting
     yv, ctx = (y.reshape(-1), ctx.reshape(-1)) if whole else (y[valid], ctx[valid])
@@ -546,13 +546,13 @@ def _candidates(
   return out
 
 
-def _best_period(y, prev, valid, rows, cols, a, pad, stride=None) -> int:
+def _best_period(y, ctx, valid, rows, cols, a, pad, stride=None) -> int:
   """The tuple period (1..:data:`MAX_PERIOD`) whose phase, with the previous symbol, gives
   the order-1 model of least conditional entropy plus smallest possible tables (1 if
   none beats no phase), measured on walked rows spread evenly over the matrix that hold
   at most :data:`PERIOD_SAMPLE` symbols (leading rows can be all alike: the first inputs
-  of an MNIST ``fc1`` are border pixels). ``y``/``prev``: the walked matrix and the
-  predecessor of each entry (its order-1 context), ``valid`` its mask.
+  of an MNIST ``fc1`` are border pixels). ``y``: the walked matrix, ``ctx``: its context
+  ids of some order >= 1 (the predecessor is ``ctx % A``), ``valid`` its mask.
 
   HEMP trains on disjoint n-tuples of the scan stream, so the weights of a tuple are
   coded together and the place inside the tuple (its phase) tells much: on the LeNet-5
@@ -564,7 +564,7 @@ def _best_period(y, prev, valid, rows, cols, a, pad, stride=None) -> int:
   t = max(2, PERIOD_SAMPLE // max(1, y.shape[1]))
   pick = np.unique(np.linspace(0, y.shape[0] - 1, min(t, y.shape[0])).round().astype(np.int64))
   keep = valid[pick]
-  yv, prev = y[pick][keep], prev[pick][keep]
+  yv, prev = y[pick][keep], ctx[pick][keep] % a
 
   def bits(ctx, n_ctx):
     counts = np.bincount(ctx * a + yv, minlength=n_ctx * a).reshape(-1, a)
