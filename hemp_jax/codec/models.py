@@ -42,9 +42,12 @@ place inside HEMP's disjoint tuples (:func:`_phase_base`). Training on disjoint 
 makes the weights of a tuple depend on each other much more than on the tuple before: the
 LeNet-5 main job (order 3) codes its ``fc1`` kernel in 7.2 kB with phases against 9.3 kB
 without. The context id is ``phase * A**m + history``. The encoder picks the period of
-the order-1 model with the least conditional entropy plus smallest tables on the leading
-:data:`PERIOD_SAMPLE` symbols (no phase when none beats it) and scores every order with
-that period beside the models without phase.
+the order-1 model with the least conditional entropy plus smallest tables on up to
+:data:`PERIOD_SAMPLE` symbols of rows spread over the matrix (no phase when none beats it,
+no search on weights whose previous symbol tells almost nothing; :func:`_best_period`) and
+scores every order with that period beside the models without phase. A phase model must
+save :data:`PHASE_MIN_BYTES` and :data:`PHASE_MIN_GAIN` when the best model without phase
+decodes without walking the rows.
 
 Tables are the log-codes of :mod:`hemp_jax.codec.coder` (``s`` codes per octave, ``b``
 bits each, chosen per tensor). "Tables counted": a candidate's size is its estimated
