@@ -289,11 +289,17 @@ def _model_bytes(order: int, alphabet: int, pad: int, present: int, bits: int) -
   return size
 
 
+def _floored(w: np.ndarray) -> np.ndarray:
+  """Integer weights (last axis: the symbols) with every nonzero one raised to at least
+  the sum of its row ``>> _FLOOR_SHIFT`` (see the module docstring): the one rule both
+  sides apply, so encoder and decoder build bit-identical tables."""
+  floor = w.sum(axis=-1, keepdims=True) >> _FLOOR_SHIFT
+  return np.where(w > 0, np.maximum(w, floor), 0)
+
+
 def _int_weights(codes: np.ndarray, s: int) -> np.ndarray:
   """Exact int64 weights of a (P, A) code table (codes validated ``<= _max_j + 1``)."""
-  w = _CODE_WEIGHTS[s][codes]
-  floor = w.sum(axis=1, keepdims=True) >> _FLOOR_SHIFT
-  return np.where(w > 0, np.maximum(w, floor), 0)
+  return _floored(_CODE_WEIGHTS[s][codes])
 
 
 def _probability_table(codes: np.ndarray, s: int) -> np.ndarray:
@@ -324,9 +330,7 @@ def _best_codes(counts: np.ndarray):
       all_codes.append(np.where(occ, np.minimum(j0, _max_j(s, b)) + 1, 0))
       offsets.append(_CODE_OFFSET[s])
   codes = np.stack(all_codes)  # (cands, P, A)
-  w = _ALL_CODE_WEIGHTS[codes + np.array(offsets)[:, None, None]]
-  floor = w.sum(axis=2, keepdims=True) >> _FLOOR_SHIFT
-  w = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float64)
+  w = _floored(_ALL_CODE_WEIGHTS[codes + np.array(offsets)[:, None, None]]).astype(np.float64)
   with np.errstate(divide="ignore", invalid="ignore"):
     logq = np.log2(w) - np.log2(w.sum(axis=2, keepdims=True))
   bits = -(np.where(occ, logq, 0.0) * n).sum(axis=(1, 2))

@@ -308,9 +308,7 @@ def _table_bytes(
 
 def _score_codes(n, occ, codes, s):
   """Bits of counts ``n`` (float, (P, A)) coded with the log-code table ``codes``."""
-  w = coder._CODE_WEIGHTS[s][codes]
-  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
-  w = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float64)
+  w = coder._int_weights(codes, s).astype(np.float64)
   with np.errstate(divide="ignore", invalid="ignore"):
     logq = np.log2(w) - np.log2(w.sum(axis=1, keepdims=True))
     return -float(np.where(occ, logq * n, 0.0).sum())
@@ -370,9 +368,7 @@ def polya_blocks(rows: int) -> np.ndarray:
 def _block_table(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
   """float32 weights (P, U, A) from counts (P, U, A) and the prior (P, A), exactly
   reproducible: ``counts * 2**PRIOR_BITS + prior``, nonzero ones floored at sum >> 20."""
-  w = (counts << PRIOR_BITS) + prior[:, None, :]
-  floor = w.sum(axis=2, keepdims=True) >> coder._FLOOR_SHIFT
-  return np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
+  return coder._floored((counts << PRIOR_BITS) + prior[:, None, :]).astype(np.float32)
 
 
 def _polya_bits(y, valid, p, n_present, a, codes, s, order) -> tuple[float, int]:
@@ -446,8 +442,7 @@ def _polya_bits_sequential(y, valid, p, n_present, a, codes, s) -> tuple[float, 
 def _refresh(table, counts, prior, pidx, cidx) -> None:
   """Recomputes the polya weights of the (context, unit) cells ``(pidx, cidx)``."""
   w = (counts[pidx, cidx] << PRIOR_BITS) + prior[pidx]
-  floor = w.sum(axis=1, keepdims=True) >> coder._FLOOR_SHIFT
-  table[pidx, cidx] = np.where(w > 0, np.maximum(w, floor), 0).astype(np.float32)
+  table[pidx, cidx] = coder._floored(w).astype(np.float32)
 
 
 # -------------------------------------------------------------------------- encoder
