@@ -297,6 +297,14 @@ def _floored(w: np.ndarray) -> np.ndarray:
   return np.where(w > 0, np.maximum(w, floor), 0)
 
 
+def _cond_bits(counts: np.ndarray) -> float:
+  """Exact code length (bits) of a ``(contexts, A)`` count table under each context's own
+  frequencies: the empirical conditional entropy, a lower bound of any table's cost."""
+  occ = counts > 0
+  tot = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
+  return float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum())
+
+
 def _int_weights(codes: np.ndarray, s: int) -> np.ndarray:
   """Exact int64 weights of a (P, A) code table (codes validated ``<= _max_j + 1``)."""
   return _floored(_CODE_WEIGHTS[s][codes])
@@ -381,13 +389,7 @@ def encode_symbols(
     counts = counts[present]
     if best is not None:
       # the exact conditional entropy is a lower bound of any table's cost
-      occ = counts > 0
-      h_bits = float(
-        (
-          counts[occ]
-          * np.log2(np.broadcast_to(ctx_tot[present][:, None], counts.shape)[occ] / counts[occ])
-        ).sum()
-      )
+      h_bits = _cond_bits(counts)
       if h_bits + 8 * _model_bytes(m, a, pad, present.size, 1) >= best[0]:
         continue
     bits, s_index, b, codes = _best_codes(counts)

@@ -266,6 +266,15 @@ def allowed(shape: Sequence[int], a: int, period: int = 1) -> dict:
   return out
 
 
+def _places(rows: int, cols: int, stride: int | None = None) -> np.ndarray:
+  """Place in the column-major reading of ``X`` (see :func:`_phase_base`) of the first
+  walked row's entries, ``(S*C,)``: walked entry ``(t, u)`` is at ``places[u] + t``.
+  ``stride``: the rows of the whole matrix when ``(rows, cols)`` are its leading rows."""
+  seg_t, s = segment_rows(rows, cols)
+  stride = rows if stride is None else stride
+  return (np.arange(cols)[None, :] * stride + np.arange(s)[:, None] * seg_t).reshape(-1)
+
+
 def _phase_base(rows: int, cols: int, period: int, stride: int | None = None) -> np.ndarray:
   """Tuple phase of the first walked row, ``(S*C,)``: the phase of walked entry ``(t, u)``
   is ``(base[u] + t) mod period``.
@@ -275,13 +284,9 @@ def _phase_base(rows: int, cols: int, period: int, stride: int | None = None) ->
   layout 0 is the estimator's scan stream (:func:`hemp_jax.groups.scan_stream`), so with
   ``period`` = the training order it is the place inside the estimator's disjoint tuples
   (up to a relabelling of the phases when the stream does not start at the leaf).
-  ``stride``: the rows of the whole matrix when ``(rows, cols)`` are its leading rows.
-  ``period`` 0: the places themselves.
+  ``stride``: as for :func:`_places`.
   """
-  seg_t, s = segment_rows(rows, cols)
-  stride = rows if stride is None else stride
-  place = (np.arange(cols)[None, :] * stride + np.arange(s)[:, None] * seg_t).reshape(-1)
-  return place % period if period else place
+  return _places(rows, cols, stride) % period
 
 
 def _phases(rows: int, cols: int, period: int, stride: int | None = None) -> np.ndarray:
@@ -389,23 +394,14 @@ def _polya_bits(y, valid, p, n_present, a, codes, s, order) -> tuple[float, int]
   before = (np.cumsum(counts, axis=0) - counts)[occupied]
   counts = counts[occupied]
   pidx = np.nonzero(occupied)[1] // units
-  scores = {}
 
-  def score(bi):
-    if bi not in scores and 0 <= bi < len(BETAS):
-      prior = _prior(codes, s, BETAS[bi]).astype(np.float64)[pidx]
-      w = before * (1 << PRIOR_BITS) + prior
-      with np.errstate(divide="ignore", invalid="ignore"):
-        logq = np.log2(w) - np.log2(w.sum(axis=1, keepdims=True))
-        scores[bi] = -float(np.where(counts > 0, counts * logq, 0.0).sum())
+  def bits(beta):
+    w = before * (1 << PRIOR_BITS) + _prior(codes, s, beta).astype(np.float64)[pidx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+      logq = np.log2(w) - np.log2(w.sum(axis=1, keepdims=True))
+      return -float(np.where(counts > 0, counts * logq, 0.0).sum())
 
-  for bi in (2, 5):  # coarse, then the neighbours of the best
-    score(bi)
-  first = min(scores, key=scores.get)
-  score(first - 1)
-  score(first + 1)
-  bi = min(scores, key=scores.get)
-  return scores[bi], bi
+  return _best_beta(bits)
 
 
 def _polya_bits_sequential(y, valid, p, n_present, a, codes, s) -> tuple[float, int]:
@@ -418,23 +414,27 @@ def _polya_bits_sequential(y, valid, p, n_present, a, codes, s) -> tuple[float, 
   c = counts[occupied].astype(np.float64)
   pidx = np.nonzero(occupied)[0] // units
   n = c.sum(axis=1)
-  scores = {}
 
-  def score(bi):
-    if bi not in scores and 0 <= bi < len(BETAS):
-      alpha = _prior(codes, s, BETAS[bi]).astype(np.float64)[pidx] / (1 << PRIOR_BITS)
-      live = alpha > 0
-      al = np.where(live, alpha, 1.0)
-      tot = alpha.sum(axis=1)
-      nats = (gammaln(n + tot) - gammaln(tot)).sum()
-      nats -= np.where(live, gammaln(c + al) - gammaln(al), 0.0).sum()
-      scores[bi] = float(nats / math.log(2))
+  def bits(beta):
+    alpha = _prior(codes, s, beta).astype(np.float64)[pidx] / (1 << PRIOR_BITS)
+    live = alpha > 0
+    al = np.where(live, alpha, 1.0)
+    tot = alpha.sum(axis=1)
+    nats = (gammaln(n + tot) - gammaln(tot)).sum()
+    nats -= np.where(live, gammaln(c + al) - gammaln(al), 0.0).sum()
+    return float(nats / math.log(2))
 
-  for bi in (2, 5):
-    score(bi)
+  return _best_beta(bits)
+
+
+def _best_beta(bits) -> tuple[float, int]:
+  """``(bits, index in BETAS)`` of the best prior strength, ``bits(beta)`` the code length
+  with it: tried at BETAS[2] and BETAS[5], then at the neighbours of the better one."""
+  scores = {bi: bits(BETAS[bi]) for bi in (2, 5)}
   first = min(scores, key=scores.get)
-  score(first - 1)
-  score(first + 1)
+  for bi in (first - 1, first + 1):
+    if 0 <= bi < len(BETAS) and bi not in scores:
+      scores[bi] = bits(BETAS[bi])
   bi = min(scores, key=scores.get)
   return scores[bi], bi
 
@@ -517,9 +517,7 @@ def _candidates(
         counts = all_counts[m].reshape(-1, a)
         present = np.flatnonzero(counts.sum(axis=1))
         counts = counts[present]
-        occ = counts > 0
-        tot = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
-        h = float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum())
+        h = coder._cond_bits(counts)
         table = _table_bytes(STATIC, m, a, pad, present.size, 1, period)
         if prune and h + 8 * table >= best_total:
           continue
@@ -533,9 +531,7 @@ def _candidates(
       .reshape(a, cols)
       .T
     )
-    occ = per_unit > 0
-    tot = np.broadcast_to(per_unit.sum(axis=1, keepdims=True), per_unit.shape)
-    h = float((per_unit[occ] * np.log2(tot[occ] / per_unit[occ])).sum())
+    h = coder._cond_bits(per_unit)
     if prune and h + cols * a >= min(bound, min(c[0] for c in out)):
       return out
     bits, si, b, codes = _best_codes(per_unit)
@@ -566,16 +562,13 @@ def _best_period(y, ctx, valid, rows, cols, a, pad, stride=None) -> int:
 
   def bits(ctx, n_ctx):
     counts = np.bincount(ctx * a + yv, minlength=n_ctx * a).reshape(-1, a)
-    counts = counts[counts.sum(axis=1) > 0]
-    occ = counts > 0
-    tot = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
-    return float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum()), counts.shape[0]
+    return coder._cond_bits(counts), int((counts.sum(axis=1) > 0).sum())
 
   h1, present = bits(prev, a)
   if h1 > PERIOD_SKIP * bits(np.zeros_like(prev), 1)[0]:
     return 1
   best, best_p = h1 + 8 * _table_bytes(STATIC, 1, a, pad, present, 1), 1
-  place = (_phase_base(rows, cols, 0, stride)[None, :] + pick[:, None])[keep]
+  place = (_places(rows, cols, stride)[None, :] + pick[:, None])[keep]
   for period in range(2, MAX_PERIOD + 1):
     if period * a > coder.MAX_CONTEXTS:
       break
