@@ -468,26 +468,38 @@ def decode_symbols(reader: Reader, shape: Sequence[int], alphabet: int) -> np.nd
   rows, cols, seg = coded_view(shape)
   a = int(alphabet)
   weights = _probability_table(info.codes, info.s)
-  try:
+
+  def run():
     dec = _RangeDecoder(_bytes_to_words(payload))
     if info.order == 0:
-      out = np.asarray(dec.decode(_Categorical(weights[0], perfect=False), rows * cols), np.int32)
-    else:
-      m = info.order
-      nctx = a**m
-      table = np.ones((nctx, a), np.float32)
-      table[info.present] = weights
-      family = _Categorical(perfect=False)
-      out = np.empty((rows, cols), np.int32)
-      ctx = np.full(cols, sum(info.pad * a**j for j in range(m)), np.int64)
-      probs = np.empty((cols, a), np.float32)
-      for r in range(rows):
-        np.take(table, ctx, axis=0, out=probs, mode="clip")
-        row = dec.decode(family, probs)
-        out[r] = row
-        ctx *= a
-        ctx += row
-        ctx %= nctx
+      return np.asarray(dec.decode(_Categorical(weights[0], perfect=False), rows * cols), np.int32)
+    m = info.order
+    nctx = a**m
+    table = np.ones((nctx, a), np.float32)
+    table[info.present] = weights
+    family = _Categorical(perfect=False)
+    out = np.empty((rows, cols), np.int32)
+    ctx = np.full(cols, sum(info.pad * a**j for j in range(m)), np.int64)
+    probs = np.empty((cols, a), np.float32)
+    for r in range(rows):
+      np.take(table, ctx, axis=0, out=probs, mode="clip")
+      row = dec.decode(family, probs)
+      out[r] = row
+      ctx *= a
+      ctx += row
+      ctx %= nctx
+    return out
+
+  out = _range_decoded(reader, a, run)
+  return _from_coded(out.reshape(rows, cols), seg).reshape(shape)
+
+
+def _range_decoded(reader: Reader, alphabet: int, run) -> np.ndarray:
+  """``run()``, the range decoding of a coder section, with every failure of the decoder
+  on malformed input turned into a :class:`FormatError` naming ``reader``'s record, and
+  its symbols checked to lie in ``[0, alphabet)``."""
+  try:
+    out = run()
   except FormatError:
     raise
   except (KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -495,7 +507,6 @@ def decode_symbols(reader: Reader, shape: Sequence[int], alphabet: int) -> np.nd
   except BaseException as e:  # noqa: B036 - constriction raises ValueError, or a
     # pyo3 PanicException (a BaseException) on some malformed inputs.
     raise FormatError(f"{reader.what}: range decoder failed: {type(e).__name__}: {e}") from None
-  out = _from_coded(out.reshape(rows, cols), seg).reshape(-1)
-  if out.size and (out.min() < 0 or out.max() >= a):
+  if out.size and (out.min() < 0 or out.max() >= alphabet):
     raise FormatError(f"{reader.what}: decoded symbol out of range")
-  return out.reshape(shape)
+  return out

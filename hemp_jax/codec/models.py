@@ -903,29 +903,19 @@ def decode(reader: Reader, shape: Sequence[int], alphabet: int) -> np.ndarray:
   weights = coder._int_weights(info.codes, info.s)
   det = (weights > 0).sum(axis=1) == 1
   detsym = np.argmax(weights > 0, axis=1).astype(np.int32)
-  try:
+
+  def run():
     dec = _RangeDecoder(coder._bytes_to_words(payload))
     if info.kind == STATIC and info.order == 0:
       if det[0]:
-        x = np.full((rows, cols), detsym[0], np.int32)
-      else:
-        model = _Categorical(weights[0].astype(np.float32), perfect=False)
-        x = np.asarray(dec.decode(model, rows * cols), np.int32).reshape(rows, cols)
-    elif info.kind == UNIT:
-      x = _decode_units(dec, rows, cols, weights.astype(np.float32), det, detsym)
-    else:
-      x = _decode_walk(dec, info, rows, cols, a, weights, det, detsym)
-  except FormatError:
-    raise
-  except (KeyboardInterrupt, SystemExit, GeneratorExit):
-    raise
-  except BaseException as e:  # noqa: B036 - constriction raises ValueError, or a
-    # pyo3 PanicException (a BaseException) on some malformed inputs.
-    raise FormatError(f"{reader.what}: range decoder failed: {type(e).__name__}: {e}") from None
-  out = _unmatrix(x, info.layout)
-  if out.size and (out.min() < 0 or out.max() >= a):
-    raise FormatError(f"{reader.what}: decoded symbol out of range")
-  return out.reshape(shape)
+        return np.full((rows, cols), detsym[0], np.int32)
+      model = _Categorical(weights[0].astype(np.float32), perfect=False)
+      return np.asarray(dec.decode(model, rows * cols), np.int32).reshape(rows, cols)
+    if info.kind == UNIT:
+      return _decode_units(dec, rows, cols, weights.astype(np.float32), det, detsym)
+    return _decode_walk(dec, info, rows, cols, a, weights, det, detsym)
+
+  return _unmatrix(coder._range_decoded(reader, a, run), info.layout).reshape(shape)
 
 
 def _decode_units(dec, rows, cols, table, det, detsym) -> np.ndarray:
