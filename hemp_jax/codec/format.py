@@ -970,12 +970,13 @@ class Report:
 
 def quantized_symbols(blob, min_size: int = 0):
   """Yields ``(path, shape, levels, coded_bytes, symbols)`` for each quantized leaf of a
-  version-3 ``.hemp`` file with at least ``min_size`` weights and a coder section:
-  ``levels`` the used levels, ``coded_bytes`` the size of its model section + payload and
-  ``symbols`` (the leaf's shape) its indices into ``levels``. For measuring the coder.
+  ``.hemp`` file written by the version-3 coder with at least ``min_size`` weights and a
+  coder section: ``levels`` the used levels, ``coded_bytes`` the size of its model section
+  + payload and ``symbols`` (the leaf's shape) its indices into ``levels``. For measuring
+  the coder; leaves of version-1/2 files are skipped (:func:`reencode` first).
 
   Raises:
-    FormatError: ``blob`` is not a valid version-3 file.
+    FormatError: ``blob`` is not a valid ``.hemp`` file.
   """
   buf = _as_buffer(blob)
   entries, _ = _parse_header(buf, DEFAULT_MAX_ELEMENTS)
