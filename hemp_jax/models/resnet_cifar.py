@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# He-normal (fan_out) initialization for convolutions, as in torchvision.
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+from hemp_jax.models.layers import CONV_INIT
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -32,7 +31,7 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     strides=(stride, stride),
     padding=((1, 1), (1, 1)),
     use_bias=False,
-    kernel_init=_CONV_INIT,
+    kernel_init=CONV_INIT,
     rngs=rngs,
   )
 

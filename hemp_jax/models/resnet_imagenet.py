@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hemp_jax.models.layers import ConvBN
+
 # depth -> (uses bottleneck blocks, blocks per stage).
 CONFIGS = types.MappingProxyType(
   {
@@ -36,29 +38,6 @@ CONFIGS = types.MappingProxyType(
     152: (True, (3, 8, 36, 3)),
   }
 )
-
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-class ConvBN(nnx.Module):
-  """Bias-free convolution (PyTorch-style symmetric padding) -> BatchNorm."""
-
-  def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs):
-    pad = (kernel - 1) // 2
-    self.conv = nnx.Conv(
-      in_ch,
-      out_ch,
-      (kernel, kernel),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      kernel_init=_CONV_INIT,
-      rngs=rngs,
-    )
-    self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, rngs=rngs)
-
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    return self.bn(self.conv(x), use_running_average=not train)
 
 
 class BasicBlock(nnx.Module):

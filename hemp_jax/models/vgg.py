@@ -22,6 +22,8 @@ import types
 import jax
 from flax import nnx
 
+from hemp_jax.models.layers import CONV_INIT
+
 CONFIGS = types.MappingProxyType(
   {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -53,15 +55,13 @@ CONFIGS = types.MappingProxyType(
   }
 )
 
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-
 
 class ConvBN(nnx.Module):
   """3x3 convolution (with bias) -> BatchNorm -> ReLU."""
 
   def __init__(self, in_ch: int, out_ch: int, *, rngs: nnx.Rngs):
     self.conv = nnx.Conv(
-      in_ch, out_ch, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_CONV_INIT, rngs=rngs
+      in_ch, out_ch, (3, 3), padding=((1, 1), (1, 1)), kernel_init=CONV_INIT, rngs=rngs
     )
     self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
