@@ -297,6 +297,18 @@ def _train(config, graphdef, state, tx, pipe, log) -> tuple[Any, list]:
   return state, history
 
 
+def _identity(point: Point) -> dict:
+  """What names a point in ``sweep.json`` and at the head of its record."""
+  return {
+    "id": point.id,
+    "kind": point.kind,
+    "method": point.method,
+    "init": point.init,
+    "axes": point.axes,
+    "model": point.config.model,
+  }
+
+
 def run_point(point: Point, scratch_dir: str, log=print) -> dict:
   """Runs one point (its ``init`` point's float params must be in ``scratch_dir``)."""
   from hemp_jax import train
@@ -317,15 +329,7 @@ def run_point(point: Point, scratch_dir: str, log=print) -> dict:
   if point.kind == "pretrain":
     _save_float(os.path.join(workdir, "float.npz"), state.params, state.model_state)
   codebooks = train.eval_codebooks(config, state)
-  record = {
-    "id": point.id,
-    "kind": point.kind,
-    "method": point.method,
-    "init": point.init,
-    "axes": point.axes,
-    "model": config.model,
-    "dataset": config.dataset,
-  }
+  record = {**_identity(point), "dataset": config.dataset}
   record.update(
     measure(
       config,
@@ -391,17 +395,7 @@ def run_sweep(
       {
         "name": sweep.name,
         "description": sweep.description,
-        "points": [
-          {
-            "id": p.id,
-            "kind": p.kind,
-            "method": p.method,
-            "init": p.init,
-            "axes": p.axes,
-            "model": p.config.model,
-          }
-          for p in sweep.points
-        ],
+        "points": [_identity(p) for p in sweep.points],
       },
       indent=2,
     ).encode(),
@@ -446,12 +440,7 @@ def run_sweep(
       rec = run_point(p, scratch_dir, log)
     except TrainingDivergedError as e:  # recorded as a finished, failed point
       rec = {
-        "id": p.id,
-        "kind": p.kind,
-        "method": p.method,
-        "init": p.init,
-        "axes": p.axes,
-        "model": p.config.model,
+        **_identity(p),
         "dataset": p.config.dataset,
         "failed": str(e),
         "config": json.loads(p.config.to_json_best_effort()),
