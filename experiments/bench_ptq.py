@@ -54,6 +54,15 @@ def laplace_tree(seed: int = 0) -> dict:
   }
 
 
+def _kernel_shape(kind: str, ci: int, co: int) -> tuple:
+  return {
+    "expand": (1, 1, ci, co),
+    "depthwise": (3, 3, 1, co),
+    "project": (1, 1, co, co),
+    "conv3": (3, 3, co, co),
+  }[kind]
+
+
 def synthetic_checkpoint(seed: int = 0, target_params: int = 4_000_000) -> dict:
   """A ResNet-like flat checkpoint: ~200 kernels with batch norm, ~1,000 tensors.
 
@@ -74,22 +83,12 @@ def synthetic_checkpoint(seed: int = 0, target_params: int = 4_000_000) -> dict:
         cin = w
   n_params = 0
   for stage, b, kind, ci, co in blocks:
-    shape = {
-      "expand": (1, 1, ci, co),
-      "depthwise": (3, 3, 1, co),
-      "project": (1, 1, co, co),
-      "conv3": (3, 3, co, co),
-    }[kind]
+    shape = _kernel_shape(kind, ci, co)
     n_params += int(np.prod(shape))
   scale = math.sqrt(target_params / n_params)
   for stage, b, kind, ci, co in blocks:
     ci, co = max(1, int(round(ci * scale))), max(8, int(round(co * scale)))
-    shape = {
-      "expand": (1, 1, ci, co),
-      "depthwise": (3, 3, 1, co),
-      "project": (1, 1, co, co),
-      "conv3": (3, 3, co, co),
-    }[kind]
+    shape = _kernel_shape(kind, ci, co)
     fan_in = int(np.prod(shape[:-1]))
     sigma = math.sqrt(2.0 / fan_in)
     k = rng.laplace(0, sigma / math.sqrt(2), shape).astype(np.float32)
