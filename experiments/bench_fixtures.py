@@ -33,7 +33,7 @@ import numpy as np
 from scipy.special import gammaln
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hemp_jax.codec import decompress, inspect, models, reencode  # noqa: E402
+from hemp_jax.codec import coder, decompress, inspect, models, reencode  # noqa: E402
 from hemp_jax.codec import format as fmt  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -51,10 +51,7 @@ def _flat(tree, prefix=""):
 def _cond_bytes(x: np.ndarray, ctx: np.ndarray, a: int) -> float:
   """Empirical conditional entropy (bytes) of symbols ``x`` given context ids ``ctx``."""
   counts = np.bincount(ctx.reshape(-1) * a + x.reshape(-1)).astype(np.float64)
-  counts = np.pad(counts, (0, (-counts.size) % a)).reshape(-1, a)
-  tot = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
-  occ = counts > 0
-  return float((counts[occ] * np.log2(tot[occ] / counts[occ])).sum()) / 8
+  return coder._cond_bits(np.pad(counts, (0, (-counts.size) % a)).reshape(-1, a)) / 8
 
 
 def _history(x: np.ndarray, a: int, m: int, pad: int) -> np.ndarray:
