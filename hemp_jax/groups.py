@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hemp_jax import quantization as q
+from hemp_jax.pytrees import path_name
 
 __all__ = [
   "path_name",
@@ -31,23 +32,6 @@ __all__ = [
   "fit_codebooks",
   "codebook_leaves",
 ]
-
-
-def path_name(path) -> str:
-  """'/'-joined name of a pytree key path; a trailing NNX ``value`` key is dropped."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(str(k.name))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    else:
-      parts.append(str(getattr(k, "key", k)))
-  if parts and parts[-1] == "value":
-    parts = parts[:-1]
-  return "/".join(parts)
 
 
 def scan_stream(x) -> jax.Array:
