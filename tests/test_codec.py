@@ -1,4 +1,4 @@
-"""Tests of the .hemp container and its context-adaptive coder."""
+"""Tests of the .hemp container and its context-adaptive legacy."""
 
 import hashlib
 import math
@@ -19,18 +19,22 @@ from hemp_jax import entropy, groups
 from hemp_jax import quantization as q
 from hemp_jax.codec import (
   FormatError,
-  coder,
   compress,
   compress_file,
+  container,
+  context_models,
   decompress,
   decompress_file,
   format_inspection,
   inspect,
+  inspection,
+  kernel,
+  legacy,
   load_into,
-  models,
+  model_selection,
+  records,
 )
-from hemp_jax.codec import format as fmt
-from hemp_jax.codec._wire import Reader
+from hemp_jax.codec.wire import Reader, write_varint
 
 BF16 = np.dtype(jnp.bfloat16)
 FLOAT_DTYPES = [np.dtype(np.float32), BF16, np.dtype(np.float16), np.dtype(np.float64)]
@@ -77,7 +81,7 @@ def assert_roundtrip(params, codebooks, **kw):
 
 def markov_indices(rng, shape, k, stay=0.9, skew=3.0):
   """Index matrix in the coder's (L, C) view with correlated columns."""
-  rows, cols = coder.matrix_view(shape)
+  rows, cols = legacy.matrix_view(shape)
   p = np.exp(-skew * np.abs(np.arange(k) - k // 2))
   p /= p.sum()
   x = np.empty((rows, cols), np.int32)
@@ -121,7 +125,7 @@ def test_numpy_quantizer_matches_jax():
     x32 = np.concatenate([v.astype(np.float32) for v in per_dtype])
     want = np.split(np.asarray(q.quantize_indices(x32, cb)), len(FLOAT_DTYPES))
     for v, w in zip(per_dtype, want):
-      np.testing.assert_array_equal(fmt.quantize_indices_np(v, c), w)
+      np.testing.assert_array_equal(records.quantize_indices_np(v, c), w)
   levels = jnp.asarray(np.linspace(-1.3, 2.9, 40) ** 3, jnp.float32)
   for dtype in FLOAT_DTYPES[:3]:
     np.testing.assert_array_equal(
@@ -147,7 +151,7 @@ def test_non_finite_weights_in_a_quantized_leaf_are_refused(bad):
 
 def test_scan_order_is_matrix_transpose():
   x = np.arange(3 * 4 * 5 * 6).reshape(3, 4, 5, 6)
-  rows, cols = coder.matrix_view(x.shape)
+  rows, cols = legacy.matrix_view(x.shape)
   assert (rows, cols) == (60, 6)
   np.testing.assert_array_equal(
     np.asarray(groups.scan_stream(x)), x.reshape(rows, cols).T.reshape(-1)
@@ -162,8 +166,8 @@ def test_contexts_are_the_estimators_tuples(order):
   k = 5
   shape = (40, 64)
   x = markov_indices(rng, shape, k)
-  rows, cols = coder.matrix_view(shape)
-  counts = coder.context_counts(x.reshape(rows, cols), k, order, pad=0)
+  rows, cols = legacy.matrix_view(shape)
+  counts = kernel.context_counts(x.reshape(rows, cols), k, order, pad=0)
   # rebuild from scan-stream tuples that stay inside one output unit
   stream = np.asarray(groups.scan_stream(x))
   want = np.zeros_like(counts)
@@ -175,7 +179,7 @@ def test_contexts_are_the_estimators_tuples(order):
       want[ctx, col[r]] += 1
   np.testing.assert_array_equal(counts, want)
 
-  coded = coder.encode_symbols(x, k, max_order=order)
+  coded = legacy.encode_symbols(x, k, max_order=order)
   h = float(
     entropy.empirical_entropy(stream, k, order=order + 1, tuples="sliding", rate="conditional")
   )
@@ -191,7 +195,7 @@ def test_coder_reaches_entropy_on_large_stream():
   shape = (3, 3, 64, 128)
   k = 6
   x = markov_indices(rng, shape, k, stay=0.8)
-  coded = coder.encode_symbols(x, k)
+  coded = legacy.encode_symbols(x, k)
   assert coded.order >= 1
   stream = np.asarray(groups.scan_stream(x))
   h = float(
@@ -201,7 +205,7 @@ def test_coder_reaches_entropy_on_large_stream():
   )
   bound = h * x.size / 8
   assert len(coded.payload) <= 1.01 * bound + 8
-  y = coder.decode_symbols(Reader(coded.model + coded.payload), shape, k)
+  y = legacy.decode_symbols(Reader(coded.model + coded.payload), shape, k)
   np.testing.assert_array_equal(x, y)
 
 
@@ -209,22 +213,22 @@ def test_order_selection_prefers_context_on_correlated_data():
   rng = np.random.default_rng(4)
   corr = markov_indices(rng, (200, 64), 4, stay=0.95)
   iid = rng.integers(0, 4, (200, 64))
-  assert coder.encode_symbols(corr, 4).order >= 1
-  assert coder.encode_symbols(iid, 4).order == 0
+  assert legacy.encode_symbols(corr, 4).order >= 1
+  assert legacy.encode_symbols(iid, 4).order == 0
 
 
 def test_segments_of_tall_thin_matrices():
-  assert coder.segments(500, 10) == 1  # too short to cut
-  assert coder.segments(4096, 512) == 1  # wide enough
-  assert coder.segments(50000, 8) == 25  # 25 segments of 2000 rows -> (2000, 200)
-  assert coder.coded_view((50000, 8)) == (2000, 200, 25)
+  assert legacy.segments(500, 10) == 1  # too short to cut
+  assert legacy.segments(4096, 512) == 1  # wide enough
+  assert legacy.segments(50000, 8) == 25  # 25 segments of 2000 rows -> (2000, 200)
+  assert legacy.coded_view((50000, 8)) == (2000, 200, 25)
   rng = np.random.default_rng(11)
   x = markov_indices(rng, (5120, 4), 5, stay=0.9)
-  assert coder.coded_view(x.shape)[2] > 1
-  coded = coder.encode_symbols(x, 5)
+  assert legacy.coded_view(x.shape)[2] > 1
+  coded = legacy.encode_symbols(x, 5)
   assert coded.order >= 1
   np.testing.assert_array_equal(
-    coder.decode_symbols(Reader(coded.model + coded.payload), x.shape, 5), x
+    legacy.decode_symbols(Reader(coded.model + coded.payload), x.shape, 5), x
   )
 
 
@@ -243,7 +247,7 @@ def test_segments_of_tall_thin_matrices():
   ],
 )
 def test_allowed_orders(shape, k, expect):
-  assert coder.allowed_orders(shape, k) == expect
+  assert legacy.allowed_orders(shape, k) == expect
 
 
 def test_orders_roundtrip_exactly():
@@ -259,9 +263,9 @@ def test_orders_roundtrip_exactly():
   ]:
     x = markov_indices(rng, shape, k, stay=0.7)
     for m in range(4):
-      coded = coder.encode_symbols(x, k, max_order=m)
+      coded = legacy.encode_symbols(x, k, max_order=m)
       assert coded.order <= m
-      y = coder.decode_symbols(Reader(coded.model + coded.payload), shape, k)
+      y = legacy.decode_symbols(Reader(coded.model + coded.payload), shape, k)
       np.testing.assert_array_equal(x, y)
 
 
@@ -271,8 +275,8 @@ def test_rare_symbols_and_extreme_skew():
   x[123, 45] = 3
   x[399, 511] = 1
   for m in range(3):
-    coded = coder.encode_symbols(x, 4, max_order=m)
-    y = coder.decode_symbols(Reader(coded.model + coded.payload), x.shape, 4)
+    coded = legacy.encode_symbols(x, 4, max_order=m)
+    y = legacy.decode_symbols(Reader(coded.model + coded.payload), x.shape, 4)
     np.testing.assert_array_equal(x, y)
     assert len(coded.payload) < 32
 
@@ -572,29 +576,29 @@ def test_float_leaves_byte_planes_compress_where_they_can():
 def legacy_file(blob: bytes, version: int = 2, float_body=None) -> bytes:
   """The file a version-1/2 writer made of the same leaves as the version-3 ``blob``:
   header checksum, per-record checksums, quantized leaves coded with the legacy coder
-  (:mod:`hemp_jax.codec.coder`); float bodies from ``float_body(values)`` if given."""
-  entries, _ = fmt._parse_header(blob, fmt.DEFAULT_MAX_ELEMENTS)
+  (:mod:`hemp_jax.codec.legacy`); float bodies from ``float_body(values)`` if given."""
+  entries, _ = container.parse_header(blob, container.DEFAULT_MAX_ELEMENTS)
   out = []
   for e in entries:
-    r = fmt._record_reader(blob, e)
+    r = container.record_reader(blob, e)
     n = math.prod(e.shape)
-    typ = fmt._dtype_code(e.dtype) | (e.kind << 4)
-    if e.kind == fmt._KIND_FLOAT:
-      value = fmt._decode_float(r, e.dtype, e.shape, n)
-      body = (float_body or fmt._float_body)(value)
+    typ = records.dtype_code(e.dtype) | (e.kind << 4)
+    if e.kind == records.KIND_FLOAT:
+      value = records.decode_float(r, e.dtype, e.shape, n)
+      body = (float_body or records.float_body)(value)
     else:
-      k, used, levels = fmt._parse_quantized_head(r, e.dtype, n)
+      k, used, levels = records.parse_quantized_head(r, e.dtype, n, 3)
       head = bytearray()
-      fmt.write_varint(head, ((k - 2) << 1) | int(n > 0 and not used.all()))
+      write_varint(head, ((k - 2) << 1) | int(n > 0 and not used.all()))
       if n and not used.all():
         head += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
-      body = bytes(head) + (fmt._to_le_bytes(levels) if n else b"")
+      body = bytes(head) + (records.to_le_bytes(levels) if n else b"")
       if n and levels.size >= 2:
-        symbols = models.decode(r, e.shape, levels.size)
-        coded = coder.encode_symbols(symbols, levels.size)
+        symbols = context_models.decode(r, e.shape, levels.size)
+        coded = legacy.encode_symbols(symbols, levels.size)
         body += coded.model + coded.payload
     out.append((e.comps, typ, e.shape, body))
-  header = bytearray(fmt.MAGIC) + bytes([version]) + fmt._leaf_table(out)
+  header = bytearray(container.MAGIC) + bytes([version]) + container.leaf_table(out)
   header += zlib.crc32(header).to_bytes(4, "little")
   for *_, body in out:
     header += body + zlib.crc32(body).to_bytes(4, "little")
@@ -611,8 +615,8 @@ def test_version_1_files_with_whole_stream_zlib_records_decode():
   }
 
   def mode2_body(x):
-    planes = np.frombuffer(fmt._to_le_bytes(x), np.uint8).reshape(x.size, x.itemsize).T
-    return bytes([fmt._FLOAT_ZLIB]) + zlib.compress(planes.tobytes(), 9)
+    planes = np.frombuffer(records.to_le_bytes(x), np.uint8).reshape(x.size, x.itemsize).T
+    return bytes([records.FLOAT_ZLIB]) + zlib.compress(planes.tobytes(), 9)
 
   blob = legacy_file(compress(params, jax.tree.map(lambda _: None, params)), 1, mode2_body)
   rep = inspect(blob)
@@ -670,14 +674,14 @@ def test_fixtures_decode_and_reencode_losslessly(name):
   for leaf in inspect(blob).leaves:
     if leaf.kind == "quantized":
       assert np.unique(out[leaf.path]).size == leaf.used_levels, leaf.path
-  new = fmt.reencode(blob)
-  assert inspect(new).version == fmt.FORMAT_VERSION == 3
+  new = container.reencode(blob)
+  assert inspect(new).version == container.FORMAT_VERSION == 3
   assert len(new) <= new_size
   again = flat(decompress(new))
   assert set(again) == set(out)
   for k, v in out.items():
     assert again[k].dtype == v.dtype and again[k].tobytes() == v.tobytes(), k
-  assert fmt.reencode(new) == new  # idempotent
+  assert container.reencode(new) == new  # idempotent
   # legacy version-2 writer of the same leaves (quantized too) -> decodes identically
   legacy = legacy_file(new, 2)
   assert {k: _sha(v) for k, v in flat(decompress(legacy)).items()} == FIXTURE_LEAVES[name]
@@ -686,25 +690,27 @@ def test_fixtures_decode_and_reencode_losslessly(name):
 def _unit_bound_bytes(symbols, a, layout_shape):
   """Per-output-unit order-0 entropy of the coder's matrix view, with its tables counted:
   sum_c n_c H(column c) plus the bytes of the per-unit tables (C x A log-codes at the
-  precision the coder picks for them, as ``models`` writes a unit model)."""
+  precision the coder picks for them, as the version-3 coder writes a unit model)."""
   rows, cols = layout_shape
   x = symbols.reshape(rows, cols)
   counts = np.stack([np.bincount(x[:, c], minlength=a) for c in range(cols)])
   tot = counts.sum(axis=1, keepdims=True)
   with np.errstate(divide="ignore", invalid="ignore"):
     h_bits = np.where(counts > 0, counts * np.log2(tot / np.maximum(counts, 1)), 0.0).sum()
-  _, _, b, _ = coder._best_codes(counts)
-  return h_bits / 8 + models._table_bytes(models.UNIT, 0, a, 0, cols, b)
+  _, _, b, _ = legacy.best_codes(counts)
+  return h_bits / 8 + context_models.table_bytes(context_models.UNIT, 0, a, 0, cols, b)
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURE_LEAVES))
 def test_reencoded_fixture_tensors_within_per_unit_bound(name):
   """Every quantized tensor of >= 1,000 weights: model section + payload <= 1.005 x its
   per-output-unit order-0 entropy with its tables counted."""
-  blob = fmt.reencode((FIXTURES / f"{name}.hemp").read_bytes())
+  blob = container.reencode((FIXTURES / f"{name}.hemp").read_bytes())
   checked = 0
-  for path, shape, levels, coded_bytes, symbols in fmt.quantized_symbols(blob, min_size=1000):
-    bound = _unit_bound_bytes(symbols, levels.size, models.layouts(shape)[0])
+  for path, shape, levels, coded_bytes, symbols in inspection.quantized_symbols(
+    blob, min_size=1000
+  ):
+    bound = _unit_bound_bytes(symbols, levels.size, context_models.layouts(shape)[0])
     assert coded_bytes <= 1.005 * bound, (path, coded_bytes, bound)
     checked += 1
   assert checked == 3
@@ -742,7 +748,7 @@ def test_max_bytes_checked_before_allocating():
   with pytest.raises(FormatError, match="max_bytes"):
     inspect(blob, max_bytes=1000)
   assert decompress(blob, max_bytes=4 << 20)["w"].shape == (1024, 1024)
-  assert fmt.DEFAULT_MAX_BYTES == 4 << 30
+  assert container.DEFAULT_MAX_BYTES == 4 << 30
 
 
 def test_tall_two_level_leaf_decodes_fast():
@@ -794,20 +800,22 @@ def test_output_file_mode_follows_umask(tmp_path):
 
 
 def test_layouts_drop_unit_axes_and_pick_the_output_axis():
-  assert models.layouts((5, 5, 20, 50)) == [(500, 50), (5000, 5)]
-  assert models.layouts((64, 32, 1, 1)) == [(64, 32), (32, 64)]
-  assert models.layouts((1, 1, 32, 64)) == [(32, 64), (64, 32)]
-  assert models.layouts((1, 100)) == [(100, 1)] == models.layouts((100,))
-  assert models.layouts(()) == [(1, 1)]
+  assert context_models.layouts((5, 5, 20, 50)) == [(500, 50), (5000, 5)]
+  assert context_models.layouts((64, 32, 1, 1)) == [(64, 32), (32, 64)]
+  assert context_models.layouts((1, 1, 32, 64)) == [(32, 64), (64, 32)]
+  assert context_models.layouts((1, 100)) == [(100, 1)] == context_models.layouts((100,))
+  assert context_models.layouts(()) == [(1, 1)]
   # a PyTorch (out, in, 1, 1) kernel whose fan-in runs are correlated: layout 1 wins
   rng = np.random.default_rng(13)
   idx = markov_indices(rng, (256, 128), 4, stay=0.95)  # (in, out) matrix view
   torch_like = np.ascontiguousarray(idx.T)[:, :, None, None]  # (out, in, 1, 1)
-  coded = models.encode(torch_like, 4)
+  coded = model_selection.encode(torch_like, 4)
   assert coded.layout == 1 and coded.order >= 1
-  iid_cost = models.encode(rng.permutation(torch_like.reshape(-1)).reshape(torch_like.shape), 4)
+  iid_cost = model_selection.encode(
+    rng.permutation(torch_like.reshape(-1)).reshape(torch_like.shape), 4
+  )
   assert len(coded.payload) < 0.6 * len(iid_cost.payload)
-  y = models.decode(Reader(coded.model + coded.payload), torch_like.shape, 4)
+  y = context_models.decode(Reader(coded.model + coded.payload), torch_like.shape, 4)
   np.testing.assert_array_equal(y, torch_like)
 
 
@@ -839,39 +847,41 @@ def test_models_roundtrip_every_kind(shape, a, kind):
   else:
     x = rng.integers(0, a, shape)
   seen = set()
-  for lay, allow in models.allowed(shape, a).items():
+  for lay, allow in context_models.allowed(shape, a).items():
     for kind_, m in allow:
       coded = _encode_forced(x, a, lay, kind_, m)
       if coded is None:
         continue
-      y = models.decode(Reader(coded.model + coded.payload), shape, a)
+      y = context_models.decode(Reader(coded.model + coded.payload), shape, a)
       np.testing.assert_array_equal(y, x)
       seen.add(kind_)
   if len(shape) >= 2 and shape[0] > 10:
-    assert seen == {models.STATIC, models.UNIT, models.POLYA}
-  best = models.encode(x, a)
+    assert seen == {context_models.STATIC, context_models.UNIT, context_models.POLYA}
+  best = model_selection.encode(x, a)
   assert len(best.model) + len(best.payload) <= min(len(c.model) + len(c.payload) for c in [best])
   if kind == "drift":
-    assert best.kind in (models.UNIT, models.POLYA)
+    assert best.kind in (context_models.UNIT, context_models.POLYA)
 
 
 def _encode_forced(x, a, layout, kind, order, period=1):
-  """models.encode with one model (None where polya is not allowed at that order)."""
+  """model_selection.encode with one model (None where polya is not allowed at that order)."""
   try:
-    return models.encode(x, a, force=(layout, kind, order, period))
+    return model_selection.encode(x, a, force=(layout, kind, order, period))
   except ValueError:
-    assert kind == models.POLYA
+    assert kind == context_models.POLYA
     return None
 
 
 def test_polya_beats_static_on_drifting_units_and_estimate_is_close():
   rng = np.random.default_rng(21)
   x = _drifting_units(rng, 400, 64, 4)
-  coded = models.encode(x, 4)
-  static = _encode_forced(x, 4, 0, models.STATIC, 0)
-  assert coded.kind in (models.UNIT, models.POLYA)
+  coded = model_selection.encode(x, 4)
+  static = _encode_forced(x, 4, 0, context_models.STATIC, 0)
+  assert coded.kind in (context_models.UNIT, context_models.POLYA)
   assert len(coded.payload) + len(coded.model) < 0.9 * (len(static.payload) + len(static.model))
-  polya = next(c for m in range(4) if (c := _encode_forced(x, 4, 0, models.POLYA, m)) is not None)
+  polya = next(
+    c for m in range(4) if (c := _encode_forced(x, 4, 0, context_models.POLYA, m)) is not None
+  )
   assert abs(len(polya.payload) - polya.estimated_bits / 8) <= 0.01 * len(polya.payload) + 8
 
 
@@ -903,20 +913,20 @@ def test_walked_rows_are_bounded_by_the_leaf_size():
   """Sequential models walk at most max(64, min(1024, n / 16), n / 2048) rows, so the
   per-row cost never dominates: a long vector with an order-2 context decodes fast."""
   for rows, cols in [(500, 50), (800, 500), (500, 10), (1024, 1), (100, 1), (5000, 3)]:
-    t, s = models.segment_rows(rows, cols)
+    t, s = context_models.segment_rows(rows, cols)
     n = rows * cols
     assert t * s >= rows > (s - 1) * t
     assert t <= max(64, min(1024, n // 16), -(-n // 2048))
-  assert models.segment_rows(800, 500) == (800, 1)  # LeNet-5 fc1: not cut
-  assert models.segment_rows(1 << 20, 32) == (16384, 64)
+  assert context_models.segment_rows(800, 500) == (800, 1)  # LeNet-5 fc1: not cut
+  assert context_models.segment_rows(1 << 20, 32) == (16384, 64)
   rng = np.random.default_rng(31)
   n = 1 << 18  # runs of a symbol (vectorised Markov chain)
   change = rng.random(n) < 0.05
   change[0] = True
   x = rng.integers(0, 3, n)[np.maximum.accumulate(np.where(change, np.arange(n), 0))]
-  coded = models.encode(x, 3, force=(0, models.STATIC, 2))
+  coded = model_selection.encode(x, 3, force=(0, context_models.STATIC, 2))
   t = time.perf_counter()
-  y = models.decode(Reader(coded.model + coded.payload), x.shape, 3)
+  y = context_models.decode(Reader(coded.model + coded.payload), x.shape, 3)
   dt = time.perf_counter() - t
   np.testing.assert_array_equal(y, x)
   assert dt < 0.5, dt
@@ -949,13 +959,15 @@ def test_tuple_phase_contexts_find_the_training_order(shape):
   leading rows (over EST_SYMBOLS): the phases of the block follow the whole matrix."""
   rng = np.random.default_rng(shape[0])
   x = _tuple_structured(rng, *shape)
-  coded = models.encode(x, 3)
+  coded = model_selection.encode(x, 3)
   assert coded.period == 3 and coded.order >= 1
-  np.testing.assert_array_equal(models.decode(Reader(coded.model + coded.payload), shape, 3), x)
+  np.testing.assert_array_equal(
+    context_models.decode(Reader(coded.model + coded.payload), shape, 3), x
+  )
   best_without = min(
-    _coded_bytes(models.encode(x, 3, force=(0, k, m)))
-    for k, m in models.allowed(shape, 3)[0]
-    if k == models.STATIC
+    _coded_bytes(model_selection.encode(x, 3, force=(0, k, m)))
+    for k, m in context_models.allowed(shape, 3)[0]
+    if k == context_models.STATIC
   )
   assert _coded_bytes(coded) < 0.85 * best_without
   assert abs(len(coded.payload) - coded.estimated_bits / 8) <= 0.01 * len(coded.payload) + 8
@@ -967,10 +979,12 @@ def test_tuple_phase_found_when_the_leaf_starts_inside_a_tuple(offset):
   in a tuple: the phases are only relabelled, so the period and the size are the same."""
   x = _tuple_structured(np.random.default_rng(7), 301, 200, offset=offset)
   aligned = _tuple_structured(np.random.default_rng(7), 301, 200)
-  coded, ref = models.encode(x, 3), models.encode(aligned, 3)
+  coded, ref = model_selection.encode(x, 3), model_selection.encode(aligned, 3)
   assert coded.period == ref.period == 3
   assert abs(_coded_bytes(coded) - _coded_bytes(ref)) <= 0.03 * _coded_bytes(ref)
-  np.testing.assert_array_equal(models.decode(Reader(coded.model + coded.payload), x.shape, 3), x)
+  np.testing.assert_array_equal(
+    context_models.decode(Reader(coded.model + coded.payload), x.shape, 3), x
+  )
 
 
 @pytest.mark.parametrize("period", [2, 3, 5, 8])
@@ -981,42 +995,42 @@ def test_tuple_phase_models_roundtrip_every_kind(period):
   for shape in [(7, 40, 30), (4000, 5)]:
     x = markov_indices(rng, shape, 4, stay=0.7)
     tried = 0
-    for lay, allow in models.allowed(shape, 4, period).items():
+    for lay, allow in context_models.allowed(shape, 4, period).items():
       assert all(m >= 1 for _, m in allow)
       for kind, m in allow:
         coded = _encode_forced(x, 4, lay, kind, m, period)
         if coded is None:
           continue
         assert coded.period == period
-        y = models.decode(Reader(coded.model + coded.payload), shape, 4)
+        y = context_models.decode(Reader(coded.model + coded.payload), shape, 4)
         np.testing.assert_array_equal(y, x)
         tried += 1
     assert tried >= 4
   with pytest.raises(ValueError, match="not allowed"):
-    models.encode(x, 4, force=(0, models.STATIC, 0, period))
+    model_selection.encode(x, 4, force=(0, context_models.STATIC, 0, period))
 
 
 def test_tuple_phase_model_sections_are_validated():
   """A period byte out of 2..8, a phase on an order-0 model, or too many contexts for the
   period: one FormatError each, before any decoding."""
   x = _tuple_structured(np.random.default_rng(3), 64, 40)
-  coded = models.encode(x, 3, force=(0, models.STATIC, 1, 3))
+  coded = model_selection.encode(x, 3, force=(0, context_models.STATIC, 1, 3))
   head, head2, period = coded.model[:3]
   assert head2 >> 6 == 1 and period == 3
   for bad in (0, 1, 9, 255):
     blob = coded.model[:2] + bytes([bad]) + coded.model[3:] + coded.payload
     with pytest.raises(FormatError, match="tuple period"):
-      models.decode(Reader(blob), x.shape, 3)
+      context_models.decode(Reader(blob), x.shape, 3)
   order0 = bytes([head & ~0b1100]) + coded.model[1:] + coded.payload
   with pytest.raises(FormatError, match="not allowed"):
-    models.decode(Reader(order0), x.shape, 3)
+    context_models.decode(Reader(order0), x.shape, 3)
   reserved = coded.model[:1] + bytes([head2 | 0x80]) + coded.model[2:] + coded.payload
   with pytest.raises(FormatError, match="unknown bits"):
-    models.decode(Reader(reserved), x.shape, 3)
+    context_models.decode(Reader(reserved), x.shape, 3)
   many = np.random.default_rng(4).integers(0, 16, (300, 40))  # 8 * 16**3 > 4096 contexts
-  assert (models.STATIC, 3) not in models.allowed(many.shape, 16, 8)[0]
+  assert (context_models.STATIC, 3) not in context_models.allowed(many.shape, 16, 8)[0]
   with pytest.raises(ValueError, match="not allowed"):
-    models.encode(many, 16, force=(0, models.STATIC, 3, 8))
+    model_selection.encode(many, 16, force=(0, context_models.STATIC, 3, 8))
 
 
 def test_version_3_files_written_before_tuple_phases_still_decode():
@@ -1034,7 +1048,7 @@ def test_version_3_files_written_before_tuple_phases_still_decode():
     "fc3/bias": "268994b98edd7442",
     "fc3/kernel": "863ee0ea2173c798",
   }
-  new = fmt.reencode(blob)
+  new = container.reencode(blob)
   assert len(new) <= len(blob)
   again = flat(decompress(new))
   assert all(again[k].tobytes() == v.tobytes() for k, v in out.items())

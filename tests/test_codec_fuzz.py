@@ -23,9 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hemp_jax.codec import FormatError, coder, compress, decompress, inspect, models
-from hemp_jax.codec import format as fmt
-from hemp_jax.codec._wire import Reader, write_varint
+from hemp_jax.codec import (
+  FormatError,
+  compress,
+  container,
+  context_models,
+  decompress,
+  inspect,
+  legacy,
+  model_selection,
+  records,
+)
+from hemp_jax.codec.wire import Reader, write_varint
 
 PER_CASE_SECONDS = 1.0  # loose: the machine is shared; typical cases take ~0.3 ms
 MAX_BYTES = 64 << 20  # the decoded size a crafted case may ask for
@@ -88,13 +97,13 @@ class Parsed:
   """A version-3 file taken apart: leaf fields and record bodies, to rebuild crafted files."""
 
   def __init__(self, blob):
-    entries, _ = fmt._parse_header(blob, fmt.DEFAULT_MAX_ELEMENTS)
+    entries, _ = container.parse_header(blob, container.DEFAULT_MAX_ELEMENTS)
     self.leaves = []
     for e in entries:
       self.leaves.append(
         {
           "comps": e.comps,
-          "type": fmt._dtype_code(e.dtype) | (e.kind << 4),
+          "type": records.dtype_code(e.dtype) | (e.kind << 4),
           "shape": list(e.shape),
           "body": bytes(blob[e.offset : e.offset + e.length]),
         }
@@ -114,7 +123,7 @@ class Parsed:
       write_varint(t, f(i, "keep", keep))
       write_varint(t, f(i, "new", len(comps) - keep))
       for c in comps[keep:]:
-        fmt._write_component(t, c)
+        container.write_component(t, c)
       t.append(f(i, "type", leaf["type"]) & 255)
       shape = leaf["shape"]
       write_varint(t, f(i, "rank", len(shape)))
@@ -127,9 +136,9 @@ class Parsed:
   def build(self, table=None, bodies=None, deflate=False, fix_crc=True) -> bytes:
     table = self.table() if table is None else table
     bodies = [leaf["body"] for leaf in self.leaves] if bodies is None else bodies
-    out = bytearray(fmt.MAGIC) + bytes([3])
+    out = bytearray(container.MAGIC) + bytes([3])
     if deflate:
-      packed = fmt._deflate_table(table)
+      packed = container.deflate_table(table)
       out.append(1)
       write_varint(out, len(table))
       write_varint(out, len(packed))
@@ -156,7 +165,9 @@ def blob():
 def test_builder_reproduces_the_writer(blob):
   parsed = Parsed(blob)
   assert parsed.build(deflate=True) == blob
-  assert fmt._leaf_table([(l["comps"], l["type"], l["shape"], l["body"]) for l in parsed.leaves])
+  assert container.leaf_table(
+    [(l["comps"], l["type"], l["shape"], l["body"]) for l in parsed.leaves]
+  )
   assert _flat(decompress(parsed.build())) == _flat(decompress(blob))
 
 
@@ -377,26 +388,26 @@ def test_garbage_payload_behind_valid_models_is_bounded():
   forced = [
     (lay, kind, m, period)
     for period in (1, 3)
-    for lay, allow in models.allowed(x.shape, 6, period).items()
+    for lay, allow in context_models.allowed(x.shape, 6, period).items()
     for kind, m in allow
   ]
   for force in forced:
     try:
-      coded = models.encode(x, 6, force=force)
+      coded = model_selection.encode(x, 6, force=force)
     except ValueError:
       continue
     for _ in range(20):
       garbage = rng.bytes(int(rng.integers(0, 64)))
       try:
-        y = models.decode(Reader(coded.model + garbage), x.shape, 6)
+        y = context_models.decode(Reader(coded.model + garbage), x.shape, 6)
         assert y.shape == x.shape and y.min() >= 0 and y.max() < 6
       except FormatError:
         pass
-  coded = coder.encode_symbols(x, 6)  # the legacy coder (versions 1-2)
+  coded = legacy.encode_symbols(x, 6)  # the legacy coder (versions 1-2)
   for _ in range(50):
     garbage = rng.bytes(int(rng.integers(0, 64)))
     try:
-      y = coder.decode_symbols(Reader(coded.model + garbage), x.shape, 6)
+      y = legacy.decode_symbols(Reader(coded.model + garbage), x.shape, 6)
       assert y.shape == x.shape and y.min() >= 0 and y.max() < 6
     except FormatError:
       pass

@@ -1,29 +1,34 @@
-"""The ``.hemp`` file format and its context-adaptive entropy coder.
+"""The ``.hemp`` file format, its context-adaptive entropy coder, checkpoint IO and PTQ.
 
-``compress(params, codebooks)`` -> bytes and ``decompress(bytes)`` -> nested dict of numpy
-arrays; :mod:`hemp_jax.codec.format` describes the byte layout and
-:mod:`hemp_jax.codec.models` the coder (contexts = the weights before each one in the
-estimator's scan order, optionally with its place inside the estimator's disjoint tuples;
-:mod:`hemp_jax.codec.coder` is the coder of format versions 1-2).
+``compress(params, codebooks)`` -> bytes and ``decompress(bytes)`` -> nested dicts of numpy
+arrays. The byte layout is ``hemp_jax/codec/FORMAT.md``. Modules, from the bytes up:
+:mod:`~hemp_jax.codec.wire` (varints, the bounds-checked reader),
+:mod:`~hemp_jax.codec.kernel` (range coder, log-code tables, contexts),
+:mod:`~hemp_jax.codec.legacy` (the coder of versions 1-2),
+:mod:`~hemp_jax.codec.context_models` and :mod:`~hemp_jax.codec.model_selection` (the
+coder of version 3 and its encoder's choice of model),
+:mod:`~hemp_jax.codec.records` (leaf records), :mod:`~hemp_jax.codec.container` (the
+file), :mod:`~hemp_jax.codec.inspection` (what a file holds),
+:mod:`~hemp_jax.codec.checkpoints` (other checkpoint formats) and
+:mod:`~hemp_jax.codec.ptq` (post-training quantization).
 """
 
-from hemp_jax.codec._wire import FormatError
-from hemp_jax.codec.format import (
+import importlib as _importlib
+
+from hemp_jax.codec.container import (
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_ELEMENTS,
   FORMAT_VERSION,
-  LeafReport,
-  Report,
   compress,
   compress_file,
   decompress,
   decompress_file,
-  format_inspection,
-  inspect,
   load_into,
   reencode,
   write_bytes_atomic,
 )
+from hemp_jax.codec.inspection import LeafReport, Report, format_inspection, inspect
+from hemp_jax.codec.wire import FormatError
 
 __all__ = [
   "FormatError",
@@ -43,7 +48,7 @@ __all__ = [
   "DEFAULT_MAX_BYTES",
 ]
 
-# Checkpoints of other formats and post-training quantization (issue 11).
+# Checkpoints of other formats and post-training quantization.
 from hemp_jax.codec.checkpoints import (
   checkpoint_format,
   read_checkpoint,
@@ -61,3 +66,11 @@ __all__ += [
   "quantize_tree",
   "select_leaves",
 ]
+
+_DEPRECATED_MODULES = ("coder", "format", "models")  # old import paths, for one release
+
+
+def __getattr__(name):
+  if name in _DEPRECATED_MODULES:
+    return _importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

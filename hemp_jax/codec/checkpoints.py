@@ -22,8 +22,8 @@ Names: splitting keys into components lets the ``.hemp`` header share path prefi
 between leaves; :func:`write_checkpoint` joins them back with the separator of the output
 format (``/`` for ``.npz``, ``.`` for ``.safetensors``), so a round trip through the same
 format gives the original keys. A key that would be both a leaf and the prefix of another
-key is kept whole. :func:`reencode_hemp` re-encodes a ``.hemp`` file with the current
-coder, losslessly (same decoded values, bit for bit).
+key is kept whole. :func:`hemp_codebooks` gives the decoded values and codebooks of a
+``.hemp`` file, to compress it again with other options.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import struct
 from typing import Any
 
 import numpy as np
+
+from hemp_jax import fileio, pytrees
 
 __all__ = [
   "CHECKPOINT_FORMATS",
@@ -114,24 +116,12 @@ def unflatten_names(flat: dict, sep: str) -> dict:
 
 
 def flatten_tree(tree, sep: str = "/") -> dict:
-  """``{joined path: numpy array}`` of a pytree (paths as :func:`hemp_jax.groups.path_name`)."""
+  """``{joined path: numpy array}`` of a pytree (names: :func:`hemp_jax.pytrees.path_name`)."""
   import jax
 
   flat = {}
   for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    parts = []
-    for k in p:
-      if isinstance(k, jax.tree_util.DictKey):
-        parts.append(str(k.key))
-      elif isinstance(k, jax.tree_util.GetAttrKey):
-        parts.append(str(k.name))
-      elif isinstance(k, jax.tree_util.SequenceKey):
-        parts.append(str(k.idx))
-      else:
-        parts.append(str(getattr(k, "key", k)))
-    if parts and parts[-1] == "value" and isinstance(p[-1], jax.tree_util.GetAttrKey):
-      parts = parts[:-1]
-    name = sep.join(parts)
+    name = pytrees.path_name(p, sep)
     if name in flat:
       raise ValueError(f"two leaves share the name {name!r}")
     flat[name] = np.asarray(x)
@@ -258,9 +248,9 @@ def _leaf_count(tree) -> int:
 
 
 def _read_hemp(path: str) -> Any:
-  from hemp_jax.codec import format as fmt
+  from hemp_jax.codec import container
 
-  tree = fmt.decompress_file(path)
+  tree = container.decompress_file(path)
   return tree if isinstance(tree, dict) else {"params": tree}
 
 
@@ -282,17 +272,16 @@ def write_checkpoint(tree, path, fmt: str | None = None) -> int:
     if fmt is None:
       raise ValueError(f"{path}: output must end in .npz or .safetensors")
   flat = flatten_tree(tree, _SEPARATORS[fmt])
-  tmp = path + ".tmp"
-  if fmt == "npz":
-    with open(tmp, "wb") as f:
-      np.savez(f, **flat)
-  elif fmt == "safetensors":
-    from safetensors.numpy import save_file
-
-    save_file({k: np.require(v, requirements="C") for k, v in flat.items()}, tmp)
-  else:
+  if fmt not in ("npz", "safetensors"):
     raise ValueError(f"cannot write {fmt!r} checkpoints (npz or safetensors)")
-  os.replace(tmp, path)
+  with fileio.atomic_output(path) as tmp:
+    if fmt == "npz":
+      with open(tmp, "wb") as f:
+        np.savez(f, **flat)
+    else:
+      from safetensors.numpy import save_file
+
+      save_file({k: np.require(v, requirements="C") for k, v in flat.items()}, tmp)
   return len(flat)
 
 
@@ -313,14 +302,13 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   """
   import jax
 
-  from hemp_jax.codec import format as fmt
+  from hemp_jax.codec import container, inspection
 
-  kinds = {leaf.path: leaf.kind for leaf in fmt.inspect(blob).leaves}
-  tree = fmt.decompress(blob)
+  kinds = {leaf.path: leaf.kind for leaf in inspection.inspect(blob).leaves}
+  tree = container.decompress(blob)
 
   def codebook(path, x):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    if kinds.get(name) != "quantized" or x.size == 0:
+    if kinds.get(pytrees.path_name(path)) != "quantized" or x.size == 0:
       return None
     levels = np.unique(np.asarray(x, np.float32))
     if levels.size == 1:
@@ -331,31 +319,13 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   return tree, jax.tree_util.tree_map_with_path(codebook, tree)
 
 
-def reencode_hemp(blob, **compress_options) -> bytes:
-  """Re-encodes ``.hemp`` bytes with the current coder; decoded values stay bit-identical.
+def reencode_hemp(blob, **options) -> bytes:
+  """Deprecated: use :func:`hemp_jax.codec.reencode`, which this calls.
 
-  Every leaf of the new file is decoded and compared bytewise with the old one before
-  the bytes are returned.
-
-  Raises:
-    hemp_jax.codec.FormatError: the input is not a valid ``.hemp`` file.
-    ValueError: a leaf's values cannot be reproduced exactly (e.g. float64 levels that
-      float32 codebooks cannot hold).
+  ``options`` are those of ``reencode`` (``max_order``, ``max_elements``, ``max_bytes``).
+  To re-encode with other codebooks, pass :func:`hemp_codebooks` to
+  :func:`hemp_jax.codec.compress`.
   """
-  import jax
+  from hemp_jax.codec import container
 
-  from hemp_jax.codec import format as fmt
-
-  tree, cbs = hemp_codebooks(blob)
-  # The format's own re-encoder keeps every leaf's levels and indices as they are; the
-  # codebooks rebuilt above serve a re-encode with other compress options.
-  out = fmt.compress(tree, cbs, **compress_options) if compress_options else fmt.reencode(blob)
-  old = jax.tree_util.tree_flatten_with_path(tree)[0]
-  new = jax.tree_util.tree_leaves(fmt.decompress(out))
-  if len(old) != len(new):
-    raise ValueError("re-encoding changes the number of leaves")
-  for (p, a), b in zip(old, new):
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
-      raise ValueError(f"re-encoding would change leaf {jax.tree_util.keystr(p)}")
-  return out
+  return container.reencode(blob, **options)

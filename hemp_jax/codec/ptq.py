@@ -711,7 +711,7 @@ def compress_checkpoint(
   import jax
 
   from hemp_jax.codec import checkpoints
-  from hemp_jax.codec import format as fmt
+  from hemp_jax.codec import container as fmt
 
   t0 = time.process_time()
   kind = checkpoints.checkpoint_format(src)

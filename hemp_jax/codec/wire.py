@@ -1,16 +1,24 @@
-"""Byte-level helpers of the ``.hemp`` format: varints, a bounds-checked reader, bit packing.
+"""Byte-level helpers of the ``.hemp`` format: varints, zigzag, bit packing, the reader.
 
 Every read from a file goes through :class:`Reader`, which never reads past the end of
-its window and raises :class:`FormatError` (a ``ValueError``) with a message naming what
-was being read. Lengths and counts read from a file are checked against explicit upper
-bounds before anything is allocated from them.
+its window and raises :class:`FormatError` (a ``ValueError``) naming what was being read.
+The encodings are defined in ``FORMAT.md`` ("Conventions").
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FormatError", "Reader", "write_varint", "varint_size", "pack_bits", "unpack_bits"]
+__all__ = [
+  "FormatError",
+  "Reader",
+  "write_varint",
+  "varint_size",
+  "zigzag",
+  "unzigzag",
+  "pack_bits",
+  "unpack_bits",
+]
 
 _MAX_VARINT_BYTES = 10  # enough for 64-bit values
 
@@ -37,6 +45,16 @@ def write_varint(out: bytearray, value: int) -> None:
 def varint_size(value: int) -> int:
   """Number of bytes :func:`write_varint` uses for ``value``."""
   return max(1, (int(value).bit_length() + 6) // 7)
+
+
+def zigzag(value: int) -> int:
+  """The zigzag code of a signed int: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ..."""
+  return (value << 1) if value >= 0 else ((-value << 1) - 1)
+
+
+def unzigzag(code: int) -> int:
+  """Inverse of :func:`zigzag`."""
+  return (code >> 1) if not code & 1 else -((code + 1) >> 1)
 
 
 class Reader:

@@ -1,0 +1,382 @@
+"""Leaf records of a ``.hemp`` file: float bodies (exact values) and quantized bodies
+(codebook levels + the coder section), written and read for every format version.
+
+The body layouts are defined in ``FORMAT.md`` ("Records"). Readers take a
+:class:`~hemp_jax.codec.wire.Reader` over exactly one record and raise
+:class:`~hemp_jax.codec.wire.FormatError` on anything malformed.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import jax.numpy as jnp
+import numpy as np
+
+from hemp_jax import quantization as q
+from hemp_jax.codec import context_models, legacy, model_selection
+from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
+
+__all__ = [
+  "DTYPES",
+  "KIND_FLOAT",
+  "KIND_QUANTIZED",
+  "FLOAT_RAW",
+  "FLOAT_CONSTANT",
+  "FLOAT_ZLIB",
+  "FLOAT_PLANES",
+  "FLOAT_MODES",
+  "MAX_LEVELS",
+  "dtype_code",
+  "is_floating",
+  "to_le_bytes",
+  "from_le_bytes",
+  "float_body",
+  "decode_float",
+  "quantize_indices_np",
+  "quantized_body",
+  "quantized_record",
+  "parse_quantized_head",
+  "decode_quantized_parts",
+  "decode_quantized",
+]
+
+# dtype codes (the type byte's bits 0-3) by index
+DTYPES = [
+  np.dtype(d)
+  for d in (
+    np.float32,
+    np.float16,
+    jnp.bfloat16,
+    np.float64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+  )
+]
+_DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
+KIND_FLOAT, KIND_QUANTIZED = 0, 1
+FLOAT_RAW, FLOAT_CONSTANT, FLOAT_ZLIB, FLOAT_PLANES = 0, 1, 2, 3
+FLOAT_MODES = {
+  FLOAT_RAW: "raw",
+  FLOAT_CONSTANT: "constant",
+  FLOAT_ZLIB: "zlib",
+  FLOAT_PLANES: "planes",
+}
+MAX_LEVELS = 1 << 16
+# A byte plane longer than this is zlib-compressed only if its first _PLANE_PROBE bytes
+# shrink by _PLANE_MIN_GAIN at zlib level 1 (a random mantissa byte does not).
+_PLANE_PROBE = 1 << 16
+_PLANE_MIN_GAIN = 0.03
+
+
+def dtype_code(dtype) -> int:
+  """The dtype code of a leaf dtype; ValueError for a dtype a file cannot hold."""
+  dtype = np.dtype(dtype)
+  if dtype not in _DTYPE_CODE:
+    raise ValueError(
+      f"unsupported leaf dtype {dtype}; supported: " + ", ".join(str(d) for d in DTYPES)
+    )
+  return _DTYPE_CODE[dtype]
+
+
+def is_floating(dtype) -> bool:
+  """Whether ``dtype`` is one of the float dtypes (the ones a leaf may be quantized in)."""
+  return np.dtype(dtype) in (DTYPES[0], DTYPES[1], DTYPES[2], DTYPES[3])
+
+
+def to_le_bytes(a: np.ndarray) -> bytes:
+  """The values of ``a`` as little-endian bytes."""
+  a = np.ascontiguousarray(a)
+  size = a.dtype.itemsize
+  if size == 1:
+    return a.view(np.uint8).tobytes()
+  return a.view(f"u{size}").astype(f"<u{size}").tobytes()
+
+
+def from_le_bytes(data, dtype, count: int) -> np.ndarray:
+  """Inverse of :func:`to_le_bytes`: ``count`` values of ``dtype`` (bools checked)."""
+  dtype = np.dtype(dtype)
+  size = dtype.itemsize
+  raw = np.frombuffer(bytes(data), np.uint8 if size == 1 else f"<u{size}", count)
+  if size > 1:
+    raw = raw.astype(f"u{size}")
+  out = raw.copy().view(dtype)
+  if dtype == np.bool_ and out.size and raw.max() > 1:
+    raise FormatError("invalid bool value in file")
+  return out
+
+
+# ------------------------------------------------------------------------ float bodies
+
+
+def float_body(x: np.ndarray) -> bytes:
+  """The smallest float body of the exact values ``x`` (any mode)."""
+  raw = to_le_bytes(x)
+  best = bytes([FLOAT_RAW]) + raw
+  n, size = x.size, x.dtype.itemsize
+  if n >= 1:
+    first = raw[:size]
+    if raw == first * n:
+      return bytes([FLOAT_CONSTANT]) + first
+  if n * size > 16:
+    planes = np.frombuffer(raw, np.uint8).reshape(n, size).T
+    flags, body = 0, bytearray([FLOAT_PLANES, 0])
+    for j in range(size):
+      plane = planes[j].tobytes()
+      z = _compressed_plane(plane)
+      if z is None:
+        body += plane
+      else:
+        flags |= 1 << j
+        write_varint(body, len(z))
+        body += z
+    body[1] = flags
+    if flags and len(body) < len(best):
+      best = bytes(body)
+    if flags == (1 << size) - 1:  # all planes compress: one stream may be smaller still
+      z = bytes([FLOAT_ZLIB]) + zlib.compress(planes.tobytes(), 9)
+      if len(z) < len(best):
+        best = z
+  return best
+
+
+def _compressed_plane(plane: bytes) -> bytes | None:
+  """zlib stream of one byte plane, or None where it would not be smaller."""
+  if len(plane) > _PLANE_PROBE:
+    probe = zlib.compress(plane[:_PLANE_PROBE], 1)
+    if len(probe) > (1 - _PLANE_MIN_GAIN) * _PLANE_PROBE:
+      return None
+  z = zlib.compress(plane, 6)
+  return z if len(z) + 4 < len(plane) else None
+
+
+def _inflate_exact(r: Reader, data: bytes, n: int, name: str) -> bytes:
+  """Decompresses ``data``, which must hold a complete zlib stream of exactly n bytes."""
+  d = zlib.decompressobj()
+  try:
+    out = d.decompress(data, n + 1)
+  except zlib.error as e:
+    r.fail(f"{name} corrupt: {e}")
+  if len(out) != n or not d.eof or d.unused_data:
+    r.fail(f"{name} does not match the leaf size")
+  return out
+
+
+def decode_float(r: Reader, dtype, shape, n: int) -> np.ndarray:
+  """The values of a float body (the whole of ``r``)."""
+  mode = r.u8("float record mode")
+  size = dtype.itemsize
+  if mode == FLOAT_RAW:
+    data = r.take(n * size, "raw values")
+  elif mode == FLOAT_CONSTANT:
+    if n < 1:
+      r.fail("constant record for an empty leaf")
+    data = bytes(r.take(size, "constant value")) * n
+  elif mode == FLOAT_ZLIB:
+    planes = _inflate_exact(r, bytes(r.take(r.remaining, "zlib data")), n * size, "zlib data")
+    data = np.frombuffer(planes, np.uint8).reshape(size, n).T.tobytes()
+  elif mode == FLOAT_PLANES:
+    flags = r.u8("byte plane flags")
+    if flags >> size:
+      r.fail(f"byte plane flags {flags:#x} name planes beyond the {size} of {dtype}")
+    planes = []
+    for j in range(size):
+      if flags >> j & 1:
+        length = r.varint("byte plane length", max_value=r.remaining)
+        planes.append(_inflate_exact(r, bytes(r.take(length, "byte plane")), n, f"byte plane {j}"))
+      else:
+        planes.append(bytes(r.take(n, f"byte plane {j}")))
+    data = np.frombuffer(b"".join(planes), np.uint8).reshape(size, n).T.tobytes()
+  else:
+    r.fail(f"unknown float record mode {mode}")
+  r.expect_end("float record")
+  return from_le_bytes(data, dtype, n).reshape(shape)
+
+
+# -------------------------------------------------------------------- quantized bodies
+
+
+def _effective_codebook(codebook) -> np.ndarray:
+  """The codebook as jax sees it (float64 becomes float32 unless x64 is enabled)."""
+  return np.asarray(jnp.asarray(codebook))
+
+
+def quantize_indices_np(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+  """:func:`hemp_jax.quantize_indices` without jax dispatch (no per-shape compilation).
+
+  Identical results: nearest level, ties to the lower one, computed in the codebook dtype
+  (``mids = (c[1:] + c[:-1]) / 2``, ``searchsorted(mids, x, side="left")``). Non-finite
+  inputs and codebooks other than float32/float64 go to the jax function itself.
+  """
+  c = np.asarray(codebook)
+  x = np.asarray(x)
+  if c.dtype in (np.dtype(np.float32), np.dtype(np.float64)) and is_floating(x.dtype):
+    xc = x.astype(c.dtype)
+    if np.isfinite(xc).all():
+      mids = (c[1:] + c[:-1]) / c.dtype.type(2)
+      if mids.size > 64:
+        return np.searchsorted(mids, xc, side="left").astype(np.int32)
+      # searchsorted(side="left") counts the mids strictly below x; for few levels,
+      # counting with whole-array comparisons is several times faster.
+      idx = np.zeros(xc.shape, np.uint8)
+      above = np.empty(xc.shape, bool)
+      for m in mids:
+        np.greater(xc, m, out=above)
+        idx += above
+      return idx.astype(np.int32)
+  return np.asarray(q.quantize_indices(x, c)).reshape(x.shape)
+
+
+def quantized_body(x: np.ndarray, codebook, max_order: int, name: str = "") -> bytes:
+  """Body (version 3) of a quantized leaf."""
+  q.validate_codebook(codebook)
+  k = int(np.shape(codebook)[0])
+  if k > MAX_LEVELS:
+    raise ValueError(f"codebooks are limited to {MAX_LEVELS} levels, got {k}")
+  if x.size == 0:
+    return quantized_record(k, np.zeros(k, bool), np.zeros(0, x.dtype), None, max_order)
+  if not np.isfinite(x).all():
+    raise ValueError(
+      f"leaf {name!r} holds NaN or inf values, which its codebook cannot represent; "
+      "replace them, or store the leaf in float (codebook None)"
+    )
+  cb = _effective_codebook(codebook)
+  idx = quantize_indices_np(x, cb)
+  used = np.bincount(idx.reshape(-1), minlength=k) > 0
+  levels = cb.astype(x.dtype)[used]
+  compact = idx if used.all() else np.take((np.cumsum(used) - 1).astype(np.int32), idx)
+  return quantized_record(k, used, levels, compact, max_order)
+
+
+def quantized_record(k, used, levels, compact, max_order: int) -> bytes:
+  """Version-3 quantized body from the codebook size, used mask, used levels (leaf dtype)
+  and the compact symbols (None for an empty leaf)."""
+  out = bytearray()
+  if compact is None:
+    write_varint(out, (k - 2) << 2)
+    return bytes(out)
+  partial = not used.all()
+  raw = to_le_bytes(levels)
+  steps = _level_steps(levels)
+  arith = steps is not None and len(steps) < len(raw)
+  write_varint(out, ((k - 2) << 2) | (int(arith) << 1) | int(partial))
+  if partial:
+    out += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
+  out += steps if arith else raw
+  a = int(used.sum())
+  if a < 2:
+    return bytes(out)
+  coded = model_selection.encode(compact, a, max_order=max_order)
+  out += coded.model
+  out += coded.payload
+  return bytes(out)
+
+
+def _level_steps(levels: np.ndarray) -> bytes | None:
+  """Levels as an arithmetic progression ("arith"): the first two levels, then for each
+  next level the zigzag varint of (its bit pattern - the bit pattern of the previous
+  level plus the first step, computed in the leaf dtype). None below 3 levels or when a
+  difference does not fit a 64-bit varint (float64 levels far off the progression)."""
+  if levels.size < 3:
+    return None
+  out = bytearray(to_le_bytes(levels[:2]))
+  with np.errstate(all="ignore"):
+    step = levels[1:2] - levels[0:1]
+  ints = _bits_of(levels)
+  for i in range(2, levels.size):
+    with np.errstate(all="ignore"):
+      pred = int(_bits_of(levels[i - 1 : i] + step)[0])
+    zz = zigzag(int(ints[i]) - pred)
+    if zz >= 1 << 64:  # a far jump of a 64-bit pattern: the raw levels are stored instead
+      return None
+    write_varint(out, zz)
+  return bytes(out)
+
+
+def _bits_of(a: np.ndarray) -> np.ndarray:
+  return a.view(f"u{a.dtype.itemsize}")
+
+
+def _read_level_steps(r: Reader, dtype, a: int) -> np.ndarray:
+  levels = np.empty(a, dtype)
+  levels[:2] = from_le_bytes(r.take(2 * dtype.itemsize, "codebook levels"), dtype, 2)
+  with np.errstate(all="ignore"):  # any bit patterns, NaN and inf included
+    step = levels[1:2] - levels[0:1]
+  width = 8 * dtype.itemsize
+  bits = _bits_of(levels)
+  for i in range(2, a):
+    d = unzigzag(r.varint("codebook level step", max_value=(1 << (width + 1)) - 1))
+    with np.errstate(all="ignore"):
+      value = int(_bits_of(levels[i - 1 : i] + step)[0]) + d
+    if not 0 <= value < 1 << width:
+      r.fail("codebook level step out of range")
+    bits[i] = value
+  if dtype == np.bool_:
+    r.fail("bool levels")
+  return levels
+
+
+def parse_quantized_head(r: Reader, dtype, n: int, version: int):
+  """(K, used mask, levels) of a quantized body of format ``version``."""
+  arith = False
+  if version >= 3:
+    h = r.varint("codebook size", max_value=((MAX_LEVELS - 2) << 2) | 3)
+    k, arith, partial = (h >> 2) + 2, bool(h & 2), h & 1
+  else:
+    h = r.varint("codebook size", max_value=((MAX_LEVELS - 2) << 1) | 1)
+    k, partial = (h >> 1) + 2, h & 1
+  if n == 0:
+    r.expect_end("empty quantized record")
+    return k, np.zeros(k, bool), np.zeros(0, dtype)
+  if partial:
+    bits = np.unpackbits(
+      np.frombuffer(bytes(r.take((k + 7) // 8, "used-level bitmap")), np.uint8), bitorder="little"
+    )
+    used = bits[:k].astype(bool)
+    if bits[k:].any():
+      r.fail("used-level bitmap has bits beyond the codebook size")
+  else:
+    used = np.ones(k, bool)
+  a = int(used.sum())
+  if a == 0:
+    r.fail("quantized record without any used level")
+  if arith:
+    if a < 3:
+      r.fail("level steps for fewer than 3 levels")
+    return k, used, _read_level_steps(r, dtype, a)
+  levels = from_le_bytes(r.take(a * dtype.itemsize, "codebook levels"), dtype, a)
+  return k, used, levels
+
+
+def _decode_symbols(r: Reader, shape, alphabet: int, version: int) -> np.ndarray:
+  if version >= 3:
+    return context_models.decode(r, shape, alphabet)
+  return legacy.decode_symbols(r, shape, alphabet)
+
+
+def decode_quantized_parts(r: Reader, dtype, shape, n: int, version: int):
+  """(K, used mask, levels, compact symbols or None) of a quantized body."""
+  k, used, levels = parse_quantized_head(r, dtype, n, version)
+  if n == 0:
+    return k, used, levels, None
+  if levels.size == 1:
+    r.expect_end("constant quantized record")
+    return k, used, levels, np.zeros(shape, np.int32)
+  return k, used, levels, _decode_symbols(r, shape, levels.size, version)
+
+
+def decode_quantized(r: Reader, dtype, shape, n: int, version: int) -> np.ndarray:
+  """The dequantized values (leaf dtype) of a quantized body."""
+  _, _, levels, symbols = decode_quantized_parts(r, dtype, shape, n, version)
+  if symbols is None:
+    return np.zeros(shape, dtype)
+  if levels.size == 1:
+    return np.full(shape, levels[0], dtype)
+  return np.take(levels, symbols)
