@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import hemp_jax as hj  # noqa: E402
 from hemp_jax import groups  # noqa: E402
 from hemp_jax.codec import compress, decompress, format_inspection, inspect  # noqa: E402
-from hemp_jax.codec.format import quantize_indices_np  # noqa: E402
+from hemp_jax.codec.records import quantize_indices_np  # noqa: E402
 
 # --------------------------------------------------------------------------- models
 

@@ -33,8 +33,15 @@ import numpy as np
 from scipy.special import gammaln
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hemp_jax.codec import coder, decompress, inspect, models, reencode  # noqa: E402
-from hemp_jax.codec import format as fmt  # noqa: E402
+from hemp_jax.codec import (  # noqa: E402
+  context_models,
+  decompress,
+  inspect,
+  inspection,
+  kernel,
+  model_selection,
+  reencode,
+)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 TARGETS = {"lenet5_hemp.hemp": 13_900, "lenet5_noreg.hemp": 55_500}  # issue #11
@@ -51,7 +58,7 @@ def _flat(tree, prefix=""):
 def _cond_bytes(x: np.ndarray, ctx: np.ndarray, a: int) -> float:
   """Empirical conditional entropy (bytes) of symbols ``x`` given context ids ``ctx``."""
   counts = np.bincount(ctx.reshape(-1) * a + x.reshape(-1)).astype(np.float64)
-  return coder._cond_bits(np.pad(counts, (0, (-counts.size) % a)).reshape(-1, a)) / 8
+  return kernel.cond_bits(np.pad(counts, (0, (-counts.size) % a)).reshape(-1, a)) / 8
 
 
 def _history(x: np.ndarray, a: int, m: int, pad: int) -> np.ndarray:
@@ -76,7 +83,7 @@ def _polya_bytes(groups: np.ndarray, prior: np.ndarray) -> float:
 
 
 def tensor_row(path: str, x: np.ndarray, a: int, coded: int, model: str) -> dict:
-  rows, cols = models.layouts(x.shape)[0]
+  rows, cols = context_models.layouts(x.shape)[0]
   m = x.reshape(rows, cols)
   pad = int(np.argmax(np.bincount(m.reshape(-1), minlength=a)))
   onehot_cols = np.stack([np.bincount(m[:, c], minlength=a) for c in range(cols)])
@@ -94,8 +101,8 @@ def tensor_row(path: str, x: np.ndarray, a: int, coded: int, model: str) -> dict
   tot = onehot_cols.sum(axis=1, keepdims=True)
   with np.errstate(divide="ignore", invalid="ignore"):
     h_units = np.where(onehot_cols > 0, onehot_cols * np.log2(tot / onehot_cols), 0.0).sum() / 8
-  _, _, b, _ = models._best_codes(onehot_cols)
-  bound = h_units + models._table_bytes(models.UNIT, 0, a, 0, cols, b)
+  _, _, b, _ = model_selection.best_codes(onehot_cols)
+  bound = h_units + context_models.table_bytes(context_models.UNIT, 0, a, 0, cols, b)
   return dict(
     path=path,
     shape="x".join(map(str, x.shape)),
@@ -134,7 +141,7 @@ def measure(path: str) -> tuple[dict, list]:
   model = {leaf.path: f"{leaf.model}/o{leaf.order}" for leaf in rep.leaves}
   rows = [
     tensor_row(path, symbols, levels.size, coded, model[path])
-    for path, _, levels, coded, symbols in fmt.quantized_symbols(new, min_size=1000)
+    for path, _, levels, coded, symbols in inspection.quantized_symbols(new, min_size=1000)
   ]
   return summary, rows
 
