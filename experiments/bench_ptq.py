@@ -16,6 +16,10 @@ lenet5-float`` writes ``S/lenet5-float/float.npz``, ~1 CPU minute; pass it as is
 Part 2 (``--lenet``): decoded test accuracy on MNIST-5k of PTQ (uniform) and PTQ + ECSQ
 at equal file size (``--bits-per-param`` targets), through ``hemp_jax.train``.
 
+``--levels``: ``hemp-jax compress --levels N`` (Lloyd-Max levels refined for rate) against
+the uniform N-level grid (``--method uniform --levels N``, the only N-level fit before),
+relative error at equal file size, on the Laplace tree and part 3's 4M tree.
+
 Part 3: a synthetic 4M-parameter tree of ~1,000 tensors (conv and dense kernels with
 Laplacian weights and 0.1% outliers at 50 sigma, batch-norm scales, biases, running means
 and variances, integer step counters): ``hemp-jax compress TREE.npz --bits-per-param 3``
@@ -163,6 +167,59 @@ def rate_at_equal_error(flat: dict, rel_steps=None) -> list[dict]:
       }
     )
   return rows
+
+
+def levels_at_equal_size(flat: dict, counts=(4, 6, 8, 12, 16, 24, 32, 48, 64, 96)) -> list[dict]:
+  """N-level fits (``--levels N``): the default (Lloyd-Max + entropy-constrained
+  refinement) against the uniform N-level grid (``--method uniform``), at equal file size.
+
+  Each file is written with the same coder. The error is the relative L2 error over all
+  quantized tensors, ``sqrt(sum ||w - q||^2 / sum ||w||^2)``, and the mean of the
+  per-tensor relative errors; the uniform grid's errors at the default's file size are
+  interpolated (log error against log bytes) between uniform files.
+  """
+  sel = ptq.select_leaves(flat)
+  names = [p for p in flat if sel[p] == ""]
+  energy = sum(float(np.square(flat[p].astype(np.float64)).sum()) for p in names)
+  curves = {}
+  for method in ("uniform", None):
+    pts = []
+    for n in counts:
+      values, codebooks, res = ptq.quantize_tree(flat, method=method, num_levels=n, selection=sel)
+      size = _write(flat, values, codebooks)
+      sq = sum(float(((flat[p].astype(np.float64) - values[p]) ** 2).sum()) for p in names)
+      mean_rel = float(np.mean([r.rel_error for r in res if r.quantized]))
+      pts.append((size, math.sqrt(sq / energy), mean_rel, n))
+    curves[method] = sorted(pts)
+  ub = np.log([p[0] for p in curves["uniform"]])
+  rows = []
+  for size, err, mean_rel, n in curves[None]:
+    if not ub[0] <= math.log(size) <= ub[-1]:
+      continue
+    at = lambda k: math.exp(
+      np.interp(math.log(size), ub, np.log([p[k] for p in curves["uniform"]]))
+    )
+    rows.append(
+      {
+        "N": n,
+        "bytes": size,
+        "err": err,
+        "err_uniform": at(1),
+        "mean": mean_rel,
+        "mean_uniform": at(2),
+      }
+    )
+  return rows
+
+
+def print_levels(title, rows):
+  print(f"\n{title}")
+  print(f"{'N':>4} {'bytes':>9} {'error':>7} {'uniform':>8} {'mean err':>8} {'uniform':>8}")
+  for r in rows:
+    print(
+      f"{r['N']:4d} {r['bytes']:9d} {r['err']:7.4f} {r['err_uniform']:8.4f} "
+      f"{r['mean']:8.4f} {r['mean_uniform']:8.4f}"
+    )
 
 
 def print_rows(title, rows):
@@ -351,7 +408,16 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--lenet", help="float LeNet-5 params .npz ('params/conv1/kernel', ...)")
   ap.add_argument("--skip-big", action="store_true")
+  ap.add_argument("--levels", action="store_true", help="only the --levels N comparison")
   args = ap.parse_args(argv)
+  if args.levels:
+    for title, tree in (
+      ("Laplace tree (0.6M weights)", laplace_tree()),
+      ("synthetic 4M checkpoint (part 3's tree)", synthetic_checkpoint()),
+    ):
+      rows = levels_at_equal_size(checkpoints.flatten_tree(tree))
+      print_levels(f"{title}: --levels N (default) vs --method uniform --levels N", rows)
+    return
   print_rows(
     "Laplace tree (0.6M weights): ECSQ vs nearest level, same coder",
     rate_at_equal_error(checkpoints.flatten_tree(laplace_tree())),

@@ -24,6 +24,7 @@ import sys
 import ml_collections
 
 from hemp_jax.errors import UsageError
+from hemp_jax.fileio import write_atomic
 
 __all__ = ["main", "load_config", "apply_overrides"]
 
@@ -233,13 +234,14 @@ def _compress_checkpoint(args):
   out = args.output or os.path.splitext(src.rstrip("/"))[0] + ".hemp"
   if os.path.abspath(out) == os.path.abspath(src):
     raise UsageError(f"{out}: the output would overwrite the input; give another -o")
+  replaced = _check_output(out, "hemp", args.force)
   try:
     fmt = codec.checkpoint_format(src)
   except FileNotFoundError as e:
     raise UsageError(str(e)) from None
   except ValueError as e:
     raise UsageError(str(e)) from None
-  if fmt == "hemp" and (targets or args.max_rel_error is not None or args.method != "uniform"):
+  if fmt == "hemp" and (targets or args.max_rel_error is not None or args.method is not None):
     raise UsageError(
       f"{src}: a .hemp input is re-encoded losslessly; drop the quantization options"
     )
@@ -265,16 +267,57 @@ def _compress_checkpoint(args):
     raise UsageError(str(e)) from None
   except ValueError as e:
     msg = str(e)
-    raise UsageError(msg if msg.startswith(src) else f"{src}: {msg}") from None
-  with open(out, "wb") as f:
-    f.write(res.blob)
+    raise UsageError(msg if msg.startswith((src, "--")) else f"{src}: {msg}") from None
+  write_atomic(out, res.blob)
   report = codec.inspect(res.blob)
   if res.results:
     print(ptq.format_table(res.results, report))
   else:
     print(codec.format_inspection(report))
-  print(f"wrote {out}: {len(res.blob)} bytes from {fmt} {src} ({res.seconds:.2f} s CPU)")
+  for line in ptq.nonfinite_notices(res.results):
+    print(f"notice: {line}", file=sys.stderr)
+  _float_bits_notice(args.bits_per_param, res.results)
+  done = "replaced" if replaced else "wrote"
+  print(f"{done} {out}: {len(res.blob)} bytes from {fmt} {src} ({res.seconds:.2f} s CPU)")
   return 0
+
+
+def _check_output(out: str, kind: str, force: bool) -> bool:
+  """Whether ``out`` exists (it will be replaced); refuses a file of another kind.
+
+  Raises:
+    UsageError: ``out`` is a directory, or a file that is not a ``kind`` file and
+      ``force`` is not set.
+  """
+  from hemp_jax import codec
+  from hemp_jax.errors import UsageError
+
+  if os.path.isdir(out):
+    raise UsageError(f"{out}: is a directory; give a file name with -o")
+  if not os.path.exists(out):
+    return False
+  try:
+    found = codec.checkpoint_format(out)
+  except (OSError, ValueError):
+    found = "unknown"
+  if found != kind and not force:
+    raise UsageError(
+      f"{out} exists and is not a .{kind} file ({found}); give --force to overwrite it"
+    )
+  return True
+
+
+def _float_bits_notice(bits_per_param, results) -> None:
+  """Says when ``--bits-per-param`` asks for more than float storage of the leaves costs."""
+  import numpy as np
+
+  float_bits = [8 * np.dtype(r.dtype).itemsize for r in results if r.quantized]
+  if bits_per_param is not None and float_bits and bits_per_param >= min(float_bits):
+    print(
+      f"notice: --bits-per-param {bits_per_param:g} is not below the {min(float_bits)} bits "
+      "of float storage; the finest grids were used",
+      file=sys.stderr,
+    )
 
 
 def _cmd_decompress(args, rest):
@@ -284,6 +327,7 @@ def _cmd_decompress(args, rest):
   out = args.output or os.path.splitext(args.file)[0] + ".npz"
   if not out.endswith((".npz", ".safetensors")):
     raise UsageError(f"{out}: the output must end in .npz or .safetensors")
+  replaced = _check_output(out, "npz" if out.endswith(".npz") else "safetensors", args.force)
   try:
     tree = codec.decompress_file(args.file)
   except FileNotFoundError:
@@ -295,7 +339,8 @@ def _cmd_decompress(args, rest):
   except ValueError as e:
     raise UsageError(str(e)) from None
   sep = "." if out.endswith(".safetensors") else "/"
-  print(f"wrote {out}: {count} arrays ('{sep}'-joined paths as keys)")
+  done = "replaced" if replaced else "wrote"
+  print(f"{done} {out}: {count} arrays ('{sep}'-joined paths as keys)")
   return 0
 
 
@@ -351,6 +396,23 @@ def _cmd_inspect(args, rest):
 def _env_int(name: str) -> int | None:
   value = os.environ.get(name)
   return int(value) if value not in (None, "") else None
+
+
+def _number(kind, low, strict: bool = False):
+  """An argparse type: a ``kind`` (int or float) ``>= low`` (``> low`` when strict)."""
+
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+        f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+      ) from None
+    if not (value > low if strict else value >= low) or value != value:
+      raise argparse.ArgumentTypeError(f"{text} is not {'>' if strict else '>='} {low}")
+    return value
+
+  return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -454,22 +516,37 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--method",
     choices=("uniform", "lloyd", "ecsq"),
-    default="uniform",
-    help="uniform grid with a zero level (default), Lloyd-Max, or "
+    default=None,
+    help="uniform grid with a zero level (default), Lloyd-Max (default with --levels), or "
     "entropy-constrained (rate-distortion) quantization",
   )
-  p.add_argument("--levels", type=int, help="N levels per tensor (uniform, lloyd)")
-  p.add_argument("--step", type=float, help="step of the uniform grid (uniform, ecsq)")
   p.add_argument(
-    "--bits-per-param", type=float, help="target coded bits per quantized parameter (searched)"
+    "--levels",
+    type=_number(int, 2),
+    help="N levels per tensor of least distortion (Lloyd-Max; with --method uniform: "
+    "N grid levels, step and clipping range of least distortion)",
+  )
+  p.add_argument(
+    "--step", type=_number(float, 0, strict=True), help="step of the uniform grid (uniform, ecsq)"
+  )
+  p.add_argument(
+    "--bits-per-param",
+    type=_number(float, 0, strict=True),
+    help="target coded bits per quantized parameter (searched)",
   )
   p.add_argument(
     "--max-rel-error",
-    type=float,
+    type=_number(float, 0, strict=True),
     help="per-tensor bound on ||w - q(w)|| / ||w|| (default 0.05 when no other target is given)",
   )
   p.add_argument(
-    "--min-size", type=int, default=256, help="tensors with fewer values stay float (default 256)"
+    "--min-size",
+    type=_number(int, 0),
+    default=256,
+    help="tensors with fewer values stay float (default 256)",
+  )
+  p.add_argument(
+    "--force", action="store_true", help="overwrite an existing output that is not a .hemp file"
   )
   p.add_argument("--include", help="regex: only matching paths are quantized")
   p.add_argument("--exclude", help="regex: matching paths stay float")
@@ -491,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("decompress", help="decode a .hemp file into an .npz or .safetensors")
   p.add_argument("file")
   p.add_argument("-o", "--output", help="output .npz or .safetensors (default: next to the file)")
+  p.add_argument(
+    "--force", action="store_true", help="overwrite an existing output of another format"
+  )
   p.set_defaults(func=_cmd_decompress)
   p = sub.add_parser("evaluate", help="test accuracy of the model decoded from a .hemp file")
   p.add_argument("file")

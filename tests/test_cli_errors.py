@@ -11,8 +11,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import hemp_jax as hj
 from hemp_jax import cli
 from hemp_jax.errors import UsageError
 
@@ -231,3 +233,98 @@ def test_evaluate_accepts_a_workdir_config_json(files, capsys):
     expected = json.load(f)
   assert out["file_bytes"] == expected["file_bytes"] == os.path.getsize(FIXTURE)
   assert out["test_accuracy_decoded"] == expected["test_accuracy_decoded"]
+
+
+# ------------------------------------------------------------ compress: odd input
+
+
+@pytest.fixture
+def weights(tmp_path):
+  """An .npz with a large float tensor holding one NaN, a clean one, and a small one."""
+  rng = np.random.default_rng(0)
+  clean = rng.normal(size=(64, 32)).astype(np.float32)
+  bad = clean.copy()
+  bad[3, 4] = np.nan
+  bad[5, 6] = np.inf
+  np.savez(tmp_path / "w.npz", clean=clean, bad=bad, small=np.ones(10, np.float32))
+  return tmp_path
+
+
+def _run(argv, capsys):
+  rc = cli.main(argv)
+  out, err = capsys.readouterr()
+  return rc, out, [line for line in err.splitlines() if line.strip()]
+
+
+def test_compress_names_a_leaf_kept_in_float_for_nan(weights, capsys):
+  rc, out, err = _run(["compress", str(weights / "w.npz"), "--no-progress"], capsys)
+  assert rc == 0
+  assert err == ["notice: bad kept in float: 2 of 2048 values are NaN or Inf"]
+  assert "wrote " in out
+  decoded = np.load(weights / "w.npz")["bad"]
+  assert np.array_equal(hj.codec.decompress_file(weights / "w.hemp")["bad"], decoded, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+  "option,piece",
+  [
+    (["--include", "("], "--include '(' is not a valid regular expression: missing )"),
+    (["--exclude", "[a-"], "--exclude '[a-' is not a valid regular expression"),
+    (["--levels", "1"], "argument --levels: 1 is not >= 2"),
+    (["--levels", "x"], "argument --levels: 'x' is not an integer"),
+    (["--step", "0"], "argument --step: 0 is not > 0"),
+    (["--bits-per-param", "-1"], "argument --bits-per-param: -1 is not > 0"),
+    (["--max-rel-error", "nan"], "argument --max-rel-error: nan is not > 0"),
+    (["--min-size", "-5"], "argument --min-size: -5 is not >= 0"),
+  ],
+)
+def test_compress_bad_option_values_are_one_usage_line(weights, capsys, option, piece):
+  argv = ["compress", str(weights / "w.npz"), "--no-progress", *option]
+  rc, _, err = _run(argv, capsys)
+  assert rc == 2
+  assert len(err) == 1 and err[0].startswith("error: ") and not err[0].startswith("error: error")
+  assert piece in err[0], err
+  assert not (weights / "w.hemp").exists()
+
+
+def test_compress_refuses_to_overwrite_a_file_of_another_kind(weights, capsys):
+  other = weights / "other.npz"
+  other.write_bytes((weights / "w.npz").read_bytes())
+  before = other.read_bytes()
+  argv = ["compress", str(weights / "w.npz"), "-o", str(other), "--no-progress"]
+  rc, _, err = _run(argv, capsys)
+  assert rc == 2
+  assert err == [
+    f"error: {other} exists and is not a .hemp file (npz); give --force to overwrite it"
+  ]
+  assert other.read_bytes() == before
+  assert [p.name for p in weights.iterdir() if p.name.startswith(".")] == []  # no temp left
+  rc, out, _ = _run([*argv, "--force"], capsys)
+  assert rc == 0 and f"replaced {other}" in out
+  assert other.read_bytes()[:4] == b"HEMP"
+  # an existing .hemp output is replaced, and the line says so
+  for done in ("wrote", "replaced"):
+    rc, out, _ = _run(["compress", str(weights / "w.npz"), "--no-progress"], capsys)
+    assert rc == 0 and f"{done} {weights / 'w.hemp'}" in out
+
+
+def test_decompress_refuses_to_overwrite_a_file_of_another_kind(tmp_path, capsys):
+  out = tmp_path / "w.npz"
+  out.write_bytes(open(FIXTURE, "rb").read())  # a .hemp file named .npz
+  rc, _, err = _run(["decompress", FIXTURE, "-o", str(out)], capsys)
+  assert rc == 2 and err == [
+    f"error: {out} exists and is not a .npz file (hemp); give --force to overwrite it"
+  ]
+  rc, stdout, _ = _run(["decompress", FIXTURE, "-o", str(out), "--force"], capsys)
+  assert rc == 0 and f"replaced {out}" in stdout
+  assert np.load(out)["params/conv1/kernel"].shape == (5, 5, 1, 20)
+
+
+def test_compress_says_when_bits_per_param_exceed_float_storage(weights, capsys):
+  argv = ["compress", str(weights / "w.npz"), "--no-progress", "--bits-per-param", "40"]
+  rc, out, err = _run(argv, capsys)
+  assert rc == 0
+  assert err[-1] == (
+    "notice: --bits-per-param 40 is not below the 32 bits of float storage; "
+    "the finest grids were used"
+  )

@@ -210,3 +210,21 @@ def test_dropout_active_in_train_mode():
   y1, y2 = forward(model, x), forward(model, x)
   assert y1.shape == (2, 10)
   assert not np.allclose(y1, y2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_equals_nnx_max_pool_values_and_gradients(dtype):
+  """The CPU pooling path gives nnx.max_pool's values and its gradient, bit for bit,
+  ties included (the first maximum of a window in row-major order gets the gradient)."""
+  from hemp_jax.models.layers import max_pool
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 8, 5))
+  x = jnp.where(x > 0.5, x, 0.0).at[0, 0, 0, 0].set(1.0).at[0, 0, 1, 0].set(1.0).astype(dtype)
+  ref = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))
+  assert jnp.array_equal(max_pool(x, 2), ref(x))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 5)).astype(dtype)
+  loss = lambda f: lambda x: (f(x).astype(jnp.float32) * w).sum()
+  got = jax.jit(jax.grad(loss(lambda x: max_pool(x, 2))))(x)
+  want = jax.jit(jax.grad(loss(ref)))(x)
+  assert jnp.array_equal(got, want)
+  assert float(jnp.abs(got.astype(jnp.float32)).sum()) > 0

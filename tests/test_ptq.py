@@ -179,6 +179,41 @@ def test_num_levels_and_lloyd():
     assert lloyd.sqerr <= u.sqerr * (1 + 1e-9)
 
 
+@pytest.mark.parametrize(
+  "kind,shape",
+  [("laplace", (512, 256)), ("gauss", (3, 3, 64, 128))],
+)
+def test_levels_16_within_1_15_of_lloyd_max(kind, shape):
+  """``--levels 16`` (the default method for a level count) against 16-level Lloyd-Max."""
+  rng = np.random.default_rng(4)
+  draw = rng.laplace if kind == "laplace" else rng.normal
+  x = draw(0.0, 0.05, shape).astype(np.float32)
+  st = ptq.sorted_stats(x)
+  lloyd = ptq.relative_error(ptq.fit_lloyd(st, 16), st)
+  values, codebooks, (res,) = ptq.quantize_tree({"w": x}, num_levels=16)
+  err = np.linalg.norm((values["w"] - x).astype(np.float64)) / np.linalg.norm(x.astype(np.float64))
+  assert res.levels <= 16 and codebooks["w"].size <= 16
+  assert err == pytest.approx(res.rel_error, rel=1e-9)
+  assert err <= 1.15 * lloyd
+  # the uniform N-level grid (what --levels gave before) stays available, and is worse
+  _, _, (grid,) = ptq.quantize_tree({"w": x}, method="uniform", num_levels=16)
+  assert grid.rel_error > err
+  # the refinement trades a little error for rate: fewer estimated bits than Lloyd-Max
+  assert res.est_bits < ptq.fit_lloyd(st, 16).bits
+
+
+def test_lloyd_keeps_n_levels_on_outliers():
+  """Empty cells of the clipped starting grid are refilled by splitting the worst cell."""
+  rng = np.random.default_rng(5)
+  x = rng.laplace(0, 1, 1359)
+  x[:2] = [-40.0, 45.0]  # two outliers far beyond the bulk
+  st = ptq.sorted_stats(x.astype(np.float32))
+  for n in (8, 16, 32):
+    f = ptq.fit_lloyd(st, n)
+    assert f.levels.size == n
+    assert (f.counts > 0).all()
+
+
 def test_select_leaves_defaults():
   flat = {
     "params/conv/kernel": np.zeros((3, 3, 16, 16), np.float32),
@@ -249,7 +284,9 @@ def test_edge_tensors_and_dtypes_round_trip(kw):
   }
   values, cbs, results = ptq.quantize_tree(flat, **kw)
   res = {r.path: r for r in results}
-  assert not res["nan/kernel"].quantized and res["nan/kernel"].reason == "non-finite values"
+  assert not res["nan/kernel"].quantized and res["nan/kernel"].reason.startswith(
+    "non-finite values: "
+  )
   for p in ("zero/kernel", "const/kernel", "neg/kernel"):  # one level, exact
     assert res[p].quantized and res[p].levels == 1 and res[p].rel_error == 0.0, p
   blob = codec.compress(

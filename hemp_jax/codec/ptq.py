@@ -22,16 +22,18 @@ Methods (each a one-parameter family per tensor, from fine to coarse):
   (entropy-constrained Lloyd). The decision regions are intervals (the lower envelope of
   the per-level costs, which are parabolas of equal curvature), so each iteration works
   on the sorted values. ``lam = ECSQ_SLOPE * step**2 = 2 ln 2 * step**2 / 12``: minus the
-  slope of the high-rate distortion-rate curve at that step (measured on Laplace weights
-  and LeNet-5's fc1: factors 0.5-2 on it change the saving by < 0.3 points). The saving
-  over nearest-level at equal squared error is large at low rates and vanishes at high
-  rates, where a uniform grid with entropy coding is already the best scalar quantizer
-  (measured, order-0 estimates: 13-19% at 1 bit/param, 3% at 2, 0.6-0.8% at 3).
+  slope of the high-rate distortion-rate curve at that step. The saving over nearest-level
+  at equal squared error is large at low rates and vanishes at high rates, where a uniform
+  grid with entropy coding is already the best scalar quantizer.
 - ``lloyd``: ``N`` levels of minimum squared error (Lloyd-Max on the empirical
-  distribution), the level nearest 0 pinned at 0; the family runs over ``N``.
+  distribution), the level nearest 0 pinned at 0; the family runs over ``N``. With a
+  level count (``num_levels``) the Lloyd-Max levels are refined by a few
+  entropy-constrained iterations at a small rate weight (:data:`LEVELS_RATE_WEIGHT`):
+  slightly more error than Lloyd-Max, a lower coded rate, never more than N levels.
 
-Targets: ``step`` (uniform/ecsq), ``num_levels`` (uniform: the MSE-optimal step for ``N``
-levels, clipping the tails; lloyd), ``max_rel_error`` (per tensor: the coarsest member of
+Targets: ``step`` (uniform/ecsq), ``num_levels`` (lloyd, the default with a level count:
+the N levels of least squared error; uniform: N grid levels with the step and clipping
+range of least squared error), ``max_rel_error`` (per tensor: the coarsest member of
 the family whose relative L2 error ``||w - q(w)|| / ||w||`` is at most the bound) or
 ``bits_per_param`` (the whole tree: one relative error for every tensor, the largest that
 fits the rate; for sums of per-tensor relative squared errors this is the equal-slope
@@ -76,6 +78,9 @@ __all__ = [
   "TensorResult",
   "quantize_tree",
   "relative_error",
+  "default_method",
+  "LEVELS_RATE_WEIGHT",
+  "nonfinite_notices",
 ]
 
 METHODS = ("uniform", "ecsq", "lloyd")
@@ -86,6 +91,9 @@ NORM_STATS_PATTERN = (
 ECSQ_SLOPE = 2 * math.log(2) / 12
 DEFAULT_MIN_SIZE = 256
 DEFAULT_MAX_REL_ERROR = 0.05
+# rate weight of the entropy-constrained refinement of N-level (``num_levels``) fits
+LEVELS_RATE_WEIGHT = 0.5
+NONFINITE = "non-finite values"  # the reason of a leaf kept in float for NaN/Inf
 _LEVEL_TABLE_BITS = 6  # a probability code per used level, about (the coder picks 1..8)
 _LEAF_OVERHEAD_BITS = 40  # K header, coder model header, payload's final word (about)
 _ECSQ_ITERS = 8
@@ -293,8 +301,13 @@ def fit_ecsq(
   """
   lam = ECSQ_SLOPE * step * step if lam is None else float(lam)
   fit = fit_uniform(st, step, dtype, zero_level)
-  n = st.n
   bits_per_level = (8 * st.itemsize + _LEVEL_TABLE_BITS) if level_cost else 0.0
+  return _entropy_constrained(st, fit, lam, iters, zero_level, bits_per_level, dtype)
+
+
+def _entropy_constrained(st, fit, lam, iters, zero_level, bits_per_level, dtype) -> Fit:
+  """Entropy-constrained Lloyd iterations from ``fit`` (never more levels than it has)."""
+  n = st.n
   cost_of = lambda c: lam * (np.log2(n / c) + bits_per_level / c)
   for _ in range(iters):
     levels, thr = _envelope(fit.levels, cost_of(fit.counts))
@@ -337,11 +350,25 @@ def fit_lloyd(
   iters: int = _LLOYD_ITERS,
   zero_level: bool = True,
   dtype=np.float32,
+  rate_weight: float = 0.0,
 ) -> Fit:
-  """``num_levels`` levels of least squared error (empirical Lloyd-Max), one at 0."""
+  """``num_levels`` levels of least squared error (empirical Lloyd-Max), one at 0.
+
+  Args:
+    st: :func:`sorted_stats` of the tensor.
+    num_levels: N.
+    iters: Lloyd iterations (at most; stops when the levels stop moving).
+    zero_level: keep the level nearest 0 at exactly 0.
+    dtype: the leaf dtype (levels are rounded to what the file stores).
+    rate_weight: when > 0, the Lloyd-Max levels are then refined by entropy-constrained
+      iterations (as :func:`fit_ecsq`) with ``lam = rate_weight * ECSQ_SLOPE * d**2``,
+      ``d**2`` the mean squared width of the weights' Lloyd cells: more squared error for
+      a lower coded rate, with never more than N levels (:data:`LEVELS_RATE_WEIGHT`).
+  """
   fit = fit_uniform_levels(st, num_levels, dtype, zero_level)
   lv = fit.levels
   for _ in range(iters):
+    lv = _split_worst(st, lv, int(num_levels), dtype, zero_level)
     if lv.size < 2:
       break
     mids = (lv[1:] + lv[:-1]) / 2
@@ -355,7 +382,51 @@ def fit_lloyd(
       lv = new
       break
     lv = new
-  return _nearest(st, lv)
+  fit = _nearest(st, lv)
+  if rate_weight > 0 and fit.levels.size > 1:
+    lam = rate_weight * ECSQ_SLOPE * _mean_square_cell(fit)
+    fit = _entropy_constrained(st, fit, lam, _ECSQ_ITERS, zero_level, 0.0, dtype)
+  return fit
+
+
+def _split_worst(st: SortedStats, lv: np.ndarray, n_levels: int, dtype, zero_level: bool):
+  """Up to ``n_levels`` levels: the cell of largest squared error split at its median.
+
+  Lloyd iterations drop levels whose cells are empty (a clipped grid's outer levels on a
+  tensor with outliers); splitting the worst cells puts them back where they pay most.
+  """
+  while lv.size < n_levels:
+    mids = (lv[1:] + lv[:-1]) / 2
+    b = np.concatenate([[0], np.searchsorted(st.w, mids, side="right"), [st.n]])
+    cnt = np.diff(b)
+    s1, s2 = np.diff(st.s1[b]), np.diff(st.s2[b])
+    sse = s2 - s1 * s1 / np.maximum(cnt, 1)
+    k = int(np.argmax(sse))
+    if not sse[k] > 1e-12 * st.energy or cnt[k] < 2:
+      break
+    m = b[k] + cnt[k] // 2
+    halves = [(st.s1[m] - st.s1[b[k]]) / (m - b[k]), (st.s1[b[k + 1]] - st.s1[m]) / (b[k + 1] - m)]
+    if zero_level and lv[k] == 0.0:  # the zero level stays; the half farther from 0 joins
+      keep, halves = lv, halves[:1] if -halves[0] > halves[1] else halves[1:]
+    else:
+      keep = np.delete(lv, k)
+    new = np.unique(_round_levels(np.concatenate([keep, halves]), dtype))
+    if new.size <= lv.size:
+      break
+    lv = new
+  return lv
+
+
+def _mean_square_cell(fit: Fit) -> float:
+  """Mean over the weights of their cell's squared width (edge cells: the nearest gap).
+
+  The step a weight sees where the weights are, unmoved by far-out levels of outliers.
+  """
+  lv, t = fit.levels, fit.thresholds
+  width = np.empty(lv.size)
+  width[1:-1] = t[1:] - t[:-1]
+  width[0], width[-1] = lv[1] - lv[0], lv[-1] - lv[-2]
+  return float((fit.counts * width * width).sum() / fit.counts.sum())
 
 
 def relative_error(fit: Fit, st: SortedStats) -> float:
@@ -434,8 +505,9 @@ def select_leaves(
   quantize_norm_stats: bool = False,
 ) -> dict:
   """``{path: reason}``: "" for leaves to quantize, else why the leaf stays in float."""
-  inc = re.compile(include) if include else None
-  exc = re.compile(exclude) if exclude else None
+  inc, exc = _regex("include", include), _regex("exclude", exclude)
+  if int(min_size) < 0:
+    raise ValueError(f"min_size must be >= 0, got {min_size}")
   norm = re.compile(NORM_STATS_PATTERN)
   out = {}
   for path, x in flat.items():
@@ -452,17 +524,45 @@ def select_leaves(
       out[path] = f"fewer than {min_size} values"
     elif x.ndim < 2 and not quantize_vectors:
       out[path] = "1-D (vectors stay float)"
-    elif not np.isfinite(x.astype(np.float32)).all():
-      out[path] = "non-finite values"
+    elif (bad := int(np.size(x) - np.isfinite(x.astype(np.float32)).sum())) > 0:
+      out[path] = f"{NONFINITE}: {bad} of {np.size(x)}"
     else:
       out[path] = ""
   return out
 
 
+def _regex(option: str, pattern: str | None):
+  """The compiled ``--include``/``--exclude`` pattern; ValueError naming it if invalid."""
+  if not pattern:
+    return None
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"--{option} {pattern!r} is not a valid regular expression: {e}") from None
+
+
+def default_method(num_levels: int | None) -> str:
+  """The method used when none is given: ``lloyd`` for a level count, else ``uniform``.
+
+  N levels of least distortion are Lloyd-Max levels; a uniform grid with N levels (step
+  and clipping range of least squared error) stays available as ``method="uniform"``.
+  """
+  return "lloyd" if num_levels is not None else "uniform"
+
+
+def nonfinite_notices(results: list) -> list[str]:
+  """One line per leaf kept in float because it holds NaN/Inf values (not asked for)."""
+  return [
+    f"{r.path} kept in float: {r.reason.split(': ', 1)[1]} values are NaN or Inf"
+    for r in results
+    if r.reason.startswith(NONFINITE)
+  ]
+
+
 def quantize_tree(
   flat: dict,
   *,
-  method: str = "uniform",
+  method: str | None = None,
   step: float | None = None,
   num_levels: int | None = None,
   bits_per_param: float | None = None,
@@ -479,7 +579,8 @@ def quantize_tree(
 
   Args:
     flat: ``{path: numpy array}``.
-    method: "uniform", "ecsq" or "lloyd".
+    method: "uniform", "ecsq" or "lloyd"; default :func:`default_method` (``lloyd`` with
+      ``num_levels``, else ``uniform``).
     step: uniform/ecsq step for every tensor.
     num_levels: N levels per tensor (uniform: MSE-optimal step with clipping; lloyd).
     bits_per_param: target estimated coded bits per quantized parameter.
@@ -494,6 +595,7 @@ def quantize_tree(
     (leaf dtype) or its original array; ``codebooks`` maps every path to a float32
     codebook of the levels in use, or None; one :class:`TensorResult` per leaf.
   """
+  method = default_method(num_levels) if method is None else method
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   given = [
@@ -539,9 +641,13 @@ def quantize_tree(
       fn = fit_uniform if method == "uniform" else fit_ecsq
       fits[p] = fn(st, step, dtype=x.dtype, zero_level=zero_level)
       results[p].param = step
+    elif num_levels is not None and method == "uniform":
+      fits[p] = fit_uniform_levels(st, num_levels, dtype=x.dtype, zero_level=zero_level)
+      results[p].param = num_levels
     elif num_levels is not None:
-      fn = fit_uniform_levels if method == "uniform" else fit_lloyd
-      fits[p] = fn(st, num_levels, dtype=x.dtype, zero_level=zero_level)
+      fits[p] = fit_lloyd(
+        st, num_levels, dtype=x.dtype, zero_level=zero_level, rate_weight=LEVELS_RATE_WEIGHT
+      )
       results[p].param = num_levels
     else:
       # ECSQ is ~10x the work of a uniform fit: its family is only tried over a window
@@ -676,7 +782,7 @@ class CompressResult(NamedTuple):
 def compress_checkpoint(
   src,
   *,
-  method: str = "uniform",
+  method: str | None = None,
   step: float | None = None,
   num_levels: int | None = None,
   bits_per_param: float | None = None,
@@ -714,6 +820,7 @@ def compress_checkpoint(
   from hemp_jax.codec import container as fmt
 
   t0 = time.process_time()
+  _regex("include", include), _regex("exclude", exclude)  # bad patterns before reading
   kind = checkpoints.checkpoint_format(src)
   if kind == "hemp":
     with open(src, "rb") as f:

@@ -37,7 +37,7 @@ Layout: :mod:`~hemp_jax.data.offline` (the in-memory sets and numpy batching),
 prefetch: what training uses).
 """
 
-from hemp_jax.data._common import (
+from hemp_jax.data.common import (
   CIFAR10_MEAN,
   CIFAR10_STD,
   DATASET_NAMES,

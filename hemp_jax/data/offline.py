@@ -11,7 +11,7 @@ from typing import Iterator, NamedTuple, Tuple
 
 import numpy as np
 
-from hemp_jax.data._common import _check_batch_size, _check_seed
+from hemp_jax.data.common import check_batch_size, check_seed
 
 
 class Dataset(NamedTuple):
@@ -58,7 +58,7 @@ def _balanced_split(
     0.0 < float(test_fraction) < 1.0
   ):
     raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
-  seed = _check_seed(seed, "seed")
+  seed = check_seed(seed, "seed")
   classes, counts = np.unique(labels, return_counts=True)
   per_class = int(round(float(test_fraction) * int(counts.min())))
   if per_class < 1 or per_class >= counts.min():
@@ -211,8 +211,8 @@ def num_batches(num_examples: int, batch_size: int, drop_remainder: bool = True)
   Raises:
       ValueError: If ``batch_size <= 0`` or ``num_examples < 0``.
   """
-  batch_size = _check_batch_size(batch_size)
-  num_examples = _check_seed(num_examples, "num_examples")
+  batch_size = check_batch_size(batch_size)
+  num_examples = check_seed(num_examples, "num_examples")
   if drop_remainder:
     return num_examples // batch_size
   return -(-num_examples // batch_size)
@@ -232,8 +232,8 @@ def epoch_permutation(num_examples: int, rng_seed: int, epoch: int) -> np.ndarra
   Raises:
       ValueError: If an argument is negative or not an integer.
   """
-  num_examples = _check_seed(num_examples, "num_examples")
-  rng = np.random.default_rng((_check_seed(rng_seed, "rng_seed"), _check_seed(epoch, "epoch")))
+  num_examples = check_seed(num_examples, "num_examples")
+  rng = np.random.default_rng((check_seed(rng_seed, "rng_seed"), check_seed(epoch, "epoch")))
   return rng.permutation(num_examples)
 
 
@@ -275,7 +275,7 @@ def iterate_batches(
       ValueError: If shapes mismatch, ``batch_size <= 0``, a seed/epoch is
           invalid, or ``drop_remainder`` would leave no batch at all.
   """
-  batch_size = _check_batch_size(batch_size)
+  batch_size = check_batch_size(batch_size)
   images = np.asarray(images)
   labels = np.asarray(labels)
   if images.ndim < 1 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
@@ -284,12 +284,12 @@ def iterate_batches(
       f"be 1-D; got shapes {images.shape} and {labels.shape}."
     )
   n = labels.shape[0]
-  start_batch = _check_seed(start_batch, "start_batch")
+  start_batch = check_seed(start_batch, "start_batch")
   if shuffle:
     order = epoch_permutation(n, rng_seed, epoch)
   else:
-    _check_seed(rng_seed, "rng_seed")
-    _check_seed(epoch, "epoch")
+    check_seed(rng_seed, "rng_seed")
+    check_seed(epoch, "epoch")
     order = np.arange(n)
   total = num_batches(n, batch_size, drop_remainder)
   if total == 0 and n > 0:

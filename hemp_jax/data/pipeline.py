@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from hemp_jax.data._common import _check_batch_size, _check_seed
+from hemp_jax.data.common import check_batch_size, check_seed
 from hemp_jax.data.offline import epoch_permutation
 
 __all__ = [
@@ -101,7 +101,7 @@ def host_indices(
   Returns:
       An ``int64`` array of example indices.
   """
-  epoch = _check_seed(epoch, "epoch")
+  epoch = check_seed(epoch, "epoch")
   order = epoch_permutation(num_examples, seed, epoch) if shuffle else np.arange(num_examples)
   order = order[: num_batches * batch_size]
   if process_count == 1:
@@ -210,9 +210,9 @@ class GrainPipeline:
     options: Optional[PipelineOptions] = None,
   ):
     self.source = source
-    self.batch_size = _check_batch_size(batch_size)
+    self.batch_size = check_batch_size(batch_size)
     self.train = bool(train)
-    self.seed = _check_seed(seed, "seed")
+    self.seed = check_seed(seed, "seed")
     self.transform = transform
     self.process_index = process_index
     self.process_count = process_count

@@ -9,15 +9,15 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hemp_jax.data._common import (
-  _DATASET_INFOS,
+from hemp_jax.data.common import (
+  DATASET_INFOS,
   DATASET_NAMES,
   TFDS_DATASET_NAMES,
-  _check_batch_size,
-  _check_seed,
+  check_batch_size,
+  check_seed,
 )
 from hemp_jax.data.offline import epoch_permutation, num_batches
-from hemp_jax.data.transforms import _PREPROCESSORS
+from hemp_jax.data.transforms import PREPROCESSORS
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -191,8 +191,8 @@ class TfdsPipeline:
     num_threads: int,
   ):
     self._source = source
-    self._preprocess = _PREPROCESSORS[name]
-    info = _DATASET_INFOS[name]
+    self._preprocess = PREPROCESSORS[name]
+    info = DATASET_INFOS[name]
     self.name = name
     self.split = split
     self.batch_size = batch_size
@@ -243,7 +243,7 @@ class TfdsPipeline:
     Returns:
         An ``int64`` array of example indices.
     """
-    epoch = _check_seed(epoch, "epoch")
+    epoch = check_seed(epoch, "epoch")
     n = self.source_size
     order = epoch_permutation(n, self.seed, epoch) if self.shuffle else np.arange(n)
     shard = np.array_split(order, self.process_count)[self.process_index]
@@ -274,8 +274,8 @@ class TfdsPipeline:
         ``(images, labels)``: ``float32`` ``(B, H, W, C)`` images and
         ``int32`` ``(B,)`` labels.
     """
-    epoch = _check_seed(epoch, "epoch")
-    start_batch = _check_seed(start_batch, "start_batch")
+    epoch = check_seed(epoch, "epoch")
+    start_batch = check_seed(start_batch, "start_batch")
     order = self.indices(epoch)
     total = num_batches(len(order), self.batch_size, self.drop_remainder)
     pool = concurrent.futures.ThreadPoolExecutor(self.num_threads) if self.num_threads > 0 else None
@@ -368,13 +368,13 @@ def load_tfds(
       DatasetNotPreparedError: If the data is not prepared in ``data_dir``.
   """
   base = _resolve_tfds_name(name)
-  batch_size = _check_batch_size(batch_size)
-  seed = _check_seed(seed, "seed")
+  batch_size = check_batch_size(batch_size)
+  seed = check_seed(seed, "seed")
   if not isinstance(split, str) or not split:
     raise ValueError(f"split must be a non-empty string, got {split!r}.")
   if not isinstance(num_threads, int) or num_threads < 0:
     raise ValueError(f"num_threads must be a non-negative int, got {num_threads!r}.")
-  native = _DATASET_INFOS[base].image_shape[0]
+  native = DATASET_INFOS[base].image_shape[0]
   if base == "imagenet2012":
     image_size = native if image_size is None else image_size
     if not isinstance(image_size, int) or image_size <= 0:

@@ -14,10 +14,10 @@ from typing import Tuple
 
 import numpy as np
 
-from hemp_jax.data._common import (
-  _IMAGENET_EVAL_RESIZE_RATIO,
+from hemp_jax.data.common import (
   CIFAR10_MEAN,
   CIFAR10_STD,
+  IMAGENET_EVAL_RESIZE_RATIO,
   IMAGENET_MEAN,
   IMAGENET_STD,
 )
@@ -193,12 +193,12 @@ def _preprocess_imagenet(image, rng, train, image_size):
     if rng.random() < 0.5:
       image = image[:, ::-1]
   else:
-    resize = int(round(image_size * _IMAGENET_EVAL_RESIZE_RATIO))
+    resize = int(round(image_size * IMAGENET_EVAL_RESIZE_RATIO))
     image = _resize_shorter_center_crop(image, resize, image_size)
   return (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
-_PREPROCESSORS = {
+PREPROCESSORS = {
   "mnist": _preprocess_mnist,
   "cifar10": _preprocess_cifar10,
   "imagenet2012": _preprocess_imagenet,
@@ -249,8 +249,8 @@ class ImageTransform:
   """
 
   def __init__(self, name: str, image_size: int):
-    if name not in _PREPROCESSORS:
-      raise ValueError(f"no image transform for dataset {name!r}; known: {list(_PREPROCESSORS)}")
+    if name not in PREPROCESSORS:
+      raise ValueError(f"no image transform for dataset {name!r}; known: {list(PREPROCESSORS)}")
     self.name = name
     self.image_size = int(image_size)
 
@@ -272,7 +272,7 @@ class ImageTransform:
       if rng.random() < 0.5:
         out = out[:, ::-1]
       return np.ascontiguousarray(out)
-    resize = int(round(size * _IMAGENET_EVAL_RESIZE_RATIO))
+    resize = int(round(size * IMAGENET_EVAL_RESIZE_RATIO))
     scale = resize / min(h, w)
     nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
     # The central size x size window of the (nh, nw) resized image, mapped back to

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hemp_jax.models.layers import max_pool
+
 
 class LeNet300100(nnx.Module):
   """LeNet-300-100: a 784-300-100-``num_classes`` fully connected network.
@@ -82,8 +84,8 @@ class LeNet5(nnx.Module):
       Logits of shape ``(N, num_classes)``.
     """
     del train
-    x = nnx.max_pool(self.conv1(x), (2, 2), strides=(2, 2))
-    x = nnx.max_pool(self.conv2(x), (2, 2), strides=(2, 2))
+    x = max_pool(self.conv1(x), 2)
+    x = max_pool(self.conv2(x), 2)
     x = jnp.reshape(x, (x.shape[0], -1))
     x = nnx.relu(self.fc1(x))
     return self.fc2(x)

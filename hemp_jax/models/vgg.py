@@ -22,7 +22,7 @@ import types
 import jax
 from flax import nnx
 
-from hemp_jax.models.layers import CONV_INIT
+from hemp_jax.models.layers import CONV_INIT, max_pool
 
 CONFIGS = types.MappingProxyType(
   {
@@ -111,7 +111,7 @@ class VGG(nnx.Module):
     layers = iter(self.features)
     for v in self.config:
       if v == "M":
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, 2)
       else:
         x = next(layers)(x, train=train)
     return self.fc(x.reshape(x.shape[0], -1))

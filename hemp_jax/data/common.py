@@ -15,7 +15,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 # Shorter-side size used before the evaluation center crop, relative to the
 # crop size (the classic 256 -> 224 ratio).
-_IMAGENET_EVAL_RESIZE_RATIO = 256 / 224
+IMAGENET_EVAL_RESIZE_RATIO = 256 / 224
 
 
 class DatasetInfo(NamedTuple):
@@ -40,7 +40,7 @@ class DatasetInfo(NamedTuple):
   source: str
 
 
-_DATASET_INFOS = {
+DATASET_INFOS = {
   "mnist5k": DatasetInfo("mnist5k", 10, (28, 28, 1), "train", "test", "offline"),
   "digits": DatasetInfo("digits", 10, (8, 8, 1), "train", "test", "offline"),
   "mnist": DatasetInfo("mnist", 10, (28, 28, 1), "train", "test", "tfds"),
@@ -49,10 +49,10 @@ _DATASET_INFOS = {
 }
 
 #: All dataset names known to this module.
-DATASET_NAMES: Tuple[str, ...] = tuple(_DATASET_INFOS)
+DATASET_NAMES: Tuple[str, ...] = tuple(DATASET_INFOS)
 #: Dataset names served by :func:`load_tfds`.
 TFDS_DATASET_NAMES: Tuple[str, ...] = tuple(
-  n for n, i in _DATASET_INFOS.items() if i.source == "tfds"
+  n for n, i in DATASET_INFOS.items() if i.source == "tfds"
 )
 
 
@@ -70,12 +70,12 @@ def dataset_info(name: str) -> DatasetInfo:
       ValueError: If ``name`` is not a known dataset.
   """
   try:
-    return _DATASET_INFOS[name]
+    return DATASET_INFOS[name]
   except (KeyError, TypeError):
     raise ValueError(f"Unknown dataset {name!r}; valid names are {list(DATASET_NAMES)}.") from None
 
 
-def _check_seed(value: Any, what: str) -> int:
+def check_seed(value: Any, what: str) -> int:
   """Validates a non-negative integer seed/epoch and returns it as ``int``."""
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     raise ValueError(f"{what} must be a non-negative integer, got {value!r}.")
@@ -84,7 +84,7 @@ def _check_seed(value: Any, what: str) -> int:
   return int(value)
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def check_batch_size(batch_size: Any) -> int:
   """Validates a positive integer batch size and returns it as ``int``."""
   if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)):
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
