@@ -219,17 +219,22 @@ def _row(l: LeafReport) -> tuple:
   )
 
 
-def format_inspection(report: Report) -> str:
-  """A human-readable table of an :func:`inspect` report."""
-  rows = [_COLUMNS] + [_row(l) for l in report.leaves]
+def table_lines(rows: list, left: int = 4) -> list[str]:
+  """Aligned text rows under a rule: the first ``left`` columns left-aligned, the rest right."""
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   lines = []
   for j, r in enumerate(rows):
     lines.append(
-      "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+      "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     )
     if j == 0:
       lines.append("-" * len(lines[0]))
+  return lines
+
+
+def format_inspection(report: Report) -> str:
+  """A human-readable table of an :func:`inspect` report."""
+  lines = table_lines([_COLUMNS] + [_row(l) for l in report.leaves])
   t = report.totals()
   lines.append("")
   lines.append(

@@ -57,6 +57,9 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from hemp_jax.codec.inspection import table_lines
+from hemp_jax.pytrees import path_name
+
 __all__ = [
   "METHODS",
   "NORM_STATS_PATTERN",
@@ -798,7 +801,7 @@ def compress_checkpoint(
   """Reads a checkpoint, quantizes it and returns the ``.hemp`` bytes.
 
   A ``.hemp`` input is re-encoded losslessly with the current coder
-  (:func:`hemp_jax.codec.checkpoints.reencode_hemp`); the quantization options must then
+  (:func:`hemp_jax.codec.reencode`); the quantization options must then
   be left at their defaults.
 
   Args:
@@ -824,7 +827,7 @@ def compress_checkpoint(
   kind = checkpoints.checkpoint_format(src)
   if kind == "hemp":
     with open(src, "rb") as f:
-      blob = checkpoints.reencode_hemp(f.read())
+      blob = fmt.reencode(f.read())
     return CompressResult(blob, [], kind, time.process_time() - t0)
   tree = checkpoints.read_checkpoint(src, kind)
   flat = checkpoints.flatten_tree(tree)
@@ -866,24 +869,12 @@ def compress_checkpoint(
       bar.close()
 
   def put(table):
-    return lambda path, _: table[_path_name(path)]
+    return lambda path, _: table[path_name(path)]
 
   vtree = jax.tree_util.tree_map_with_path(put(values), tree)
   ctree = jax.tree_util.tree_map_with_path(put(codebooks), tree)
   blob = fmt.compress(vtree, ctree)
   return CompressResult(blob, results, kind, time.process_time() - t0)
-
-
-def _path_name(path) -> str:
-  import jax
-
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    else:
-      parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-  return "/".join(parts)
 
 
 def format_table(results: list, report) -> str:
@@ -905,14 +896,7 @@ def format_table(results: list, report) -> str:
         str(leaf.order) if leaf is not None and leaf.order is not None else "-",
       )
     )
-  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-  lines = []
-  for j, row in enumerate(rows):
-    lines.append(
-      "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    )
-    if j == 0:
-      lines.append("-" * len(lines[0]))
+  lines = table_lines(rows)
   q = [r for r in results if r.quantized]
   t = report.totals()
   nq = sum(math.prod(r.shape) for r in q)
