@@ -27,7 +27,11 @@ __all__ = [
   "quantize",
   "quantize_ste",
   "quantization_mse",
+  "LLOYD_METHODS",
 ]
+
+# Fitters of lloyd_max_codebook: Lloyd on the weights, or the levels of a Gaussian fit.
+LLOYD_METHODS = ("empirical", "gaussian")
 
 
 def _is_concrete(x) -> bool:
@@ -274,7 +278,7 @@ def lloyd_max_codebook(
     The sorted codebook.
   """
   n = _check_num_levels(num_levels)
-  if method not in ("empirical", "gaussian"):
+  if method not in LLOYD_METHODS:
     raise ValueError(f"method must be 'empirical' or 'gaussian', got {method!r}")
   if num_iters < 0:
     raise ValueError(f"num_iters must be >= 0, got {num_iters}")

@@ -102,7 +102,7 @@ def test_pareto_and_best_within():
 def test_a_bad_point_config_stops_the_sweep_before_training(tmp_path, capsys):
   bad = tmp_path / "bad_sweep.py"
   bad.write_text(
-    "from hemp_jax.experiment import load_python_file\n"
+    "from hemp_jax.train.config import load_python_file\n"
     "from hemp_jax.sweep import Point, Sweep\n"
     f"_S = load_python_file({SWEEP!r}, 'base_sweep')\n"
     "def get_sweep(arg=None):\n"

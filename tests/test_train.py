@@ -50,13 +50,13 @@ def test_jit_mesh_4_devices_equals_1_device(mode):
   config = base_config(mode=mode)
   model = _SmallBN(rngs=nnx.Rngs(0))
   tx = train.make_optimizer(config)
-  graphdef, state0 = train.create_train_state(config, model, tx)
+  graphdef, state0 = train.create_train_state(model, tx)
   step = train.make_train_step(graphdef, tx)
   batches = _digits_batches(4)
   one = _run(
     train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:1])), state0, batches
   )
-  _, state0b = train.create_train_state(config, _SmallBN(rngs=nnx.Rngs(0)), tx)
+  _, state0b = train.create_train_state(_SmallBN(rngs=nnx.Rngs(0)), tx)
   four = _run(
     train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:4])), state0b, batches
   )
@@ -71,12 +71,10 @@ def test_pmap_4_devices_equals_1_device():
   config = base_config()
   model = hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1))
   tx = train.make_optimizer(config)
-  graphdef, state0 = train.create_train_state(config, model, tx)
+  graphdef, state0 = train.create_train_state(model, tx)
   batches = _digits_batches(4)
   single = _run(jax.jit(train.make_train_step(graphdef, tx)), state0, batches)
-  _, state0b = train.create_train_state(
-    config, hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1)), tx
-  )
+  _, state0b = train.create_train_state(hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1)), tx)
   pmapped = _run(train.pmap_train_step(graphdef, tx, jax.devices()[:4]), state0b, batches)
   for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(pmapped.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
