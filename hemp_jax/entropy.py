@@ -1,4 +1,4 @@
-"""The differentiable order-n entropy estimator (DESIGN §2) and the exact empirical one.
+"""The differentiable order-n entropy estimator (DESIGN.md §1) and the exact empirical one.
 
 Soft assignment ("tent"): a weight w between levels ``c_k <= w < c_{k+1}`` belongs to
 level k with weight ``1 - t`` and to level k+1 with weight ``t``,

@@ -247,10 +247,12 @@ def read_checkpoint_arrays(path) -> dict:
   if not any(name.isdigit() for name in os.listdir(ckpt_dir)):
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
   state = codec.read_checkpoint(ckpt_dir)["state"]
-  if "params" not in state:  # restored as a sequence (TrainState field order)
-    state = dict(zip(TrainState._fields, (state[str(i)] for i in range(4))))
-  out = _flat_names(state["model_state"] if "model_state" in state else {})
-  out.update(_flat_names(state["params"]))
+  if "params" in state:
+    params, model_state = state["params"], state["model_state"] if "model_state" in state else {}
+  else:  # restored as a sequence (TrainState field order)
+    params, model_state = state["1"], state["2"]
+  out = _flat_names(model_state)
+  out.update(_flat_names(params))
   return out
 
 

@@ -140,14 +140,14 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _is_section(v) -> bool:
+  return isinstance(v, (dict, ml_collections.ConfigDict))
+
+
 def _as_dict(node) -> dict:
   if isinstance(node, ml_collections.ConfigDict):
     return node.to_dict()
   return {k: _as_dict(v) if _is_section(v) else v for k, v in dict(node).items()}
-
-
-def _is_section(v) -> bool:
-  return isinstance(v, (dict, ml_collections.ConfigDict))
 
 
 def _merge(defaults: dict, values: dict) -> dict:
@@ -294,18 +294,10 @@ class ConfigError(ValueError):
   """A config field has a value the trainer cannot use (the message names it)."""
 
 
-_MISSING = object()
-
-
 def _get(config, key: str):
   node = config
   for part in key.split("."):
-    try:
-      if part not in node:
-        return _MISSING
-      node = node[part]
-    except TypeError:
-      return _MISSING
+    node = node[part] if _is_section(node) and part in node else None
   return node
 
 
@@ -322,18 +314,16 @@ def _fail(key: str, value, what: str):
 
 
 def _value(config, key: str, required: bool, what: str):
-  """The field's value; _MISSING when it is absent (or None and required: no default)."""
+  """The field's value (None: not set; an error if the field has no default)."""
   v = _get(config, key)
-  if v is _MISSING or (v is None and required):
-    if required:
-      raise ConfigError(f"config.{key} is missing{what}")
-    return _MISSING
+  if v is None and required:
+    raise ConfigError(f"config.{key} is missing{what}")
   return v
 
 
 def _check_name(config, key: str, known, required: bool = False, allow_none: bool = False):
   v = _value(config, key, required, f"; known values: {', '.join(known)}")
-  if v is _MISSING or (v is None and allow_none):
+  if v is None and allow_none:
     return
   if v not in known:
     _fail(key, v, f"unknown; known values: {', '.join(known)}")
@@ -341,7 +331,7 @@ def _check_name(config, key: str, known, required: bool = False, allow_none: boo
 
 def _check_int(config, key: str, low: int, required: bool = False, allow_none: bool = False):
   v = _value(config, key, required, f" (an integer >= {low})")
-  if v is _MISSING or (v is None and allow_none):
+  if v is None and allow_none:
     return
   if not _is_int(v) or v < low:
     _fail(key, v, f"must be an integer >= {low}")
@@ -359,7 +349,7 @@ def _check_real(
   allow_none: bool = False,
 ):
   v = _value(config, key, required, "")
-  if v is _MISSING or (v is None and allow_none):
+  if v is None and allow_none:
     return
   lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
   hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
