@@ -1,5 +1,4 @@
-"""Moved to :mod:`hemp_jax.train` (``config``, ``checkpoints``, ``input``); re-exported here
-for one release."""
+"""Moved to :mod:`hemp_jax.train` (config, checkpoints, input); re-exported for one release."""
 
 from hemp_jax.train.checkpoints import load_init_checkpoint, read_checkpoint_arrays
 from hemp_jax.train.config import load_python_file
