@@ -237,7 +237,7 @@ def _load_float(path: str, params, model_state):
   return out
 
 
-def _train(config, graphdef, state, tx, pipe, log) -> tuple[train.TrainState, list]:
+def _train_point(config, graphdef, state, tx, pipe, log) -> tuple[train.TrainState, list]:
   """The epochs of a point (:func:`hemp_jax.train.train_epochs`; no checkpoints: a
   point is short and its record is written when it is finished)."""
   config = cfg.with_defaults(config)
@@ -299,7 +299,7 @@ def run_point(point: Point, scratch_dir: str, log=print) -> dict:
     state = train.TrainState(jnp.zeros([], jnp.int32), params, model_state, tx.init(params))
   history = []
   if point.kind in ("pretrain", "train"):
-    state, history = _train(config, graphdef, state, tx, pipe, log)
+    state, history = _train_point(config, graphdef, state, tx, pipe, log)
   if point.kind == "pretrain":
     _save_float(os.path.join(workdir, "float.npz"), state.params, state.model_state)
   codebooks = train.eval_codebooks(config, state)

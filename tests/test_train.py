@@ -205,3 +205,38 @@ def test_cli_train_with_overrides(tmp_path, capsys):
     ["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path), "--config.hemp.nope=1"]
   )
   assert rc == 2 and "unknown config field 'hemp.nope'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the config contract
+
+
+def test_defaults_fill_what_a_config_leaves_out():
+  config = train.with_defaults({"hemp": {"mode": "none"}, "pruning": None, "seed": 3})
+  assert config.seed == 3 and config.hemp.mode == "none"
+  assert config.pruning.method == "none"  # a section set to None: its defaults
+  assert config.hemp.order == 3 and config.quantizer.num_levels == 4  # the library's
+  assert config.quantizer.degenerate == "keep" and config.qat_epochs == 0
+  with pytest.raises(train.ConfigError, match="config.model is missing; known values"):
+    train.validate_config({})
+  # What a config sets is kept as it is (an int stays an int).
+  assert train.with_defaults({"hemp": {"strength": 5}}).hemp.strength == 5
+  assert isinstance(train.with_defaults({"hemp": {"strength": 5}}).hemp.strength, int)
+  # The experiment configs build on the package default: nothing to fill.
+  job = cli.load_config(DEFAULT_CONFIG)
+  assert train.config.config_diff(job, train.with_defaults(job)) == {}
+
+
+def test_config_json_of_an_older_version_resumes(tmp_path):
+  """A config.json without the fields added since (they are at their defaults) is not a
+  config change."""
+  config = digits_run_config(1)
+  train.train_and_evaluate(config, str(tmp_path))
+  path = tmp_path / "config.json"
+  old = json.loads(path.read_text())
+  for key in ("pruning", "data", "init_checkpoint", "mock_data"):
+    old.pop(key)
+  old["hemp"].pop("sensitivity")
+  path.write_text(json.dumps(old))
+  summary = train.train_and_evaluate(config, str(tmp_path))  # resumed, not refused
+  assert summary["epochs"] == 1
+  assert "pruning" in json.loads(path.read_text())  # written again, complete

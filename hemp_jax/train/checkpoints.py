@@ -13,7 +13,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from hemp_jax.pytrees import fill_tree, path_name
+from hemp_jax import codec
+from hemp_jax.codec.checkpoints import flatten_tree
+from hemp_jax.pytrees import fill_tree
 from hemp_jax.train.steps import TrainState
 
 __all__ = [
@@ -221,11 +223,6 @@ def save_checkpoint(
 # ------------------------------------------------------------- weights to start from
 
 
-def _flat_names(tree) -> dict:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {path_name(p): np.asarray(x) for p, x in flat}
-
-
 def read_checkpoint_arrays(path) -> dict:
   """``{path name: array}`` of the weights at ``path``.
 
@@ -238,12 +235,10 @@ def read_checkpoint_arrays(path) -> dict:
     FileNotFoundError: nothing at ``path``, or a workdir without checkpoints.
     ValueError: a file of no supported format.
   """
-  from hemp_jax import codec
-
   path = os.fspath(path)
   ckpt_dir = os.path.join(os.path.abspath(path), "checkpoints")
   if not os.path.isdir(ckpt_dir):
-    return _flat_names(codec.read_checkpoint(path))
+    return flatten_tree(codec.read_checkpoint(path))
   if not any(name.isdigit() for name in os.listdir(ckpt_dir)):
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
   state = codec.read_checkpoint(ckpt_dir)["state"]
@@ -251,8 +246,8 @@ def read_checkpoint_arrays(path) -> dict:
     params, model_state = state["params"], state["model_state"] if "model_state" in state else {}
   else:  # restored as a sequence (TrainState field order)
     params, model_state = state["1"], state["2"]
-  out = _flat_names(model_state)
-  out.update(_flat_names(params))
+  out = flatten_tree(model_state)
+  out.update(flatten_tree(params))
   return out
 
 
