@@ -26,14 +26,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from hemp_jax.train import config as cfg
-from hemp_jax.train.build import build, eval_codebooks
+from hemp_jax.train.build import build
 from hemp_jax.train.checkpoints import (
   DataPosition,
   checkpoint_manager,
   restore_with_fallback,
   save_checkpoint,
 )
-from hemp_jax.train.evaluate import Evaluator, quantized_size
+from hemp_jax.train.evaluate import Evaluator, eval_codebooks, quantized_size
 from hemp_jax.train.input import InputPipeline
 from hemp_jax.train.model_file import read_model_file, write_model_file
 from hemp_jax.train.steps import (
@@ -407,6 +407,24 @@ def _epoch_row(ep: Epoch, evaluator: Evaluator, codebooks, batch_size: int) -> d
   }
 
 
+def _with_last_row(rows: list, done: int, state, codebooks, evaluator: Evaluator) -> list:
+  """``rows`` ending with the row of epoch ``done``: a checkpoint of an older version may
+  lack it; its evaluation part is recomputed (the epoch's training loss is lost)."""
+  if rows and rows[-1]["epoch"] == done:
+    return rows
+  row = evaluator.row(state.params, state.model_state, codebooks)
+  return [r for r in rows if r["epoch"] < done] + [
+    {
+      "epoch": done,
+      "train_loss": None,
+      "train_accuracy": None,
+      **row,
+      "seconds": None,
+      "rederived": True,
+    }
+  ]
+
+
 def _show_epoch(ep: Epoch, row: dict, show: bool) -> None:
   if ep.progress is not None:
     ep.progress.close()  # the bar stays up during the evaluation, then the line below
@@ -497,6 +515,8 @@ def train_and_evaluate(
     run.graphdef, run.tx, run.pipe.normalize, parallel=opts["parallel"], mesh=run.mesh
   )
   evaluator = _evaluator(run)
+  codebook_kwargs = cfg.codebook_kwargs(config)
+  codebooks_of = lambda s: eval_codebooks(s.params, s.opt_state, **codebook_kwargs)
   position = DataPosition()
   mngr, restored = restore_with_fallback(checkpoint_manager(workdir), run.state, workdir, position)
   resumed = _resume(run, restored, main)
@@ -520,7 +540,7 @@ def train_and_evaluate(
   try:
     for ep in epochs:
       state = ep.state
-      row = _epoch_row(ep, evaluator, eval_codebooks(config, state), config.batch_size)
+      row = _epoch_row(ep, evaluator, codebooks_of(state), config.batch_size)
       _show_epoch(ep, row, show)
       rows.append(row)
       # The checkpoint first (it holds the row and the data position), outputs after.
@@ -530,22 +550,9 @@ def train_and_evaluate(
   except TrainingDivergedError as e:
     raise _diverged(e, mngr, workdir) from None
 
-  codebooks = eval_codebooks(config, state)
+  codebooks = codebooks_of(state)
   done = max(resumed.start_epoch, config.num_epochs)  # epochs the state has trained
-  if not rows or rows[-1]["epoch"] != done:  # a checkpoint without its row (older version)
-    # The evaluation part of the row, recomputed (the epoch's training loss is lost).
-    rederived = evaluator.row(state.params, state.model_state, codebooks)
-    rows = [r for r in rows if r["epoch"] < done]
-    rows.append(
-      {
-        "epoch": done,
-        "train_loss": None,
-        "train_accuracy": None,
-        **rederived,
-        "seconds": None,
-        "rederived": True,
-      }
-    )
+  rows = _with_last_row(rows, done, state, codebooks, evaluator)
   if not main:  # process 0 writes the model file and the summary
     return {"process_index": jax.process_index(), "epochs": rows[-1]["epoch"]}
   # Outputs: metrics.jsonl, model.hemp, then summary.json (each atomic, the summary last).
