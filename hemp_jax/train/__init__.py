@@ -18,7 +18,6 @@ from hemp_jax.train.build import (
   build,
   eval_codebooks,
   evaluate_model_file,
-  input_pipeline,
   load_final_state,
   make_optimizer,
 )
@@ -36,7 +35,7 @@ from hemp_jax.train.evaluate import (
   make_eval_fn,
   quantize_params,
 )
-from hemp_jax.train.input import InputPipeline
+from hemp_jax.train.input import InputPipeline, input_pipeline
 from hemp_jax.train.loop import (
   TrainingDivergedError,
   compile_steps,

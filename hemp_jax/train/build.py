@@ -19,10 +19,8 @@ from hemp_jax.train.checkpoints import (
   load_init_checkpoint,
   restore_with_fallback,
 )
-from hemp_jax.train.evaluate import eval_codebooks as state_eval_codebooks
-from hemp_jax.train.evaluate import evaluate_accuracy, make_eval_fn
-from hemp_jax.train.input import InputPipeline
-from hemp_jax.train.input import input_pipeline as make_input_pipeline
+from hemp_jax.train.evaluate import evaluate_accuracy, evaluation_codebooks, make_eval_fn
+from hemp_jax.train.input import input_pipeline
 from hemp_jax.train.model_file import read_model_file
 from hemp_jax.train.optimizer import optimizer_chain
 from hemp_jax.train.steps import TrainState, create_train_state
@@ -30,7 +28,6 @@ from hemp_jax.train.steps import TrainState, create_train_state
 __all__ = [
   "build",
   "make_optimizer",
-  "input_pipeline",
   "eval_codebooks",
   "load_final_state",
   "evaluate_model_file",
@@ -49,21 +46,16 @@ def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransforma
   return optimizer_chain(**cfg.optimizer_kwargs(config, steps_per_epoch))
 
 
-def input_pipeline(config) -> InputPipeline:
-  """The input of ``config`` (:func:`hemp_jax.train.input.input_pipeline`)."""
-  return make_input_pipeline(**cfg.pipeline_kwargs(cfg.with_defaults(config)))
-
-
 def eval_codebooks(config, state: TrainState):
   """Codebooks for quantized evaluation: the HEMP state's, else fitted post-training."""
   kwargs = cfg.codebook_kwargs(cfg.with_defaults(config))
-  return state_eval_codebooks(state.params, state.opt_state, **kwargs)
+  return evaluation_codebooks(state.params, state.opt_state, **kwargs)
 
 
 def build(config):
   """``(graphdef, state, tx, pipe)``: model, optimizer, initial state and input of ``config``."""
   config = cfg.with_defaults(config)
-  pipe = input_pipeline(config)
+  pipe = input_pipeline(**cfg.pipeline_kwargs(config))
   model = models_lib.init_model(
     config.model, num_classes=pipe.num_classes, seed=config.seed, **config.model_kwargs
   )

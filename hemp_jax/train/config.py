@@ -587,7 +587,7 @@ def pipeline_kwargs(config) -> dict:
 
 
 def codebook_kwargs(config) -> dict:
-  """Arguments of :func:`hemp_jax.train.evaluate.eval_codebooks` besides the state."""
+  """Arguments of :func:`hemp_jax.train.evaluate.evaluation_codebooks` besides the state."""
   return dict(
     quantizer=quantizer_config(config), order=config.hemp.order, tuples=config.hemp.tuples
   )

@@ -16,7 +16,7 @@ from hemp_jax.train.steps import make_eval_step, state_codebooks
 
 __all__ = [
   "Evaluator",
-  "eval_codebooks",
+  "evaluation_codebooks",
   "evaluate_accuracy",
   "exact_entropy",
   "make_eval_fn",
@@ -58,7 +58,7 @@ def quantized_size(params, codebooks) -> int:
   return int(sum(np.size(x) for cb, x in zip(cbs, leaves) if cb is not None))
 
 
-def eval_codebooks(
+def evaluation_codebooks(
   params, opt_state, quantizer: reg.QuantizerConfig, *, order: int, tuples: str
 ) -> Any:
   """Codebooks for quantized evaluation: the HEMP state's, else fitted post-training.

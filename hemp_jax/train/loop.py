@@ -33,7 +33,7 @@ from hemp_jax.train.checkpoints import (
   restore_with_fallback,
   save_checkpoint,
 )
-from hemp_jax.train.evaluate import Evaluator, eval_codebooks, quantized_size
+from hemp_jax.train.evaluate import Evaluator, evaluation_codebooks, quantized_size
 from hemp_jax.train.input import InputPipeline
 from hemp_jax.train.model_file import read_model_file, write_model_file
 from hemp_jax.train.steps import (
@@ -516,7 +516,7 @@ def train_and_evaluate(
   )
   evaluator = _evaluator(run)
   codebook_kwargs = cfg.codebook_kwargs(config)
-  codebooks_of = lambda s: eval_codebooks(s.params, s.opt_state, **codebook_kwargs)
+  codebooks_of = lambda s: evaluation_codebooks(s.params, s.opt_state, **codebook_kwargs)
   position = DataPosition()
   mngr, restored = restore_with_fallback(checkpoint_manager(workdir), run.state, workdir, position)
   resumed = _resume(run, restored, main)
