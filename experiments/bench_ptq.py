@@ -247,7 +247,7 @@ def lenet_accuracy(npz: str, targets=(0.75, 1.0, 1.5, 2.0, 3.0)) -> list[dict]:
   import jax.numpy as jnp
 
   from hemp_jax import train
-  from hemp_jax.experiment import load_python_file
+  from hemp_jax.train.config import load_python_file
 
   config = load_python_file(
     os.path.join(_ROOT, "experiments", "configs", "lenet5_mnist.py"), "cfg"
@@ -261,7 +261,7 @@ def lenet_accuracy(npz: str, targets=(0.75, 1.0, 1.5, 2.0, 3.0)) -> list[dict]:
     )
     tree = codec.decompress(res.blob)
     params = jax.tree.map(jnp.asarray, codec.load_into(state.params, tree["params"]))
-    acc = train._evaluate(eval_fn, params, state.model_state, pipe.eval())
+    acc = train.evaluate_accuracy(eval_fn, params, state.model_state, pipe.eval())
     q = [r for r in res.results if r.quantized]
     return {
       "target": b,
@@ -299,7 +299,7 @@ def float_accuracy(npz: str) -> float:
   import jax.numpy as jnp
 
   from hemp_jax import train
-  from hemp_jax.experiment import load_python_file
+  from hemp_jax.train.config import load_python_file
 
   config = load_python_file(
     os.path.join(_ROOT, "experiments", "configs", "lenet5_mnist.py"), "cfg"
@@ -307,7 +307,7 @@ def float_accuracy(npz: str) -> float:
   graphdef, state, _, pipe = train.build(config)
   tree = checkpoints.read_checkpoint(npz)
   params = jax.tree.map(jnp.asarray, codec.load_into(state.params, tree["params"]))
-  return train._evaluate(
+  return train.evaluate_accuracy(
     jax.jit(train.make_eval_step(graphdef)), params, state.model_state, pipe.eval()
   )
 

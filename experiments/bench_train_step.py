@@ -62,7 +62,7 @@ def make_runner(model_name, batch, config, seed=0):
   labels = jnp.asarray(rng.integers(0, 10, size=batch))
   model = models.create_model(model_name, num_classes=10, rngs=nnx.Rngs(seed))
   tx = train.make_optimizer(config)
-  graphdef, state = train.create_train_state(config, model, tx)
+  graphdef, state = train.create_train_state(model, tx)
   step = jax.jit(train.make_train_step(graphdef, tx), donate_argnums=(0,))
   holder = {"state": state}
   t0 = time.perf_counter()

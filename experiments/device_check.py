@@ -49,7 +49,7 @@ class Sizes:
 
 
 def _config(model: str, refresh: int | None, dtype: str):
-  from hemp_jax.experiment import load_python_file
+  from hemp_jax.train.config import load_python_file
 
   here = os.path.dirname(os.path.abspath(__file__))
   c = load_python_file(os.path.join(here, "configs", "default.py"), "device_check_cfg").get_config()
@@ -77,7 +77,7 @@ def _setup(model: str, shape, batch: int, refresh, dtype: str, devices):
   net = models.init_model(model, num_classes=1000 if model == "resnet50" else 10, seed=0)
   models.set_dtype(net, dtype)
   tx = train.make_optimizer(config, steps_per_epoch=100)
-  graphdef, state = train.create_train_state(config, net, tx)
+  graphdef, state = train.create_train_state(net, tx)
   mesh = train.make_mesh(devices)
   step = train.data_parallel_train_step(train.make_train_step(graphdef, tx), mesh)
   rng = np.random.default_rng(0)

@@ -16,7 +16,6 @@ the command line) shows the Python traceback instead.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -25,112 +24,11 @@ import ml_collections
 
 from hemp_jax.errors import UsageError
 from hemp_jax.fileio import write_atomic
+from hemp_jax.train.config import apply_overrides, load_config
 
 __all__ = ["main", "load_config", "apply_overrides"]
 
 EXIT_USAGE, EXIT_FAILED, EXIT_DIVERGED = 2, 1, 3
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads ``path.py`` or ``path.py:arg`` (its ``get_config``), or a run's ``config.json``.
-
-  Raises:
-    UsageError: a missing or unreadable file, a syntax error, no ``get_config``, an
-      unknown variant (``:arg``), or any error raised while building the config.
-  """
-  path, _, arg = spec.partition(":")
-  if os.path.isdir(path):
-    raise UsageError(
-      f"--config {path} is a directory: pass a config file (.py, or a workdir's config.json)"
-    )
-  if not os.path.isfile(path):
-    raise UsageError(f"config file not found: {path}")
-  if path.endswith(".json"):
-    if arg:
-      raise UsageError(f"--config {spec}: a config.json takes no ':variant'")
-    try:
-      with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-    except ValueError as e:
-      raise UsageError(f"config file {path} is not valid JSON: {e}") from None
-  if not path.endswith(".py"):
-    raise UsageError(f"config file {path}: expected a .py file with get_config() or a .json")
-  from hemp_jax.experiment import load_python_file
-
-  try:
-    module = load_python_file(path, "hemp_config")
-  except SyntaxError as e:
-    raise UsageError(
-      f"config file {e.filename or path} line {e.lineno}: syntax error: {e.msg}"
-    ) from None
-  except Exception as e:
-    raise UsageError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
-  if not hasattr(module, "get_config"):
-    raise UsageError(f"config file {path} has no get_config()")
-  try:
-    return module.get_config(arg) if arg else module.get_config()
-  except TypeError as e:
-    if arg and "positional argument" in str(e):
-      raise UsageError(f"config file {path} takes no ':variant' (got {arg!r})") from None
-    raise UsageError(f"{spec}: get_config() failed: {type(e).__name__}: {e}") from None
-  except Exception as e:
-    raise UsageError(f"{spec}: {e}") from None
-
-
-def _parse_value(text: str, current):
-  if isinstance(current, bool):
-    low = text.lower()
-    if low in ("true", "1", "yes"):
-      return True
-    if low in ("false", "0", "no"):
-      return False
-    raise ValueError(f"expected a boolean, got {text!r}")
-  if isinstance(current, int):
-    return int(text)
-  if isinstance(current, float):
-    return float(text)
-  if isinstance(current, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
-  """Applies ``--config.a.b=value`` arguments (also ``--config.a.b value``).
-
-  Raises:
-    UsageError: an argument that is not an override, an unknown field, a bad value.
-  """
-  i = 0
-  while i < len(overrides):
-    item = overrides[i]
-    if not item.startswith("--config."):
-      raise UsageError(f"unknown argument {item!r} (overrides look like --config.key=value)")
-    key = item[len("--config.") :]
-    if "=" in key:
-      key, value = key.split("=", 1)
-    else:
-      if i + 1 >= len(overrides):
-        raise UsageError(f"missing value for --config.{key}")
-      i += 1
-      value = overrides[i]
-    node, parts = config, key.split(".")
-    for p in parts[:-1]:
-      if not isinstance(node, ml_collections.ConfigDict) or p not in node:
-        raise UsageError(f"unknown config field {key!r}")
-      node = node[p]
-    if not isinstance(node, ml_collections.ConfigDict) or parts[-1] not in node:
-      fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      raise UsageError(f"unknown config field {key!r}; fields here: {fields}")
-    current = node[parts[-1]]
-    try:
-      node[parts[-1]] = _parse_value(value, current)
-    except (ValueError, TypeError) as e:
-      raise UsageError(f"bad value for --config.{key}: {e}") from None
-    i += 1
-  return config
 
 
 def _cmd_train(args, rest):
@@ -350,9 +248,8 @@ def _cmd_evaluate(args, rest):
     raise UsageError(f"model file {args.file}: {what} (pass a .hemp file)")
   config = apply_overrides(load_config(args.config), rest)
   from hemp_jax import codec, train
-  from hemp_jax.config_check import validate_config
 
-  validate_config(config)
+  train.validate_config(config)
   try:
     with open(args.file, "rb") as f:
       codec.inspect(f.read())  # a damaged file fails here, before the model is built

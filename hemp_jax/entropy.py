@@ -1,4 +1,4 @@
-"""The differentiable order-n entropy estimator (DESIGN §2) and the exact empirical one.
+"""The differentiable order-n entropy estimator (DESIGN.md §1) and the exact empirical one.
 
 Soft assignment ("tent"): a weight w between levels ``c_k <= w < c_{k+1}`` belongs to
 level k with weight ``1 - t`` and to level k+1 with weight ``t``,
@@ -51,6 +51,9 @@ __all__ = [
   "tree_group_rates",
   "DENSE_MAX_CELLS",
   "CHUNK_ENTRIES",
+  "TUPLE_MODES",
+  "RATES",
+  "POOLS",
 ]
 
 DENSE_MAX_CELLS = 1 << 22
@@ -65,18 +68,18 @@ _ACC_GROUPS = 64
 _CORNER_GRAD_UNROLL = 6
 # tent_assign picks levels by an unrolled compare/select chain up to this K.
 _SELECT_MAX_LEVELS = 32
-_TUPLE_MODES = ("disjoint", "sliding")
-_RATES = ("block", "conditional")
-_POOLS = ("group", "global")
+TUPLE_MODES = ("disjoint", "sliding")
+RATES = ("block", "conditional")
+POOLS = ("group", "global")
 
 
 def _check_options(order, tuples, rate):
   if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
     raise ValueError(f"order must be an int >= 1, got {order!r}")
-  if tuples not in _TUPLE_MODES:
-    raise ValueError(f"tuples must be one of {_TUPLE_MODES}, got {tuples!r}")
-  if rate not in _RATES:
-    raise ValueError(f"rate must be one of {_RATES}, got {rate!r}")
+  if tuples not in TUPLE_MODES:
+    raise ValueError(f"tuples must be one of {TUPLE_MODES}, got {tuples!r}")
+  if rate not in RATES:
+    raise ValueError(f"rate must be one of {RATES}, got {rate!r}")
   if rate == "conditional" and tuples != "sliding":
     raise ValueError(
       "rate='conditional' (H_n - H_{n-1}) is defined on sliding tuples; pass tuples='sliding'"
@@ -784,8 +787,8 @@ def tree_entropy(
     (codebooks may be traced; the tree structure and shapes are static).
   """
   _check_options(order, tuples, rate)
-  if pool not in _POOLS:
-    raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
+  if pool not in POOLS:
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
   _, buckets = _plan(codebooks, params, order, tuples)
   levels = {b.num_levels for b in buckets}
   if pool == "global" and len(levels) != 1:

@@ -31,7 +31,11 @@ __all__ = [
   "fit_codebook",
   "fit_codebooks",
   "codebook_leaves",
+  "CODEBOOK_METHODS",
 ]
+
+# Codebook fitters of fit_codebook / fit_codebooks.
+CODEBOOK_METHODS = ("uniform", "lloyd_max")
 
 
 def scan_stream(x) -> jax.Array:
@@ -145,7 +149,7 @@ def fit_codebooks(
   Returns:
     A pytree like ``params`` with a codebook or ``None`` at every leaf.
   """
-  if method not in ("uniform", "lloyd_max"):
+  if method not in CODEBOOK_METHODS:
     raise ValueError(f"method must be 'uniform' or 'lloyd_max', got {method!r}")
   if min_size is None:
     min_size = 10 * int(num_levels) + 1

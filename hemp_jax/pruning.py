@@ -40,10 +40,10 @@ __all__ = [
   "prune",
   "sparsity_schedule",
   "leaf_sparsity",
-  "pruning_from_config",
   "PRUNING_METHODS",
 ]
 
+# Scores of prune (a config adds "none": no pruning).
 PRUNING_METHODS = ("magnitude", "sensitivity")
 
 
@@ -199,35 +199,3 @@ def prune(
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def pruning_from_config(
-  config, inner: optax.GradientTransformation, steps_per_epoch: int
-) -> optax.GradientTransformation:
-  """``inner`` wrapped by :func:`prune` as ``config.pruning`` says (unchanged if absent).
-
-  ``config.pruning``: ``method`` ("none" | "magnitude" | "sensitivity"), ``sparsity``,
-  ``begin_epoch``, ``end_epoch`` (fractions allowed; the ramp in epochs, ``end_epoch``
-  None: 3/4 of ``num_epochs``), ``frequency`` (steps), ``min_size``, ``grad_decay``,
-  optional ``include`` / ``exclude`` regexes on leaf path names.
-  """
-  pc = config.get("pruning", None)
-  if pc is None or pc.get("method", "none") in ("none", None):
-    return inner
-  begin = int(round(pc.get("begin_epoch", 0.0) * steps_per_epoch))
-  end_epoch = pc.get("end_epoch", None)
-  if end_epoch is None:
-    end_epoch = 0.75 * config.num_epochs
-  end = max(begin, int(round(end_epoch * steps_per_epoch)))
-  return prune(
-    inner,
-    sparsity=pc.sparsity,
-    method=pc.method,
-    begin_step=begin,
-    end_step=end,
-    frequency=pc.get("frequency", 10),
-    min_size=pc.get("min_size", 100),
-    include=pc.get("include", None),
-    exclude=pc.get("exclude", None),
-    grad_decay=pc.get("grad_decay", 0.9),
-  )

@@ -4,14 +4,17 @@ A key path's entries (dict keys, attribute names, sequence indices) are joined w
 ``/``. A trailing ``value`` attribute (``GetAttrKey``, what an NNX ``Variable`` adds when
 optax or ``jax.tree_util`` looks through it) is dropped, so ``params['conv1']['kernel']``
 and the NNX variable at the same place have the same name. A dict key that happens to be
-``"value"`` is a real part of the tree and is kept.
+``"value"`` is a real part of the tree and is kept. :func:`fill_tree` fills a tree from
+``{name: array}`` by that rule (or another).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["key_entry", "path_name", "path_entries"]
+__all__ = ["key_entry", "path_name", "path_entries", "fill_tree"]
 
 
 def key_entry(k):
@@ -38,3 +41,35 @@ def path_entries(path) -> tuple:
 def path_name(path, sep: str = "/") -> str:
   """``sep``-joined name of a key path (see the module docstring for the rule)."""
   return sep.join(str(e) for e in path_entries(path))
+
+
+def fill_tree(template, arrays, *, name=path_name) -> tuple:
+  """A tree like ``template`` whose leaves are taken from ``arrays`` by name.
+
+  Args:
+    template: the pytree to fill (structure, shapes and dtypes).
+    arrays: ``{name: array}``.
+    name: a leaf's name from its key path (default :func:`path_name`).
+
+  Returns:
+    ``(tree, used, missing)``: the filled tree (values cast to the template's dtypes;
+    a leaf missing from ``arrays`` keeps the template's value), the names taken from
+    ``arrays`` and the names of the template's leaves that were missing.
+
+  Raises:
+    ValueError: a leaf of another shape (the message names it).
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+  values, used, missing = [], [], []
+  for p, x in flat:
+    key = name(p)
+    if key not in arrays:
+      missing.append(key)
+      values.append(x)
+      continue
+    v = np.asarray(arrays[key])
+    if v.shape != np.shape(x):
+      raise ValueError(f"{key} has shape {v.shape}, expected {np.shape(x)}")
+    values.append(jnp.asarray(v, dtype=jnp.asarray(x).dtype))
+    used.append(key)
+  return treedef.unflatten(values), used, missing

@@ -4,7 +4,7 @@ A *codebook* is a sorted 1-D float array ``c_0 < c_1 < ... < c_{K-1}`` of K >= 2
 Every function here is pure and works on arrays of any shape; the fitters are jit-able
 (except ``uniform_codebook(step=...)``, whose number of levels depends on the data).
 
-Guard levels (DESIGN §2): the paper's code uses N real levels plus one extra level just
+Guard levels (DESIGN.md §1): the paper's code uses N real levels plus one extra level just
 outside each end of the weight range (K = N + 2), so that the soft assignment of a weight
 near the range ends still has a neighbour on both sides. Here a guard level sits one
 outermost spacing beyond the first/last real level.
@@ -27,7 +27,11 @@ __all__ = [
   "quantize",
   "quantize_ste",
   "quantization_mse",
+  "LLOYD_METHODS",
 ]
+
+# Fitters of lloyd_max_codebook: Lloyd on the weights, or the levels of a Gaussian fit.
+LLOYD_METHODS = ("empirical", "gaussian")
 
 
 def _is_concrete(x) -> bool:
@@ -274,7 +278,7 @@ def lloyd_max_codebook(
     The sorted codebook.
   """
   n = _check_num_levels(num_levels)
-  if method not in ("empirical", "gaussian"):
+  if method not in LLOYD_METHODS:
     raise ValueError(f"method must be 'empirical' or 'gaussian', got {method!r}")
   if num_iters < 0:
     raise ValueError(f"num_iters must be >= 0, got {num_iters}")

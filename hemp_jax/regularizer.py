@@ -7,7 +7,7 @@ Two ways to train with the entropy regularizer:
   before any optimizer in an ``optax.chain``; equivalent to adding ``strength * H`` to the
   loss (:func:`entropy_penalty`) but without touching the loss function.
 * :func:`hemp_second_step` / :func:`paper_recipe` — the update of the paper's code
-  (DESIGN §2): after the inner optimizer's step (SGD), a second step that is *not* scaled
+  (DESIGN.md §2): after the inner optimizer's step (SGD), a second step that is *not* scaled
   by the learning rate, ``w <- w - S * (lambda_h grad H(w) + lambda_q (w - Q(w)))`` with
   the sensitivity gate ``S = 1 - |dL/dw| / max|dL/dw|`` per tensor, then ``w`` clipped to
   the range of the real levels. It wraps the inner optimizer because the gate needs the
@@ -398,7 +398,7 @@ def add_entropy_grad(
 def authors_entropy_scale(order: int) -> float:
   """Factor that turns the authors' ``lambda_H`` into a per-parameter strength.
 
-  The paper's code (DESIGN §5) differentiates the order-n joint entropy ``H_n`` in bits
+  The paper's code (DESIGN.md §2) differentiates the order-n joint entropy ``H_n`` in bits
   per n-tuple of one histogram pooled over all quantized tensors; this library's
   estimator differentiates ``H_n / n`` in bits per parameter (``pool="global"`` gives the
   same pooled histogram). So at orders 1, 3, 4, ... their gradient is ``n`` times ours and

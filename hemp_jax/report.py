@@ -27,6 +27,7 @@ from typing import Iterable
 import numpy as np
 
 from hemp_jax.sweep import load_results
+from hemp_jax.train.config import with_defaults
 
 __all__ = ["pareto_front", "best_within", "write_report"]
 
@@ -237,9 +238,7 @@ def _plot_hist(panels, model, path) -> bool:
     a.stairs(np.maximum(counts, 0.5), edges, fill=True, alpha=0.6)
     levels = np.asarray(h["levels"])
     for k, c in enumerate(levels):
-      guard = k in (0, len(levels) - 1) and r.get("config", {}).get("quantizer", {}).get(
-        "guard_levels", True
-      )
+      guard = k in (0, len(levels) - 1) and with_defaults(r["config"]).quantizer.guard_levels
       a.axvline(c, color="C3", ls=":" if guard else "-", lw=1)
     a.set_yscale("log")
     a.set_xlim(min(edges[0], levels.min()) - 0.01, max(edges[-1], levels.max()) + 0.01)

@@ -33,12 +33,20 @@ import lzma
 import os
 import sys
 import time
-from typing import Any, Iterable
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from hemp_jax import codec, train
+from hemp_jax import groups as grp
+from hemp_jax import quantization as q
+from hemp_jax.fileio import atomic_output, write_atomic
+from hemp_jax.pytrees import fill_tree
+from hemp_jax.train import config as cfg
+from hemp_jax.train import loop
 
 __all__ = ["Point", "Sweep", "load_sweep", "run_sweep", "run_point", "load_results", "lzma_sizes"]
 
@@ -74,15 +82,13 @@ class Sweep:
 def load_sweep(spec: str) -> Sweep:
   """Loads ``file.py`` or ``file.py:arg`` by calling its ``get_sweep``.
 
-  Every point's config is checked (:func:`hemp_jax.config_check.validate_config`) before
+  Every point's config is checked (:func:`hemp_jax.train.config.validate_config`) before
   the sweep is returned, so a bad field stops the sweep before anything trains.
   """
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"sweep file not found: {path}")
-  from hemp_jax.experiment import load_python_file
-
-  module = load_python_file(path, "hemp_sweep")
+  module = cfg.load_python_file(path, "hemp_sweep")
   sweep = module.get_sweep(arg) if arg else module.get_sweep()
   ids = [p.id for p in sweep.points]
   if len(set(ids)) != len(ids):
@@ -95,24 +101,15 @@ def load_sweep(spec: str) -> Sweep:
       raise ValueError(f"point {p.id}: init {p.init!r} is not a point of the sweep")
     if p.kind == "ptq" and p.init is None:
       raise ValueError(f"ptq point {p.id} needs init")
-  from hemp_jax.config_check import ConfigError, validate_config
-
   for p in sweep.points:  # before any point trains: a typo fails in a second, not hours in
     try:
-      validate_config(p.config)
-    except ConfigError as e:
+      cfg.validate_config(p.config)
+    except cfg.ConfigError as e:
       raise ValueError(f"point {p.id}: {e}") from None
   return sweep
 
 
 # ----------------------------------------------------------------------- measurements
-
-
-def _atomic_write(path: str, data: bytes):
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 def lzma_sizes(params, codebooks) -> dict:
@@ -122,7 +119,6 @@ def lzma_sizes(params, codebooks) -> dict:
   order), what the HEMP paper measured. ``lzma_file_bytes``: that stream plus the
   codebooks and the float leaves as raw little-endian bytes, i.e. a decodable archive.
   """
-  from hemp_jax import groups as grp
   from hemp_jax.codec import format as fmt
 
   cbs, leaves, _, _ = grp.codebook_leaves(codebooks, params)
@@ -144,19 +140,7 @@ def lzma_sizes(params, codebooks) -> dict:
   return {"lzma_index_bytes": len(only), "lzma_file_bytes": len(full)}
 
 
-def _evaluate(eval_fn, params, model_state, batches) -> float:
-  correct = count = 0
-  for images, labels in batches:
-    c, _ = eval_fn(params, model_state, jnp.asarray(images), jnp.asarray(labels))
-    correct += int(c)
-    count += len(labels)
-  return correct / max(count, 1)
-
-
 def _quantized_sparsity(params, codebooks) -> float:
-  from hemp_jax import groups as grp
-  from hemp_jax import quantization as q
-
   cbs, leaves, _, _ = grp.codebook_leaves(codebooks, params)
   zeros = total = 0
   for cb, x in zip(cbs, leaves):
@@ -169,41 +153,32 @@ def _quantized_sparsity(params, codebooks) -> float:
 
 def measure(config, graphdef, params, model_state, codebooks, pipe, path: str) -> dict:
   """Writes ``path`` (.hemp), decodes it, evaluates the decoded model; returns metrics."""
-  from hemp_jax import codec, train
-
-  eval_step, normalize = train.make_eval_step(graphdef), pipe.normalize
-  eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, normalize(x), y))
+  tuples = cfg.entropy_config(cfg.with_defaults(config)).tuples
+  eval_fn = train.make_eval_fn(graphdef, pipe.normalize)
   params = jax.tree.map(np.asarray, params)
   blob = codec.compress(params, codebooks)
-  _atomic_write(path, blob)
+  write_atomic(path, blob)
   with open(path, "rb") as f:
     raw = f.read()
   decoded = codec.load_into(params, codec.decompress(raw))
   num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-  hk = train._entropy_kwargs(config)
   out = {
     "file_bytes": len(raw),
     "file_sha256": hashlib.sha256(raw).hexdigest(),
     "num_params": num_params,
-    "num_quantized_params": int(
-      sum(
-        np.size(x)
-        for cb, x in zip(*train.grp.codebook_leaves(codebooks, params)[:2])
-        if cb is not None
-      )
-    ),
+    "num_quantized_params": train.evaluate.quantized_size(params, codebooks),
     "float32_bytes": 4 * num_params,
     "bits_per_param_file": 8.0 * len(raw) / num_params,
     "compression_ratio": 4.0 * num_params / len(raw),
-    "test_accuracy": _evaluate(eval_fn, params, model_state, pipe.eval()),
-    "test_accuracy_decoded": _evaluate(
+    "test_accuracy": train.evaluate_accuracy(eval_fn, params, model_state, pipe.eval()),
+    "test_accuracy_decoded": train.evaluate_accuracy(
       eval_fn, jax.tree.map(jnp.asarray, decoded), model_state, pipe.eval()
     ),
     "sparsity": _quantized_sparsity(params, codebooks),
   }
   for order in (1, 2, 3):
     out[f"entropy_order{order}"] = train.exact_entropy(
-      params, codebooks, order=order, tuples=hk["tuples"], rate="block"
+      params, codebooks, order=order, tuples=tuples, rate="block"
     )
   out.update(lzma_sizes(params, codebooks))
   out["weight_hist"] = weight_histogram(params, codebooks)
@@ -212,8 +187,6 @@ def measure(config, graphdef, params, model_state, codebooks, pipe, path: str) -
 
 def weight_histogram(params, codebooks, bins: int = 150) -> dict:
   """Histogram of the largest quantized tensor's (continuous) weights and its codebook."""
-  from hemp_jax import groups as grp
-
   cbs, leaves, names, _ = grp.codebook_leaves(codebooks, params)
   best = max(
     (k for k, cb in enumerate(cbs) if cb is not None),
@@ -234,64 +207,63 @@ def weight_histogram(params, codebooks, bins: int = 150) -> dict:
   }
 
 
+# Float params of a pretrain point: an .npz named "params/<keystr>" and "state/<keystr>"
+# (jax.tree_util.keystr of the leaf's key path), the names of every version so far.
+_FLOAT_PARTS = ("params", "state")
+
+
 def _save_float(path: str, params, model_state):
   flat = {}
-  for prefix, tree in (("params", params), ("state", model_state)):
+  for prefix, tree in zip(_FLOAT_PARTS, (params, model_state)):
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     for p, x in leaves:
       flat[prefix + "/" + jax.tree_util.keystr(p)] = np.asarray(x)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **flat)
-  os.replace(tmp, path)
+  with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    np.savez(f, **flat)
 
 
 def _load_float(path: str, params, model_state):
-  with np.load(path) as z:
-    out = []
-    for prefix, tree in (("params", params), ("state", model_state)):
-      leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-      vals = []
-      for p, x in leaves:
-        v = z[prefix + "/" + jax.tree_util.keystr(p)]
-        if v.shape != np.shape(x):
-          raise ValueError(
-            f"{path}: {jax.tree_util.keystr(p)} has shape {v.shape}, expected {np.shape(x)}"
-          )
-        vals.append(jnp.asarray(v, dtype=jnp.asarray(x).dtype))
-      out.append(treedef.unflatten(vals))
+  arrays = codec.read_checkpoint(path)  # {"params": {keystr: array}, "state": {...}}
+  out = []
+  for prefix, tree in zip(_FLOAT_PARTS, (params, model_state)):
+    part = arrays[prefix] if prefix in arrays else {}
+    try:
+      filled, _, missing = fill_tree(tree, part, name=jax.tree_util.keystr)
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from None
+    if missing:
+      raise ValueError(f"{path}: {prefix}/{missing[0]} is missing")
+    out.append(filled)
   return out
 
 
-def _train(config, graphdef, state, tx, pipe, log) -> tuple[Any, list]:
-  """Plain loop (no per-epoch checkpoints): the sweep's points are short and atomic."""
-  from hemp_jax import train
-
-  qat_epochs = config.get("qat_epochs", 0) or 0
-  normalize = pipe.normalize  # uint8 batches of the tfds sets become floats on the device
-
-  def jit_step(qf):
-    f = train.make_train_step(graphdef, tx, quantized_forward=qf)
-    return jax.jit(lambda st, x, y: f(st, normalize(x), y), donate_argnums=(0,))
-
-  steps = [jit_step(qf) for qf in ((False, True) if qat_epochs else (False,))]
+def _train_point(config, graphdef, state, tx, pipe, log) -> tuple[train.TrainState, list]:
+  """The epochs of a point (:func:`hemp_jax.train.train_epochs`; no checkpoints: a
+  point is short and its record is written when it is finished)."""
+  config = cfg.with_defaults(config)
+  opts = cfg.loop_kwargs(config)
+  mesh = loop.data_mesh(config.batch_size)
+  stepper = loop.compile_steps(graphdef, tx, pipe.normalize, parallel=opts["parallel"], mesh=mesh)
   history = []
-  for epoch in range(config.num_epochs):
-    # Last qat_epochs: the task loss on the quantized network (straight-through).
-    step = steps[-1] if epoch >= config.num_epochs - qat_epochs else steps[0]
-    t0, losses = time.time(), []
-    for i, (images, labels) in enumerate(pipe.train(epoch, 0)):
-      if i >= pipe.steps_per_epoch:
-        break
-      state, m = step(state, jnp.asarray(images), jnp.asarray(labels))
-      loss = float(m["loss"])  # sync every step (CPU collectives, DESIGN §4)
-      if not np.isfinite(loss):
-        raise train.TrainingDivergedError(f"loss {loss} at epoch {epoch + 1}, batch {i + 1}")
-      losses.append(loss)
+  epochs = loop.train_epochs(
+    stepper.place(state),
+    stepper,
+    pipe,
+    num_epochs=config.num_epochs,
+    qat_epochs=opts["qat_epochs"],
+    sync_every=loop.sync_interval(opts["log_every_steps"]),
+  )
+  for ep in epochs:
+    state = ep.state
     history.append(
-      {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": time.time() - t0}
+      {
+        "epoch": ep.index + 1,
+        "train_loss": float(np.mean(ep.losses)),
+        "seconds": time.time() - ep.started,
+      }
     )
     log(
-      f"  epoch {epoch + 1}/{config.num_epochs} loss {history[-1]['train_loss']:.4f} "
+      f"  epoch {ep.index + 1}/{config.num_epochs} loss {history[-1]['train_loss']:.4f} "
       f"({history[-1]['seconds']:.1f}s)"
     )
   return state, history
@@ -309,10 +281,12 @@ def _identity(point: Point) -> dict:
   }
 
 
+def _write_record(path: str, record: dict, indent: int = 1) -> None:
+  write_atomic(path, json.dumps(record, indent=indent).encode())
+
+
 def run_point(point: Point, scratch_dir: str, log=print) -> dict:
   """Runs one point (its ``init`` point's float params must be in ``scratch_dir``)."""
-  from hemp_jax import train
-
   t_start = time.time()
   config = point.config
   workdir = os.path.join(scratch_dir, point.id)
@@ -325,7 +299,7 @@ def run_point(point: Point, scratch_dir: str, log=print) -> dict:
     state = train.TrainState(jnp.zeros([], jnp.int32), params, model_state, tx.init(params))
   history = []
   if point.kind in ("pretrain", "train"):
-    state, history = _train(config, graphdef, state, tx, pipe, log)
+    state, history = _train_point(config, graphdef, state, tx, pipe, log)
   if point.kind == "pretrain":
     _save_float(os.path.join(workdir, "float.npz"), state.params, state.model_state)
   codebooks = train.eval_codebooks(config, state)
@@ -353,15 +327,13 @@ def _backfill_histogram(point: Point, path: str, scratch_dir: str):
   npz = os.path.join(scratch_dir, point.id, "float.npz")
   if rec.get("weight_hist") or not os.path.exists(npz):
     return
-  from hemp_jax import train
-
   graphdef, state, _, _ = train.build(point.config)
   params, model_state = _load_float(npz, state.params, state.model_state)
   codebooks = train.eval_codebooks(
     point.config, state._replace(params=params, model_state=model_state)
   )
   rec["weight_hist"] = weight_histogram(params, codebooks)
-  _atomic_write(path, json.dumps(rec, indent=1).encode())
+  _write_record(path, rec)
 
 
 def run_sweep(
@@ -383,22 +355,18 @@ def run_sweep(
     only: optional ids (or id prefixes) to restrict the run to (dependencies are added).
     log: ``log(str)``; default prints to stderr when ``progress`` is off.
   """
-  from hemp_jax.train import TrainingDivergedError
-
   os.makedirs(os.path.join(results_dir, "points"), exist_ok=True)
   os.makedirs(scratch_dir, exist_ok=True)
   if log is None:
     log = (lambda s: None) if progress else (lambda s: print(s, file=sys.stderr, flush=True))
-  _atomic_write(
+  _write_record(
     os.path.join(results_dir, "sweep.json"),
-    json.dumps(
-      {
-        "name": sweep.name,
-        "description": sweep.description,
-        "points": [_identity(p) for p in sweep.points],
-      },
-      indent=2,
-    ).encode(),
+    {
+      "name": sweep.name,
+      "description": sweep.description,
+      "points": [_identity(p) for p in sweep.points],
+    },
+    indent=2,
   )
   by_id = {p.id: p for p in sweep.points}
   wanted = [
@@ -438,19 +406,19 @@ def run_sweep(
     log(f"[{p.id}] {p.kind} {p.method} {p.axes}")
     try:
       rec = run_point(p, scratch_dir, log)
-    except TrainingDivergedError as e:  # recorded as a finished, failed point
+    except train.TrainingDivergedError as e:  # recorded as a finished, failed point
       rec = {
         **_identity(p),
         "dataset": p.config.dataset,
         "failed": str(e),
         "config": json.loads(p.config.to_json_best_effort()),
       }
-      _atomic_write(done_path(p), json.dumps(rec, indent=1).encode())
+      _write_record(done_path(p), rec)
       log(f"[{p.id}] FAILED: {e}")
       if bar is not None:
         bar.update(1)
       continue
-    _atomic_write(done_path(p), json.dumps(rec, indent=1).encode())
+    _write_record(done_path(p), rec)
     log(
       f"[{p.id}] acc {rec['test_accuracy']:.4f} decoded {rec['test_accuracy_decoded']:.4f} "
       f"file {rec['file_bytes']} B ({rec['bits_per_param_file']:.3f} bit/param, "

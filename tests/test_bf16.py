@@ -62,7 +62,7 @@ def test_bf16_smoke_trains_and_its_file_decodes(tmp_path):
   # The model file decodes and evaluates (`hemp-jax evaluate`), in bf16 as trained.
   acc = train.evaluate_model_file(config, str(tmp_path / "model.hemp"))
   assert acc == summary["test_accuracy_decoded"]
-  logits, _ = train._forward(
+  logits, _ = train.forward(
     graphdef, state.params, state.model_state, jnp.ones((1, 28, 28, 1)), False
   )
   assert logits.dtype == jnp.bfloat16

@@ -61,9 +61,9 @@ def test_paper_setups_present():
 
 
 def test_every_config_variant_and_sweep_point_passes_validation():
-  """The checks of hemp_jax.config_check refuse no config the project ships."""
+  """The checks of hemp_jax.train.config refuse no config the project ships."""
   from hemp_jax import sweep
-  from hemp_jax.config_check import validate_config
+  from hemp_jax.train.config import validate_config
 
   validate_config(cli.load_config(os.path.join(CONFIG_DIR, "default.py")))
   for name in CONFIGS:

@@ -2,7 +2,7 @@
 
 import os
 
-from hemp_jax.experiment import load_python_file
+from hemp_jax.train.config import load_python_file
 
 SCRIPT = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "device_check.py"

@@ -69,7 +69,7 @@ def test_evaluate_reads_a_file_of_params_alone(tmp_path):
   quantized = train.quantize_params(state.params, codebooks)
   eval_step = train.make_eval_step(graphdef)
   eval_fn = jax.jit(lambda p, ms, x, y: eval_step(p, ms, pipe.normalize(x), y))
-  direct = train._evaluate(eval_fn, quantized, state.model_state, pipe.eval())
+  direct = train.evaluate_accuracy(eval_fn, quantized, state.model_state, pipe.eval())
   assert train.evaluate_model_file(config, path) == pytest.approx(direct, abs=0)
 
 

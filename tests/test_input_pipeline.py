@@ -12,6 +12,7 @@ import pytest
 
 from hemp_jax import data as D
 from hemp_jax import train
+from hemp_jax.train import loop
 
 DEFAULT_CONFIG = os.path.join(
   os.path.dirname(__file__), "..", "experiments", "configs", "default.py"
@@ -142,7 +143,7 @@ def test_workers_give_the_in_process_batches_and_resume_bitwise(digits):
 
 
 def _digits_config(**over):
-  from hemp_jax.experiment import load_python_file
+  from hemp_jax.train.config import load_python_file
 
   c = load_python_file(DEFAULT_CONFIG, "hemp_default_config_t").get_config()
   c.model = "lenet_300_100"
@@ -164,7 +165,7 @@ class _Stop(Exception):
   pass
 
 
-_FEED = train._feed
+_FEED = loop.device_batches
 
 
 def _recording_feed(seen, stop_after=None):
@@ -181,14 +182,14 @@ def _recording_feed(seen, stop_after=None):
 def test_mid_epoch_resume_reads_the_same_batches_and_ends_equal(tmp_path, monkeypatch):
   config = _digits_config()
   full_seen, first_seen, rest_seen = [], [], []
-  monkeypatch.setattr(train, "_feed", _recording_feed(full_seen))
+  monkeypatch.setattr(loop, "device_batches", _recording_feed(full_seen))
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
   assert len(full_seen) == 10
   # Stopped after batch 2 of epoch 2 (7 batches trained, the 8th never reaches the step).
-  monkeypatch.setattr(train, "_feed", _recording_feed(first_seen, stop_after=7))
+  monkeypatch.setattr(loop, "device_batches", _recording_feed(first_seen, stop_after=7))
   with pytest.raises(_Stop):
     train.train_and_evaluate(config, str(tmp_path / "cut"))
-  monkeypatch.setattr(train, "_feed", _recording_feed(rest_seen))
+  monkeypatch.setattr(loop, "device_batches", _recording_feed(rest_seen))
   resumed = train.train_and_evaluate(config, str(tmp_path / "cut"))
   assert len(first_seen) == 7 and len(rest_seen) == 3
   for a, b in zip(first_seen + rest_seen, full_seen):

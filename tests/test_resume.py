@@ -18,7 +18,8 @@ import pytest
 from run_configs import digits_run_config
 
 from hemp_jax import train
-from hemp_jax.config_check import ConfigError
+from hemp_jax.train import loop
+from hemp_jax.train.config import ConfigError
 
 
 def _rows(workdir):
@@ -202,8 +203,8 @@ class _Crash(Exception):
 
 
 def _crash_on_call(monkeypatch, name, n):
-  """Makes ``train.<name>`` raise on its ``n``-th call (1-based)."""
-  real, calls = getattr(train, name), []
+  """Makes ``loop.<name>`` (what the loop calls) raise on its ``n``-th call (1-based)."""
+  real, calls = getattr(loop, name), []
 
   def wrapper(*args, **kwargs):
     calls.append(1)
@@ -211,14 +212,14 @@ def _crash_on_call(monkeypatch, name, n):
       raise _Crash(f"simulated crash in {name}")
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(train, name, wrapper)
+  monkeypatch.setattr(loop, name, wrapper)
 
 
 def test_crash_between_checkpoint_and_metrics_gives_consistent_outputs(
   reference, tmp_path, monkeypatch
 ):
   workdir = str(tmp_path)
-  _crash_on_call(monkeypatch, "_write_metrics", 2)  # after epoch 2's checkpoint
+  _crash_on_call(monkeypatch, "write_metrics", 2)  # after epoch 2's checkpoint
   with pytest.raises(_Crash):
     train.train_and_evaluate(digits_run_config(), workdir)
   monkeypatch.undo()
@@ -236,7 +237,7 @@ def test_crash_between_model_file_and_summary_gives_consistent_outputs(
   workdir = str(tmp_path / "w")
   shutil.copytree(reference, workdir)
   more = digits_run_config(3)
-  _crash_on_call(monkeypatch, "_write_json", 1)  # model.hemp of epoch 3 written, summary not
+  _crash_on_call(monkeypatch, "write_json", 1)  # model.hemp of epoch 3 written, summary not
   with pytest.raises(_Crash):
     train.train_and_evaluate(more, workdir, allow_config_change=True)
   monkeypatch.undo()

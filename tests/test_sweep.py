@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from hemp_jax import cli, codec, report, sweep
 
 SWEEP = os.path.join(
@@ -102,7 +104,7 @@ def test_pareto_and_best_within():
 def test_a_bad_point_config_stops_the_sweep_before_training(tmp_path, capsys):
   bad = tmp_path / "bad_sweep.py"
   bad.write_text(
-    "from hemp_jax.experiment import load_python_file\n"
+    "from hemp_jax.train.config import load_python_file\n"
     "from hemp_jax.sweep import Point, Sweep\n"
     f"_S = load_python_file({SWEEP!r}, 'base_sweep')\n"
     "def get_sweep(arg=None):\n"
@@ -114,3 +116,26 @@ def test_a_bad_point_config_stops_the_sweep_before_training(tmp_path, capsys):
   err = capsys.readouterr().err
   assert rc == 2 and "config.hemp.order = 0" in err and "point " in err
   assert not (tmp_path / "r").exists()  # nothing written, nothing trained
+
+
+def test_float_params_files_of_earlier_versions_load(tmp_path):
+  """Pretrain points' float.npz: names ``params/<keystr>``, ``state/<keystr>``."""
+  import jax
+  import numpy as np
+
+  params = {"fc1": {"kernel": np.ones((2, 3), np.float32), "bias": np.zeros(3, np.float32)}}
+  state = {"bn": {"mean": np.full(3, 0.5, np.float32)}}
+  names = {}
+  for prefix, tree in (("params", params), ("state", state)):
+    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      names[f"{prefix}/{jax.tree_util.keystr(p)}"] = x + 1
+  np.savez(tmp_path / "float.npz", **names)  # how every version so far wrote them
+  p2, s2 = sweep._load_float(str(tmp_path / "float.npz"), params, state)
+  np.testing.assert_array_equal(p2["fc1"]["kernel"], 2 * np.ones((2, 3)))
+  np.testing.assert_array_equal(s2["bn"]["mean"], np.full(3, 1.5))
+  sweep._save_float(str(tmp_path / "again.npz"), p2, s2)
+  with np.load(tmp_path / "again.npz") as z:
+    assert sorted(z.files) == sorted(names)
+  wrong = {"fc1": {"kernel": np.ones((3, 3), np.float32), "bias": np.zeros(3, np.float32)}}
+  with pytest.raises(ValueError, match=r"has shape \(2, 3\), expected \(3, 3\)"):
+    sweep._load_float(str(tmp_path / "float.npz"), wrong, state)

@@ -50,13 +50,13 @@ def test_jit_mesh_4_devices_equals_1_device(mode):
   config = base_config(mode=mode)
   model = _SmallBN(rngs=nnx.Rngs(0))
   tx = train.make_optimizer(config)
-  graphdef, state0 = train.create_train_state(config, model, tx)
+  graphdef, state0 = train.create_train_state(model, tx)
   step = train.make_train_step(graphdef, tx)
   batches = _digits_batches(4)
   one = _run(
     train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:1])), state0, batches
   )
-  _, state0b = train.create_train_state(config, _SmallBN(rngs=nnx.Rngs(0)), tx)
+  _, state0b = train.create_train_state(_SmallBN(rngs=nnx.Rngs(0)), tx)
   four = _run(
     train.data_parallel_train_step(step, train.make_mesh(jax.devices()[:4])), state0b, batches
   )
@@ -71,12 +71,10 @@ def test_pmap_4_devices_equals_1_device():
   config = base_config()
   model = hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1))
   tx = train.make_optimizer(config)
-  graphdef, state0 = train.create_train_state(config, model, tx)
+  graphdef, state0 = train.create_train_state(model, tx)
   batches = _digits_batches(4)
   single = _run(jax.jit(train.make_train_step(graphdef, tx)), state0, batches)
-  _, state0b = train.create_train_state(
-    config, hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1)), tx
-  )
+  _, state0b = train.create_train_state(hj.models.LeNet300100(in_features=64, rngs=nnx.Rngs(1)), tx)
   pmapped = _run(train.pmap_train_step(graphdef, tx, jax.devices()[:4]), state0b, batches)
   for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(pmapped.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -207,3 +205,38 @@ def test_cli_train_with_overrides(tmp_path, capsys):
     ["train", "--config", DEFAULT_CONFIG, "--workdir", str(tmp_path), "--config.hemp.nope=1"]
   )
   assert rc == 2 and "unknown config field 'hemp.nope'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the config contract
+
+
+def test_defaults_fill_what_a_config_leaves_out():
+  config = train.with_defaults({"hemp": {"mode": "none"}, "pruning": None, "seed": 3})
+  assert config.seed == 3 and config.hemp.mode == "none"
+  assert config.pruning.method == "none"  # a section set to None: its defaults
+  assert config.hemp.order == 3 and config.quantizer.num_levels == 4  # the library's
+  assert config.quantizer.degenerate == "keep" and config.qat_epochs == 0
+  with pytest.raises(train.ConfigError, match="config.model is missing; known values"):
+    train.validate_config({})
+  # What a config sets is kept as it is (an int stays an int).
+  assert train.with_defaults({"hemp": {"strength": 5}}).hemp.strength == 5
+  assert isinstance(train.with_defaults({"hemp": {"strength": 5}}).hemp.strength, int)
+  # The experiment configs build on the package default: nothing to fill.
+  job = cli.load_config(DEFAULT_CONFIG)
+  assert train.config.config_diff(job, train.with_defaults(job)) == {}
+
+
+def test_config_json_of_an_older_version_resumes(tmp_path):
+  """A config.json without the fields added since (they are at their defaults) is not a
+  config change."""
+  config = digits_run_config(1)
+  train.train_and_evaluate(config, str(tmp_path))
+  path = tmp_path / "config.json"
+  old = json.loads(path.read_text())
+  for key in ("pruning", "data", "init_checkpoint", "mock_data"):
+    old.pop(key)
+  old["hemp"].pop("sensitivity")
+  path.write_text(json.dumps(old))
+  summary = train.train_and_evaluate(config, str(tmp_path))  # resumed, not refused
+  assert summary["epochs"] == 1
+  assert "pruning" in json.loads(path.read_text())  # written again, complete

@@ -2,14 +2,14 @@
 
 Every config file in this folder is loaded by path (``hemp-jax train --config
 experiments/configs/<file>.py[:variant]``), so each loads this helper by path too
-(``hemp_jax.experiment.load_python_file``) and builds its config with the function of
+(``hemp_jax.train.config.load_python_file``) and builds its config with the function of
 its family (:func:`mnist`, :func:`cifar10`, :func:`imagenet_finetune`). Variants are
 comma-separated tokens after the colon:
 
 * ``grad`` (default) — the simple mode: ``lambda * H`` added through ``add_entropy_grad``
   in front of the config's optimizer, the last ``qat_epochs`` epochs quantization-aware
   (task loss on the quantized network, straight-through);
-* ``paper`` — the paper's recipe (DESIGN §2): SGD lr 0.1, weight decay 1e-4, the gated
+* ``paper`` — the paper's recipe (DESIGN.md §2): SGD lr 0.1, weight decay 1e-4, the gated
   unscaled second step with lambda_H = 1, lambda_Q = 0.1, refresh every 10 batches;
 * ``none`` — no regularizer (baseline: the same quantizer and coder);
 * ``prune`` / ``prune_sens`` — add 90% magnitude / loss-sensitivity pruning with an exact
@@ -23,43 +23,26 @@ import os
 
 import ml_collections
 
-from hemp_jax.experiment import load_python_file
+from hemp_jax.train.config import load_python_file
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """``default.py``'s config, plus the fields the experiment configs add."""
-  c = load_python_file(os.path.join(_HERE, "default.py"), "hemp_default_config").get_config()
-  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir (None: default)
-  c.mock_data = False  # serve random TFDS examples (tfds.testing.mock_data): smoke runs
-  c.image_size = ml_collections.config_dict.placeholder(int)  # ImageNet crop (None: 224)
-  # Fine-tuning: a `hemp-jax train` workdir, a .hemp file or an .npz of params to start
-  # from (see hemp_jax.experiment.load_init_checkpoint). None: random init.
-  c.init_checkpoint = ml_collections.config_dict.placeholder(str)
-  c.pruning = ml_collections.ConfigDict()
-  c.pruning.method = "none"  # "none" | "magnitude" | "sensitivity"
-  c.pruning.sparsity = 0.9  # final fraction of zeros per pruned tensor
-  c.pruning.begin_epoch = 0.0
-  c.pruning.end_epoch = ml_collections.config_dict.placeholder(float)  # None: 3/4 of epochs
-  c.pruning.frequency = 10  # steps between mask updates during the ramp
-  c.pruning.min_size = 100  # smaller tensors (biases) are never pruned
-  c.pruning.grad_decay = 0.9  # EMA of |dL/dw| for the sensitivity score
-  c.pruning.include = ml_collections.config_dict.placeholder(str)  # regex on leaf names
-  c.quantizer.include = ml_collections.config_dict.placeholder(str)  # regex on leaf names
-  return c
+  """``default.py``'s config (the package default, :func:`hemp_jax.train.default_config`,
+  with the default job's choices)."""
+  return load_python_file(os.path.join(_HERE, "default.py"), "hemp_default_config").get_config()
 
 
 def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The paper code's training update (DESIGN §2)."""
+  """The paper code's training update (DESIGN.md §2)."""
   c.hemp.mode = "paper"
   c.hemp.strength = 1.0  # lambda_H, in the authors' units (regularizer.authors_entropy_scale)
   c.hemp.lambda_units = "authors"  # their pooled H_n in bits per tuple ("per_param": ours)
   c.hemp.pool = "global"  # one histogram over all quantized tensors, as their code
-  c.hemp.lambda_q = 0.1
   c.hemp.order = 3
   c.hemp.refresh_every = 10
-  c.hemp.sensitivity = True
+  # lambda_Q = 0.1 and the sensitivity gate: the defaults (paper_recipe's).
   c.quantizer.num_levels = 4
   c.quantizer.guard_levels = True
   c.quantizer.method = "lloyd_max"  # the paper's code: Lloyd-Max levels of a Gaussian fit

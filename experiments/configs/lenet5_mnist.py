@@ -11,7 +11,7 @@ on the offline MNIST-5k), ``offline`` (the whole run on the offline MNIST-5k spl
 
 import os
 
-from hemp_jax.experiment import load_python_file
+from hemp_jax.train.config import load_python_file
 
 _base = load_python_file(
   os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"), "hemp_configs_base"

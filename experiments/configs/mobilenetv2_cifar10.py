@@ -16,7 +16,7 @@ second step, lambda_H 1, lambda_Q 0.1, order 3, N = 4), ``none`` (no regularizer
 
 import os
 
-from hemp_jax.experiment import load_python_file
+from hemp_jax.train.config import load_python_file
 
 _base = load_python_file(
   os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"), "hemp_configs_base"

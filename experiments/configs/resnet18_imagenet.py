@@ -3,7 +3,7 @@
 Fine-tunes from the checkpoint the user provides: ``--config.init_checkpoint=PATH`` where
 PATH is a ``hemp-jax train`` workdir, a ``.hemp`` file or an ``.npz`` of the model's
 variables keyed by path name (``conv1/kernel``, ``bn1/scale``, ``bn1/mean``, ...; see
-``hemp_jax.experiment.load_init_checkpoint``). Without it the run starts from random
+``hemp_jax.train.load_init_checkpoint``). Without it the run starts from random
 weights (a warning-free but long from-scratch training). ImageNet must be prepared as
 ArrayRecord in ``--config.data_dir`` (the loader says how when it is not). The smoke
 variant uses random init, mock data and 32x32 crops.
@@ -21,7 +21,7 @@ second step, lambda_H 1, lambda_Q 0.1, order 3, N = 4), ``none`` (no regularizer
 
 import os
 
-from hemp_jax.experiment import load_python_file
+from hemp_jax.train.config import load_python_file
 
 _base = load_python_file(
   os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"), "hemp_configs_base"

@@ -14,7 +14,7 @@ accuracy the 1-pp rule compares against comes from the same seeds.
 
 import os
 
-from hemp_jax.experiment import load_python_file
+from hemp_jax.train.config import load_python_file
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (0, 1, 2)

@@ -14,7 +14,7 @@ recipe; magnitude and loss-sensitivity pruning (exact zero level) alone and with
 
 import os
 
-from hemp_jax.experiment import load_python_file
+from hemp_jax.train.config import load_python_file
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
