@@ -73,7 +73,7 @@ RATES = ("block", "conditional")
 POOLS = ("group", "global")
 
 
-def _check_options(order, tuples, rate):
+def check_options(order, tuples, rate):
   if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
     raise ValueError(f"order must be an int >= 1, got {order!r}")
   if tuples not in TUPLE_MODES:
@@ -605,7 +605,7 @@ def soft_entropy(
   Returns:
     Scalar rate in bits per parameter.
   """
-  _check_options(order, tuples, rate)
+  check_options(order, tuples, rate)
   q.validate_codebook(codebook)
   w = jnp.asarray(w)
   if not jnp.issubdtype(w.dtype, jnp.floating):
@@ -634,7 +634,7 @@ def empirical_entropy(
   Returns:
     Scalar rate in bits per symbol.
   """
-  _check_options(order, tuples, rate)
+  check_options(order, tuples, rate)
   if (
     isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) or num_levels < 2
   ):
@@ -727,7 +727,7 @@ def tree_group_rates(
   Returns:
     ``(names, rates, sizes)``: path names, a (G,) array of rates and the group sizes.
   """
-  _check_options(order, tuples, rate)
+  check_options(order, tuples, rate)
   groups, _ = _plan(codebooks, params, order, tuples)
   rates = _tree_group_rates_jit(
     params, codebooks, order, tuples, rate, chunk_entries, DENSE_MAX_CELLS
@@ -786,7 +786,7 @@ def tree_entropy(
     Scalar bits per quantized parameter. Differentiable in ``params``; jit-able
     (codebooks may be traced; the tree structure and shapes are static).
   """
-  _check_options(order, tuples, rate)
+  check_options(order, tuples, rate)
   if pool not in POOLS:
     raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
   _, buckets = _plan(codebooks, params, order, tuples)

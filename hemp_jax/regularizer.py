@@ -352,7 +352,7 @@ def add_entropy_grad(
     num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
   )
   entropy = EntropyConfig(order, tuples, rate, pool)
-  ent._check_options(order, tuples, rate)
+  ent.check_options(order, tuples, rate)
   if refresh_every < 1:
     raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
   _check_degenerate(degenerate, degenerate_fit_step)
@@ -490,7 +490,7 @@ def hemp_second_step(
     num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
   )
   entropy = EntropyConfig(order, tuples, rate, pool)
-  ent._check_options(order, tuples, rate)
+  ent.check_options(order, tuples, rate)
   if refresh_every < 1:
     raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
   if lambda_units not in LAMBDA_UNITS:

@@ -262,7 +262,9 @@ def test_compress_names_a_leaf_kept_in_float_for_nan(weights, capsys):
   assert err == ["notice: bad kept in float: 2 of 2048 values are NaN or Inf"]
   assert "wrote " in out
   decoded = np.load(weights / "w.npz")["bad"]
-  assert np.array_equal(hj.codec.decompress_file(weights / "w.hemp")["bad"], decoded, equal_nan=True)
+  assert np.array_equal(
+    hj.codec.decompress_file(weights / "w.hemp")["bad"], decoded, equal_nan=True
+  )
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,6 @@ uses another module's private names."""
 import ast
 import pathlib
 
-import pytest
-
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "hemp_jax"
 
 
@@ -107,19 +105,5 @@ def test_the_checker_sees_private_uses(tmp_path):
   assert len(uses) == 5, uses
 
 
-def _elsewhere(use: str) -> bool:
-  """A use in the parts being redesigned in other branches (the coder, the data package,
-  the regularizer's use of the estimator's checks)."""
-  return "/codec/" in use or "/data/" in use or "regularizer.py" in use
-
-
-_USES = _all_uses()
-
-
-@pytest.mark.xfail(
-  condition=bool(_USES) and all(_elsewhere(u) for u in _USES),
-  reason="codec/data split pending",
-  strict=False,
-)
 def test_no_module_uses_another_modules_private_names():
   assert _all_uses() == []

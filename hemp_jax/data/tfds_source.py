@@ -70,7 +70,7 @@ def _not_prepared_message(name: str, base: str, builder, reason: str) -> str:
   )
 
 
-def _check_prepared(builder, name: str, base: str, split: str) -> None:
+def check_prepared(builder, name: str, base: str, split: str) -> None:
   """Raises DatasetNotPreparedError unless metadata and data files are present."""
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
@@ -113,7 +113,7 @@ def _open_data_source(name: str, base: str, split: str, data_dir: Optional[str])
   if data_dir is None:
     data_dir = os.environ.get("TFDS_DATA_DIR") or None
   builder = tfds.builder(name, data_dir=data_dir)
-  _check_prepared(builder, name, base, split)
+  check_prepared(builder, name, base, split)
   try:
     # Equivalent to tfds.data_source(name, split=split, download=False).
     source = builder.as_data_source(split=split)

@@ -124,7 +124,7 @@ def mock_tfds(num_examples: int = 16) -> Iterator[None]:
   import tensorflow_datasets as tfds
 
   with (
-    mock.patch.object(data_lib.tfds_source, "_check_prepared", lambda *args: None),
+    mock.patch.object(data_lib.tfds_source, "check_prepared", lambda *args: None),
     tfds.testing.mock_data(num_examples=num_examples),
   ):
     yield
