@@ -176,7 +176,7 @@ def mock_tfds(monkeypatch):
   so skip the on-disk check that `load_tfds` does first (that check is
   covered by the not-prepared and real-ArrayRecord tests).
   """
-  monkeypatch.setattr(D.tfds_source, "_check_prepared", lambda *args: None)
+  monkeypatch.setattr(D.tfds_source, "check_prepared", lambda *args: None)
   with tfds.testing.mock_data(num_examples=20):
     yield
 
