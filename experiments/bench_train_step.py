@@ -8,11 +8,13 @@ overhead relative to the plain step.
 
   python experiments/bench_train_step.py                   # LeNet-5 and ResNet-20
   python experiments/bench_train_step.py --models lenet5 --rounds 5
+  python experiments/bench_train_step.py --before-after --rounds 7   # the CPU pooling path
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import jax
@@ -22,6 +24,8 @@ import numpy as np
 from flax import nnx
 
 from hemp_jax import models, train
+from hemp_jax.models import lenet as lenet_mod
+from hemp_jax.models import vgg as vgg_mod
 
 SHAPES = {
   "lenet5": (28, 28, 1),
@@ -80,6 +84,42 @@ def make_runner(model_name, batch, config, seed=0):
   return run, compile_s
 
 
+# ---------------------------------------------------------------- before / after
+
+
+@contextlib.contextmanager
+def _pooling(kind):
+  """``after``: the zoo as it is; ``before``: its max pooling through ``nnx.max_pool``
+  (``reduce_window``, whose gradient is XLA's select-and-scatter), as before the CPU path."""
+  saved = {m: m.max_pool for m in (lenet_mod, vgg_mod)}
+  if kind == "before":
+    for m in saved:
+      m.max_pool = lambda x, k: nnx.max_pool(x, (k, k), strides=(k, k))
+  try:
+    yield
+  finally:
+    for m, f in saved.items():
+      m.max_pool = f
+
+
+def before_after(cases, steps, rounds):
+  """The plain training step (SGD + momentum, no HEMP) before and after, per case."""
+  header = f"{'model':10s} {'batch':>5s} {'before ms':>10s} {'after ms':>9s} {'after/before':>12s}"
+  print(header)
+  print("-" * len(header))
+  for name, batch in cases:
+    runners = {}
+    for kind in ("before", "after"):
+      with _pooling(kind):  # the step is traced (and the choice fixed) inside
+        runners[kind] = make_runner(name, batch, _config("none", 1, 1))[0]
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+      for k, run in runners.items():
+        times[k].append(run(steps) / steps)
+    b, a = (float(np.median(times[k])) for k in ("before", "after"))
+    print(f"{name:10s} {batch:5d} {b * 1e3:10.2f} {a * 1e3:9.2f} {a / b:12.3f}", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="lenet5,resnet20")
@@ -93,7 +133,20 @@ def main():
     help="steps per setting per round (a multiple of the refresh period)",
   )
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument(
+    "--before-after",
+    action="store_true",
+    help="only the plain step of LeNet-5 (b100, b128) and ResNet-20 (b128) with the max "
+    "pooling before (nnx.max_pool) and after (models.layers.max_pool)",
+  )
   args = parser.parse_args()
+  if args.before_after:
+    print(
+      f"jax {jax.__version__}, backend {jax.default_backend()}; plain SGD step, "
+      f"{args.rounds} interleaved rounds of {args.steps} steps (median round, per step)"
+    )
+    before_after([("lenet5", 100), ("lenet5", 128), ("resnet20", 128)], args.steps, args.rounds)
+    return
   print(
     f"jax {jax.__version__}, backend {jax.default_backend()}, "
     f"{jax.device_count()} device(s), batch {args.batch}; settings timed in "
