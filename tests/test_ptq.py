@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hemp_jax import codec
-from hemp_jax.codec import checkpoints, ptq
+from hemp_jax.codec import checkpoints, ptq, scalar
 
 
 def _laplace(shape, seed=0, scale=0.05):
@@ -56,7 +56,7 @@ def test_envelope_is_the_argmin_of_distortion_plus_rate():
     levels = np.sort(rng.normal(0, 1, k))
     levels = np.unique(levels)
     cost = rng.uniform(0, 3, levels.size)
-    lv, thr = ptq._envelope(levels, cost)
+    lv, thr = scalar._envelope(levels, cost)
     w = rng.normal(0, 1.5, 2000)
     brute = levels[np.argmin((w[:, None] - levels) ** 2 + cost, axis=1)]
     env = lv[np.searchsorted(thr, w, side="left")]
@@ -145,7 +145,7 @@ def test_clipping_to_min_max_would_fail_where_the_grid_does_not():
   st = ptq.sorted_stats(x)
   # 16 levels spanning min..max (what fit_codebooks gives): most weights fall on 1-2 levels
   lv = np.linspace(x.min(), x.max(), 16)
-  mm = ptq._nearest(st, lv)
+  mm = scalar._nearest(st, lv)
   grid = ptq.fit_uniform(st, 0.4 * st.scale)
   assert ptq.relative_error(mm, st) > 0.3
   assert ptq.relative_error(grid, st) < 0.1
@@ -172,7 +172,7 @@ def test_num_levels_and_lloyd():
     k = u.levels / np.diff(u.levels).min()  # levels in use: integer multiples of the step
     np.testing.assert_allclose(k, np.rint(k), atol=1e-4)
     assert np.ptp(np.rint(k)) <= n - 1
-    mm = ptq._nearest(st, np.linspace(x.min(), x.max(), n))
+    mm = scalar._nearest(st, np.linspace(x.min(), x.max(), n))
     assert u.sqerr < mm.sqerr
     lloyd = ptq.fit_lloyd(st, n)
     assert lloyd.levels.size <= n and 0.0 in lloyd.levels
