@@ -350,17 +350,8 @@ resuming:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(
-    prog="hemp-jax",
-    description="HEMP: train, compress and evaluate entropy-regularized networks.",
-    epilog="Errors print one line on stderr; exit codes: 0 success, 2 bad input or usage, "
-    "1 failed run, 3 training diverged. --debug shows the Python traceback instead.",
-  )
-  parser.add_argument(
-    "--debug", action="store_true", help="show the Python traceback of an error (any position)"
-  )
-  sub = parser.add_subparsers(dest="command", required=True)
+def _add_train(sub) -> None:
+  """The ``train`` command and its options."""
   p = sub.add_parser(
     "train",
     help="train a model with HEMP (config + overrides)",
@@ -400,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     help="resume a workdir trained with another config (recorded in config_history.jsonl)",
   )
   p.set_defaults(func=_cmd_train, takes_overrides=True)
+
+
+def _add_compress(sub) -> None:
+  """The ``compress`` command and its options."""
   p = sub.add_parser(
     "compress",
     help="compress a checkpoint (.npz, .safetensors, orbax dir, msgpack, .hemp) or a work dir",
@@ -462,6 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=_cmd_compress, takes_overrides=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(
+    prog="hemp-jax",
+    description="HEMP: train, compress and evaluate entropy-regularized networks.",
+    epilog="Errors print one line on stderr; exit codes: 0 success, 2 bad input or usage, "
+    "1 failed run, 3 training diverged. --debug shows the Python traceback instead.",
+  )
+  parser.add_argument(
+    "--debug", action="store_true", help="show the Python traceback of an error (any position)"
+  )
+  sub = parser.add_subparsers(dest="command", required=True)
+  _add_train(sub)
+  _add_compress(sub)
   p = sub.add_parser("decompress", help="decode a .hemp file into an .npz or .safetensors")
   p.add_argument("file")
   p.add_argument("-o", "--output", help="output .npz or .safetensors (default: next to the file)")

@@ -231,31 +231,7 @@ def quantize_tree(
     codebook of the levels in use, or None; one :class:`TensorResult` per leaf.
   """
   method = default_method(num_levels) if method is None else method
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  given = [
-    k
-    for k, v in (("step", step), ("num_levels", num_levels), ("bits_per_param", bits_per_param))
-    if v is not None
-  ]
-  if len(given) > 1:
-    raise ValueError(f"give one of step, num_levels, bits_per_param (got {', '.join(given)})")
-  if given and given[0] == "step" and max_rel_error is not None:
-    raise ValueError("step and max_rel_error cannot be combined")
-  if given and given[0] == "num_levels" and max_rel_error is not None:
-    raise ValueError("num_levels and max_rel_error cannot be combined")
-  if not given and max_rel_error is None:
-    raise ValueError("give a target: step, num_levels, bits_per_param or max_rel_error")
-  if step is not None and method == "lloyd":
-    raise ValueError("the lloyd method takes num_levels (or a rate/error target), not a step")
-  if num_levels is not None and method == "ecsq":
-    raise ValueError("the ecsq method takes a step (or a rate/error target), not num_levels")
-  if step is not None and not step > 0:
-    raise ValueError(f"step must be positive, got {step}")
-  if bits_per_param is not None and not bits_per_param > 0:
-    raise ValueError(f"bits_per_param must be positive, got {bits_per_param}")
-  if max_rel_error is not None and not max_rel_error > 0:
-    raise ValueError(f"max_rel_error must be positive, got {max_rel_error}")
+  _check_targets(method, step, num_levels, bits_per_param, max_rel_error)
   if selection is None:
     selection = select_leaves(flat)
 
@@ -327,6 +303,35 @@ def quantize_tree(
     r.rel_error = _exact_rel_error(x, values[p])
     r.est_bits = f.bits
   return values, codebooks, [results[p] for p in flat]
+
+
+def _check_targets(method, step, num_levels, bits_per_param, max_rel_error) -> None:
+  """ValueError unless the method and exactly one target (see :func:`quantize_tree`) fit."""
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  given = [
+    k
+    for k, v in (("step", step), ("num_levels", num_levels), ("bits_per_param", bits_per_param))
+    if v is not None
+  ]
+  if len(given) > 1:
+    raise ValueError(f"give one of step, num_levels, bits_per_param (got {', '.join(given)})")
+  if given and given[0] == "step" and max_rel_error is not None:
+    raise ValueError("step and max_rel_error cannot be combined")
+  if given and given[0] == "num_levels" and max_rel_error is not None:
+    raise ValueError("num_levels and max_rel_error cannot be combined")
+  if not given and max_rel_error is None:
+    raise ValueError("give a target: step, num_levels, bits_per_param or max_rel_error")
+  if step is not None and method == "lloyd":
+    raise ValueError("the lloyd method takes num_levels (or a rate/error target), not a step")
+  if num_levels is not None and method == "ecsq":
+    raise ValueError("the ecsq method takes a step (or a rate/error target), not num_levels")
+  if step is not None and not step > 0:
+    raise ValueError(f"step must be positive, got {step}")
+  if bits_per_param is not None and not bits_per_param > 0:
+    raise ValueError(f"bits_per_param must be positive, got {bits_per_param}")
+  if max_rel_error is not None and not max_rel_error > 0:
+    raise ValueError(f"max_rel_error must be positive, got {max_rel_error}")
 
 
 def _pick(pts, target, method, st, dtype, zero_level) -> Fit:
