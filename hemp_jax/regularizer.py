@@ -404,7 +404,7 @@ def authors_entropy_scale(order: int) -> float:
   same pooled histogram). So at orders 1, 3, 4, ... their gradient is ``n`` times ours and
   their ``lambda_H`` is our strength divided by ``n``. At order 2 their code trains with a
   hand-written gradient (the partner weight's tent weight fixed at 1/2, divided by the
-  number of parameters) that equals ours per parameter (correlation 0.99999, measured),
+  number of parameters) that equals ours per parameter (nearly exactly, DESIGN.md §2),
   so the factor is 1 there. Their update multiplies by ``lambda_H`` twice; we apply it
   once (identical at their default ``lambda_H = 1``), and we do not copy their order-2
   clamp of each gradient element to +-0.01.
@@ -430,6 +430,61 @@ def _sensitivity(g):
 
 def _level_range(cb, guard_levels: bool):
   return (cb[1], cb[-2]) if guard_levels else (cb[0], cb[-1])
+
+
+def _second_step_scale(entropy: EntropyConfig, refresh_every: int, lambda_units: str) -> float:
+  """Checks the second step's options; the factor that turns ``lambda_h`` into our units."""
+  ent.check_options(entropy.order, entropy.tuples, entropy.rate)
+  if refresh_every < 1:
+    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+  if lambda_units not in LAMBDA_UNITS:
+    raise ValueError(f"lambda_units must be one of {LAMBDA_UNITS}, got {lambda_units!r}")
+  if lambda_units == "authors" and (entropy.pool != "global" or entropy.rate != "block"):
+    raise ValueError(
+      "lambda_units='authors' is the authors' pooled entropy: use pool='global' and "
+      f"rate='block' (got pool={entropy.pool!r}, rate={entropy.rate!r})"
+    )
+  return authors_entropy_scale(entropy.order) if lambda_units == "authors" else 1.0
+
+
+def _gated_steps(
+  params,
+  w1,
+  inner_updates,
+  updates,
+  codebooks,
+  grads,
+  targets,
+  pending,
+  *,
+  lambda_h,
+  lambda_q,
+  sensitivity,
+  guard_levels,
+):
+  """The second step's updates: ``clip(w1 - S (lambda_h grad H + lambda_q (w1 - Q))) - w``
+  on quantized leaves (the inner update on pending and float leaves)."""
+  w_leaves, treedef = jax.tree.flatten(params)
+  out = []
+  flags = pending or (None,) * len(codebooks)
+  for w, w_1, u, g, cb, gh, tq, p in zip(
+    w_leaves,
+    jax.tree.leaves(w1),
+    jax.tree.leaves(inner_updates),
+    jax.tree.leaves(updates),
+    codebooks,
+    grads,
+    targets,
+    flags,
+  ):
+    if cb is None:
+      out.append(u)
+      continue
+    gate = _sensitivity(g) if sensitivity else 1.0
+    w2 = w_1 - gate * (lambda_h * gh + lambda_q * (w_1 - tq))
+    step = (jnp.clip(w2, *_level_range(cb, guard_levels)) - w).astype(u.dtype)
+    out.append(step if p is None else jnp.where(p, u, step))
+  return treedef.unflatten(out)
 
 
 def hemp_second_step(
@@ -490,17 +545,7 @@ def hemp_second_step(
     num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
   )
   entropy = EntropyConfig(order, tuples, rate, pool)
-  ent.check_options(order, tuples, rate)
-  if refresh_every < 1:
-    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
-  if lambda_units not in LAMBDA_UNITS:
-    raise ValueError(f"lambda_units must be one of {LAMBDA_UNITS}, got {lambda_units!r}")
-  if lambda_units == "authors" and (pool != "global" or rate != "block"):
-    raise ValueError(
-      "lambda_units='authors' is the authors' pooled entropy: use pool='global' and "
-      f"rate='block' (got pool={pool!r}, rate={rate!r})"
-    )
-  scale = authors_entropy_scale(order) if lambda_units == "authors" else 1.0
+  scale = _second_step_scale(entropy, refresh_every, lambda_units)
   _check_degenerate(degenerate, degenerate_fit_step)
 
   def refresh(w1, codebooks):
@@ -547,31 +592,24 @@ def hemp_second_step(
       lambda: refresh(w1, codebooks),
       lambda: (state.entropy_grad, state.targets),
     )
-    w_leaves, treedef = jax.tree.flatten(params)
-    out = []
-    flags = pending or (None,) * len(codebooks)
-    for w, w_1, u, g, cb, gh, tq, p in zip(
-      w_leaves,
-      jax.tree.leaves(w1),
-      jax.tree.leaves(inner_updates),
-      jax.tree.leaves(updates),
+    steps = _gated_steps(
+      params,
+      w1,
+      inner_updates,
+      updates,
       codebooks,
       grads,
       targets,
-      flags,
-    ):
-      if cb is None:
-        out.append(u)
-        continue
-      gate = _sensitivity(g) if sensitivity else 1.0
-      w2 = w_1 - gate * (lambda_h * gh + lambda_q * (w_1 - tq))
-      lo, hi = _level_range(cb, guard_levels)
-      step = (jnp.clip(w2, lo, hi) - w).astype(u.dtype)
-      out.append(step if p is None else jnp.where(p, u, step))
+      pending,
+      lambda_h=lambda_h,
+      lambda_q=lambda_q,
+      sensitivity=sensitivity,
+      guard_levels=guard_levels,
+    )
     new_state = HempSecondStepState(
       optax.safe_int32_increment(state.count), codebooks, grads, targets, inner_state, pending
     )
-    return treedef.unflatten(out), new_state
+    return steps, new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -107,8 +107,8 @@ def init_model(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> 
   """Builds a registered model with its initialization compiled as one XLA program.
 
   Eager construction (:func:`create_model`) compiles every random initializer once per
-  distinct parameter shape: ~50 small compilations for a ResNet-50 or a MobileNetV2,
-  10-20 s on a CPU. This traces the constructor once and compiles it with XLA's
+  distinct parameter shape: ~50 small compilations for a ResNet-50 or a MobileNetV2.
+  This traces the constructor once and compiles it with XLA's
   backend optimizations off on CPU (the program runs once; its compile time is what
   counts). The values come from the same random streams as ``create_model(...,
   rngs=nnx.Rngs(seed))``; they can differ from the eager ones in the last float bit.
