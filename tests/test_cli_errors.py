@@ -74,7 +74,7 @@ CASES = [
   ),
   ("mode-bogus", _train("--config.hemp.mode=bogus"), 2, "known values: none, grad, paper"),
   ("model-nope", _train("--config.model=nope"), 2, "config.model = 'nope': unknown; known"),
-  ("dataset-nope", _train("--config.dataset=nope"), 2, "mnist5k, digits, mnist, cifar10"),
+  ("dataset-nope", _train("--config.dataset=nope"), 2, "mnist5k, digits, mnist, fashion_mnist, cifar10, imagenet2012, npz:PATH"),
   ("batch-size-0", _train("--config.batch_size=0"), 2, "config.batch_size = 0: must be"),
   ("epochs-0", _train("--config.num_epochs=0"), 2, "config.num_epochs = 0: must be"),
   ("levels-1", _train("--config.quantizer.num_levels=1"), 2, "num_levels = 1: must be"),
@@ -129,6 +129,13 @@ CASES = [
     2,
     "1 field(s) differ: hemp.strength: 7.0 -> 9.0",
   ),
+  (
+    "dataset-files-missing",
+    _train("--config.dataset=fashion_mnist", "--config.data_dir={tmp}/nope"),
+    2,
+    "apt-get install dataset-fashion-mnist",
+  ),
+  ("dataset-npz-missing", _train("--config.dataset=npz:{tmp}/nope.npz"), 2, "nope.npz: no such"),
   ("train-no-workdir", ["train", "--config", DEFAULT], 2, "required: --workdir"),
   ("unknown-command", ["frobnicate"], 2, "invalid choice: 'frobnicate'"),
   ("no-command", [], 2, "required: command"),
@@ -137,8 +144,12 @@ CASES = [
 
 
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, monkeypatch):
   """The files the bad command lines point at (nothing else exists in tmp_path)."""
+  from hemp_jax.data import files as data_files
+
+  monkeypatch.setattr(data_files, "_SYSTEM_DIRS", (str(tmp_path / "no-system-data"),))
+  monkeypatch.delenv("HEMP_DATA_DIR", raising=False)
   (tmp_path / "syntax.py").write_text("def get_config(:\n  pass\n")
   (tmp_path / "garbage.hemp").write_bytes(b"garbage")
   with open(FIXTURE, "rb") as f:

@@ -1,6 +1,7 @@
 """Datasets from local files: the IDX reader, npz datasets and the validation split."""
 
 import gzip
+import json
 import os
 
 import numpy as np
@@ -128,3 +129,47 @@ def test_validation_split_is_disjoint_fixed_and_stratified():
   assert not np.array_equal(va, files.validation_split(labels, 590, seed=1)[1])
   with pytest.raises(ValueError):
     files.validation_split(labels, labels.size)
+
+
+# ------------------------------------------------------------- through the trainer
+
+
+def test_input_pipeline_holds_out_a_fixed_validation_split(tmp_path):
+  from hemp_jax.train.input import input_pipeline
+
+  _write_set(tmp_path / "fashion_mnist", n_train=60, n_test=12)
+  kw = dict(batch_size=10, eval_batch_size=7, data_dir=str(tmp_path))
+  pipes = [input_pipeline("fashion_mnist", validation_size=12, seed=s, **kw) for s in (0, 1)]
+  for pipe in pipes:
+    assert pipe.steps_per_epoch == 4 and pipe.image_shape == (6, 5, 1)
+    val = [np.asarray(b[0]) for b in pipe.validation()]
+    assert sum(len(v) for v in val) == 12
+  # the same validation images for every seed, none of them in training
+  v0, v1 = (np.concatenate([np.asarray(b[0]) for b in p.validation()]) for p in pipes)
+  np.testing.assert_array_equal(v0, v1)
+  train = np.concatenate([np.asarray(b[0]) for b in pipes[0].train(0, 0)])
+  seen = {x.tobytes() for x in train}
+  assert not any(x.tobytes() in seen for x in v0)
+  assert input_pipeline("fashion_mnist", **kw).validation is None
+
+
+def test_training_on_npz_data_reports_validation_and_test(tmp_path):
+  from hemp_jax import train
+  from hemp_jax.train.config import default_config
+
+  rng = np.random.default_rng(0)
+  y = np.arange(300) % 3
+  x = (rng.normal(size=(300, 8, 8)) + y[:, None, None]).astype(np.float32)
+  np.savez(tmp_path / "d.npz", x_train=x[:240], y_train=y[:240], x_test=x[240:], y_test=y[240:])
+  c = default_config()
+  c.model, c.model_kwargs = "lenet_300_100", {"in_features": 64}
+  c.dataset, c.validation_size = f"npz:{tmp_path / 'd.npz'}", 30
+  c.batch_size, c.eval_batch_size, c.num_epochs, c.progress = 28, 50, 2, False
+  c.optimizer.name, c.optimizer.learning_rate = "adam", 1e-3
+  c.hemp.mode = "none"
+  summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert summary["validation_size"] == 30
+  for key in ("validation_accuracy", "validation_accuracy_decoded", "test_accuracy_decoded"):
+    assert 0.5 < summary[key] <= 1.0, summary
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [("validation_accuracy" in r) for r in rows] == [True, True]

@@ -30,7 +30,12 @@ Determinism: every random choice (splits, shuffling, augmentation) is derived
 from explicit integer seeds with ``numpy.random.default_rng``, so that the same
 ``(seed, epoch)`` always gives the same batches, e.g. after resuming a run.
 
+* **Local files**: ``'fashion_mnist'`` and ``'mnist'`` from a folder of the four
+  standard IDX files, ``'npz:PATH'`` from a user's arrays (:mod:`~hemp_jax.data.files`,
+  which also has the fixed, stratified :func:`validation_split`).
+
 Layout: :mod:`~hemp_jax.data.offline` (the in-memory sets and numpy batching),
+:mod:`~hemp_jax.data.files` (IDX and npz datasets, the validation split),
 :mod:`~hemp_jax.data.tfds_source` (prepared TFDS data sources, :class:`TfdsPipeline`),
 :mod:`~hemp_jax.data.transforms` (image operations) and :mod:`~hemp_jax.data.pipeline`
 (the grain graph that joins a source, a transform, host sharding, batching, workers and
@@ -46,6 +51,15 @@ from hemp_jax.data.common import (
   TFDS_DATASET_NAMES,
   DatasetInfo,
   dataset_info,
+)
+from hemp_jax.data.files import (
+  IDX_DATASETS,
+  NPZ_PREFIX,
+  find_idx_dir,
+  load_idx_dataset,
+  load_npz_dataset,
+  read_idx,
+  validation_split,
 )
 from hemp_jax.data.offline import (
   Dataset,
@@ -77,6 +91,13 @@ from hemp_jax.data.transforms import (
 )
 
 __all__ = [
+  "IDX_DATASETS",
+  "NPZ_PREFIX",
+  "find_idx_dir",
+  "load_idx_dataset",
+  "load_npz_dataset",
+  "read_idx",
+  "validation_split",
   "ArraySource",
   "GrainPipeline",
   "ImageTransform",

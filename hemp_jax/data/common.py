@@ -28,8 +28,10 @@ class DatasetInfo(NamedTuple):
           this module (for ImageNet, the default crop size).
       train_split: Name of the training split.
       eval_split: Name of the split used for evaluation.
-      source: ``'offline'`` (bundled with an installed package) or
-          ``'tfds'`` (needs data prepared with TensorFlow Datasets).
+      source: ``'offline'`` (bundled with an installed package), ``'files'``
+          (IDX files in a local folder, :mod:`hemp_jax.data.files`) or ``'tfds'``
+          (needs data prepared with TensorFlow Datasets; ``mnist`` is read from IDX
+          files instead when a folder of them is found).
   """
 
   name: str
@@ -44,6 +46,7 @@ DATASET_INFOS = {
   "mnist5k": DatasetInfo("mnist5k", 10, (28, 28, 1), "train", "test", "offline"),
   "digits": DatasetInfo("digits", 10, (8, 8, 1), "train", "test", "offline"),
   "mnist": DatasetInfo("mnist", 10, (28, 28, 1), "train", "test", "tfds"),
+  "fashion_mnist": DatasetInfo("fashion_mnist", 10, (28, 28, 1), "train", "test", "files"),
   "cifar10": DatasetInfo("cifar10", 10, (32, 32, 3), "train", "test", "tfds"),
   "imagenet2012": DatasetInfo("imagenet2012", 1000, (224, 224, 3), "train", "validation", "tfds"),
 }

@@ -26,6 +26,7 @@ import numpy as np
 from hemp_jax.data.offline import Dataset
 
 __all__ = [
+  "NPZ_PREFIX",
   "IDX_DATASETS",
   "IDX_FILES",
   "find_idx_dir",
@@ -35,6 +36,8 @@ __all__ = [
   "validation_split",
 ]
 
+#: ``dataset = NPZ_PREFIX + path``: a user's arrays (:func:`load_npz_dataset`).
+NPZ_PREFIX = "npz:"
 #: The dataset names read from IDX files, and the Debian package that installs each.
 IDX_DATASETS = {"fashion_mnist": "dataset-fashion-mnist", "mnist": None}
 #: The four files of a folder: (split, what) -> base name (``.gz`` or raw).

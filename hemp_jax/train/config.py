@@ -73,8 +73,13 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = placeholder(str)  # a name of hemp_jax.models.MODELS
   c.model_kwargs = ml_collections.ConfigDict()  # passed to the model's constructor
-  c.dataset = placeholder(str)  # a name of hemp_jax.data.DATASET_NAMES
-  c.data_dir = placeholder(str)  # TFDS data dir (None: $TFDS_DATA_DIR or tfds's default)
+  c.dataset = placeholder(str)  # a name of hemp_jax.data.DATASET_NAMES, or npz:PATH
+  # IDX files (fashion_mnist, mnist; then $HEMP_DATA_DIR, the Debian folders) or the TFDS
+  # data dir (None: $TFDS_DATA_DIR or tfds's default)
+  c.data_dir = placeholder(str)
+  # Training examples held out for validation (fixed, stratified; in-memory sets): every
+  # choice is made on them, the test split is only reported. 0: none.
+  c.validation_size = 0
   c.mock_data = False  # serve random TFDS examples (tfds.testing.mock_data): smoke runs
   c.image_size = placeholder(int)  # ImageNet crop (None: the data set's, 224)
   c.seed = 0
@@ -380,7 +385,10 @@ def validate_config(config) -> None:
   """
   config = with_defaults(config)
   _check_name(config, "model", sorted(models_lib.MODELS), required=True)
-  _check_name(config, "dataset", list(data_lib.DATASET_NAMES), required=True)
+  if not str(config.dataset or "").startswith(data_lib.NPZ_PREFIX):
+    known = list(data_lib.DATASET_NAMES) + [data_lib.NPZ_PREFIX + "PATH"]
+    _check_name(config, "dataset", known, required=True)
+  _check_int(config, "validation_size", 0)
   _check_int(config, "batch_size", 1, required=True)
   _check_int(config, "eval_batch_size", 1, required=True)
   _check_int(config, "num_epochs", 1, required=True)
@@ -575,6 +583,7 @@ def pipeline_kwargs(config) -> dict:
     seed=config.seed,
     max_train_examples=config.max_train_examples,
     max_steps_per_epoch=config.max_steps_per_epoch,
+    validation_size=config.validation_size,
     data_dir=config.data_dir,
     mock_data=config.mock_data,
     image_size=config.image_size,

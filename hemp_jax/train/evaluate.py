@@ -102,36 +102,50 @@ class Evaluator:
 
   Args:
     graphdef: the model's NNX graph definition.
-    pipe: the run's :class:`~hemp_jax.train.input.InputPipeline` (its test split).
+    pipe: the run's :class:`~hemp_jax.train.input.InputPipeline` (its test split and
+      its validation split, if any).
     entropy: the run's entropy (order, tuples, rate, pool).
     place: puts ``(params, model_state)`` where the evaluation runs (default: as given).
   """
 
   def __init__(self, graphdef, pipe, entropy: reg.EntropyConfig, place: Callable | None = None):
     self._eval_fn = make_eval_fn(graphdef, pipe.normalize)
-    self._batches = pipe.eval
+    self._batches = {"test": pipe.eval, "validation": getattr(pipe, "validation", None)}
     self._place = place or (lambda tree: tree)
     self.entropy = entropy
     hk = entropy._asdict()
     self._soft = jax.jit(lambda p, cb: ent.tree_entropy(p, cb, **hk))
     self._quantize = jax.jit(quantize_params)
 
-  def accuracy(self, params, model_state) -> float:
-    """Test accuracy of the model with these variables."""
-    return evaluate_accuracy(self._eval_fn, *self._place((params, model_state)), self._batches())
+  @property
+  def has_validation(self) -> bool:
+    """Whether the run holds out a validation split."""
+    return self._batches["validation"] is not None
+
+  def accuracy(self, params, model_state, split: str = "test") -> float:
+    """Accuracy on ``split`` ("test" or "validation") of the model with these variables."""
+    batches = self._batches[split]()
+    return evaluate_accuracy(self._eval_fn, *self._place((params, model_state)), batches)
 
   def quantize(self, params, codebooks):
     """:func:`quantize_params`, compiled."""
     return self._quantize(params, codebooks)
 
   def row(self, params, model_state, codebooks) -> dict:
-    """``test_accuracy``, ``test_accuracy_quantized``, ``entropy_soft``, ``entropy_exact``."""
+    """``test_accuracy``, ``test_accuracy_quantized``, ``entropy_soft``, ``entropy_exact``;
+    with a validation split also ``validation_accuracy`` and
+    ``validation_accuracy_quantized``."""
     e = self.entropy
-    return {
+    quantized = self.quantize(params, codebooks)
+    row = {
       "test_accuracy": self.accuracy(params, model_state),
-      "test_accuracy_quantized": self.accuracy(self.quantize(params, codebooks), model_state),
+      "test_accuracy_quantized": self.accuracy(quantized, model_state),
       "entropy_soft": float(self._soft(params, codebooks)),
       "entropy_exact": exact_entropy(
         params, codebooks, order=e.order, tuples=e.tuples, rate=e.rate
       ),
     }
+    if self.has_validation:
+      row["validation_accuracy"] = self.accuracy(params, model_state, "validation")
+      row["validation_accuracy_quantized"] = self.accuracy(quantized, model_state, "validation")
+    return row

@@ -431,7 +431,9 @@ def _show_epoch(ep: Epoch, row: dict, show: bool) -> None:
   if show:
     print(
       f"epoch {ep.index + 1:3d}  loss {row['train_loss']:.4f}  test {row['test_accuracy']:.4f}"
-      f"  quantized {row['test_accuracy_quantized']:.4f}  H soft "
+      f"  quantized {row['test_accuracy_quantized']:.4f}"
+      + (f"  validation {row['validation_accuracy']:.4f}" if "validation_accuracy" in row else "")
+      + "  H soft "
       f"{row['entropy_soft']:.4f} exact {row['entropy_exact']:.4f} bits/param"
       f"  {row['examples_per_s']:.0f} ex/s  input wait {row['input_wait_fraction']:.3f}",
       file=sys.stderr,
@@ -455,7 +457,7 @@ def _summary(run: _Run, state: TrainState, codebooks, last: dict, evaluator, pat
   decoded = read_model_file(path, state)
   test_accuracy_decoded = evaluator.accuracy(decoded.params, decoded.model_state)
   num_values = int(sum(np.size(x) for x in jax.tree.leaves((state.params, state.model_state))))
-  return {
+  summary = {
     "model": run.config.model,
     "dataset": run.config.dataset,
     "hemp_mode": run.config.hemp.mode,
@@ -473,6 +475,14 @@ def _summary(run: _Run, state: TrainState, codebooks, last: dict, evaluator, pat
     "compression_ratio": 4.0 * num_values / file_bytes,
     "test_accuracy_decoded": test_accuracy_decoded,
   }
+  if evaluator.has_validation:
+    summary["validation_size"] = run.config.validation_size
+    summary["validation_accuracy"] = last["validation_accuracy"]
+    summary["validation_accuracy_quantized"] = last["validation_accuracy_quantized"]
+    summary["validation_accuracy_decoded"] = evaluator.accuracy(
+      decoded.params, decoded.model_state, "validation"
+    )
+  return summary
 
 
 def train_and_evaluate(
@@ -482,8 +492,9 @@ def train_and_evaluate(
 
   Files (written by process 0): ``config.json`` (the config completed with the
   defaults), ``metrics.jsonl`` (one line per epoch: epoch, train_loss, train_accuracy,
-  test_accuracy, test_accuracy_quantized, entropy_soft, entropy_exact, seconds,
-  examples_per_s, input_wait_fraction), ``checkpoints/`` (orbax, every process; the last
+  test_accuracy, test_accuracy_quantized, entropy_soft, entropy_exact, with a validation
+  split validation_accuracy and validation_accuracy_quantized, seconds, examples_per_s,
+  input_wait_fraction), ``checkpoints/`` (orbax, every process; the last
   two: every epoch end and, with ``config.checkpoint_every_steps``, mid-epoch; each holds
   the grain iterator position), ``model.hemp`` and ``summary.json``.
 
