@@ -42,11 +42,13 @@ from hemp_jax.codec import inspect as inspect_compressed
 from hemp_jax.groups import fit_codebook
 from hemp_jax.models import MODELS, count_params, create_model, init_model
 from hemp_jax.pruning import PruneState, leaf_sparsity, prune, sparsity_schedule
+from hemp_jax.pytrees import plain_params
 from hemp_jax.regularizer import (
   AddEntropyGradState,
   HempSecondStepState,
   add_entropy_grad,
   authors_entropy_scale,
+  codebooks_of,
   codebooks_tree,
   entropy_penalty,
   hemp_second_step,

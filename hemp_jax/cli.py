@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 import ml_collections
 
@@ -568,6 +569,11 @@ def _error_line(e: BaseException) -> tuple[int, str]:
   return EXIT_FAILED, f"{type(e).__name__}: {e} (run again with --debug for the traceback)"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+  """Warnings as one ``warning: ...`` line on stderr (no source location)."""
+  print(f"warning: {_one_line(str(message))}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs a ``hemp-jax`` command; returns the exit code (errors: one line on stderr)."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -581,7 +587,12 @@ def main(argv: list[str] | None = None) -> int:
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else EXIT_USAGE
   try:
-    return args.func(args, rest) or 0
+    from hemp_jax.codec import QuantizationWarning
+
+    with warnings.catch_warnings():
+      warnings.showwarning = _show_warning
+      warnings.simplefilter("always", QuantizationWarning)  # one line per leaf
+      return args.func(args, rest) or 0
   except KeyboardInterrupt:
     if debug:
       raise

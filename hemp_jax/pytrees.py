@@ -1,4 +1,6 @@
-"""Names of pytree leaves: the one rule every module uses to turn a key path into a name.
+"""Pytree helpers below everything: leaf names, and plain arrays out of Flax containers.
+
+Names: the one rule every module uses to turn a key path into a name.
 
 A key path's entries (dict keys, attribute names, sequence indices) are joined with
 ``/``. A trailing ``value`` attribute (``GetAttrKey``, what an NNX ``Variable`` adds when
@@ -10,11 +12,13 @@ and the NNX variable at the same place have the same name. A dict key that happe
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["key_entry", "path_name", "path_entries", "fill_tree"]
+__all__ = ["key_entry", "path_name", "path_entries", "fill_tree", "plain_params"]
 
 
 def key_entry(k):
@@ -73,3 +77,23 @@ def fill_tree(template, arrays, *, name=path_name) -> tuple:
     values.append(jnp.asarray(v, dtype=jnp.asarray(x).dtype))
     used.append(key)
   return treedef.unflatten(values), used, missing
+
+
+def _is_variable(x) -> bool:
+  from flax import nnx
+
+  return isinstance(x, nnx.Variable)
+
+
+def plain_params(params) -> Any:
+  """``params`` as plain arrays: an ``nnx.Module`` gives its ``nnx.Param`` values, an
+  ``nnx.State`` or a tree with ``nnx.Variable`` leaves (what ``nnx.Optimizer`` holds)
+  its values; anything else is returned as it is."""
+  from flax import nnx
+
+  if isinstance(params, nnx.Module):
+    params = nnx.state(params, nnx.Param)
+  if isinstance(params, nnx.State):
+    return nnx.to_pure_dict(params)
+  unwrap = lambda x: x.get_value() if _is_variable(x) else x
+  return jax.tree.map(unwrap, params, is_leaf=_is_variable)

@@ -30,6 +30,7 @@ import optax
 
 from hemp_jax import entropy as ent
 from hemp_jax import groups as grp
+from hemp_jax import pytrees
 from hemp_jax import quantization as q
 
 NO_PARAMS_MSG = (
@@ -46,6 +47,7 @@ __all__ = [
   "hemp_second_step",
   "paper_recipe",
   "codebooks_tree",
+  "codebooks_of",
   "fit_leaf_codebooks",
   "authors_entropy_scale",
   "is_degenerate",
@@ -207,6 +209,43 @@ def codebooks_tree(params, codebooks: tuple) -> Any:
       f"{len(codebooks)} codebooks: not the params this state was made for"
     )
   return treedef.unflatten(list(codebooks))
+
+
+def codebooks_of(opt_state, params) -> Any:
+  """The codebooks of the HEMP transform inside an optax state, as a pytree like ``params``.
+
+  The HEMP state (of :func:`add_entropy_grad`, :func:`hemp_second_step` or
+  :func:`paper_recipe`) is found anywhere in ``opt_state`` by its ``codebooks`` field
+  (``optax.tree_utils.tree_get``): inside chains, ``optax.masked``,
+  ``optax.inject_hyperparams``, ``optax.MultiSteps`` or :func:`hemp_jax.prune`. Flax's
+  wrappers are taken off first (``nnx.Optimizer.opt_state`` holds every array in a
+  ``Variable``).
+
+  Args:
+    opt_state: an optax state, or ``nnx.Optimizer.opt_state``, or a Linen
+      ``TrainState.opt_state``.
+    params: what the optimizer was initialized on: a params pytree, an ``nnx.State`` or
+      the ``nnx.Module`` (its ``nnx.Param`` variables).
+
+  Returns:
+    A pytree like :func:`hemp_jax.pytrees.plain_params` of ``params`` with a codebook (1-D array) for
+    every quantized leaf and None for the others (what :func:`hemp_jax.compress` takes).
+
+  Raises:
+    ValueError: ``opt_state`` holds no HEMP state, or more than one.
+  """
+  from optax import tree_utils as otu
+
+  state = pytrees.plain_params(opt_state)
+  try:
+    codebooks = otu.tree_get(state, "codebooks")
+  except KeyError as e:  # several states have the field
+    raise ValueError(f"more than one HEMP state in opt_state ({e})") from None
+  if codebooks is None:
+    raise ValueError(
+      "no HEMP state in opt_state: put hj.add_entropy_grad (or hj.paper_recipe) in the chain"
+    )
+  return codebooks_tree(pytrees.plain_params(params), tuple(codebooks))
 
 
 def entropy_penalty(

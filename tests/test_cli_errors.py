@@ -74,7 +74,12 @@ CASES = [
   ),
   ("mode-bogus", _train("--config.hemp.mode=bogus"), 2, "known values: none, grad, paper"),
   ("model-nope", _train("--config.model=nope"), 2, "config.model = 'nope': unknown; known"),
-  ("dataset-nope", _train("--config.dataset=nope"), 2, "mnist5k, digits, mnist, fashion_mnist, cifar10, imagenet2012, npz:PATH"),
+  (
+    "dataset-nope",
+    _train("--config.dataset=nope"),
+    2,
+    "mnist5k, digits, mnist, fashion_mnist, cifar10, imagenet2012, npz:PATH",
+  ),
   ("batch-size-0", _train("--config.batch_size=0"), 2, "config.batch_size = 0: must be"),
   ("epochs-0", _train("--config.num_epochs=0"), 2, "config.num_epochs = 0: must be"),
   ("levels-1", _train("--config.quantizer.num_levels=1"), 2, "num_levels = 1: must be"),

@@ -28,10 +28,12 @@ from hemp_jax.codec.container import (
   write_bytes_atomic,
 )
 from hemp_jax.codec.inspection import LeafReport, Report, format_inspection, inspect
+from hemp_jax.codec.records import QuantizationWarning
 from hemp_jax.codec.wire import FormatError
 
 __all__ = [
   "FormatError",
+  "QuantizationWarning",
   "FORMAT_VERSION",
   "DEFAULT_MAX_ELEMENTS",
   "LeafReport",

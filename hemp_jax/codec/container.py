@@ -228,7 +228,8 @@ def compress(params, codebooks=None, *, max_order: int = MAX_ORDER, **quantizer_
   """Encodes a params pytree into ``.hemp`` bytes.
 
   Args:
-    params: a pytree of arrays (Linen dict, NNX ``State``, nested dicts/lists...). Float
+    params: a pytree of arrays (Linen dict, nested dicts/lists...), an NNX ``State`` or
+      ``Module`` (its ``nnx.Param`` values) or a tree of ``nnx.Variable`` leaves. Float
       leaves are float32, float16, bfloat16 or float64; integer and bool leaves are kept
       losslessly.
     codebooks: a pytree like ``params`` with a 1-D codebook per quantized leaf and
@@ -243,6 +244,9 @@ def compress(params, codebooks=None, *, max_order: int = MAX_ORDER, **quantizer_
     ``dequantize(quantize_indices(x, cb), cb).astype(x.dtype)``; a float leaf decodes
     bitwise equal to ``x``.
   """
+  # An nnx.Module, nnx.State or Variable leaves (nnx.Optimizer's) stand for their arrays.
+  params = pytrees.plain_params(params)
+  codebooks = None if codebooks is None else pytrees.plain_params(codebooks)
   if codebooks is None:
     if "num_levels" not in quantizer_options:
       raise ValueError(

@@ -53,11 +53,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from hemp_jax.codec.inspection import table_lines
+from hemp_jax.codec.records import WARN_REL_ERROR, QuantizationWarning
 from hemp_jax.codec.scalar import (
   ECSQ_SLOPE,
   ECSQ_WINDOW,
@@ -504,6 +506,11 @@ def compress_checkpoint(
   finally:
     if bar is not None:
       bar.close()
+
+  for r in results:
+    if r.quantized and r.rel_error > WARN_REL_ERROR:
+      message = f"{r.path}: decodes with relative error {r.rel_error:.2f} ({r.levels} levels)"
+      warnings.warn(message, QuantizationWarning, stacklevel=2)
 
   def put(table):
     return lambda path, _: table[path_name(path)]

@@ -8,6 +8,8 @@ The body layouts are defined in ``FORMAT.md`` ("Records"). Readers take a
 
 from __future__ import annotations
 
+import math
+import warnings
 import zlib
 
 import jax.numpy as jnp
@@ -18,6 +20,9 @@ from hemp_jax.codec import context_models, legacy, model_selection
 from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
 
 __all__ = [
+  "QuantizationWarning",
+  "WARN_REL_ERROR",
+  "fit_warning",
   "DTYPES",
   "KIND_FLOAT",
   "KIND_QUANTIZED",
@@ -234,6 +239,42 @@ def quantize_indices_np(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
   return np.asarray(q.quantize_indices(x, c)).reshape(x.shape)
 
 
+class QuantizationWarning(UserWarning):
+  """A leaf that its codebook does not fit: values clipped, or a large decoded error."""
+
+
+#: Relative L2 error of a leaf above which compressing it warns.
+WARN_REL_ERROR = 0.5
+
+
+def fit_warning(name: str, x: np.ndarray, cb: np.ndarray, idx: np.ndarray) -> str | None:
+  """One line when ``x`` does not fit its codebook ``cb`` (``idx``: its nearest levels).
+
+  Values more than half the outermost gap beyond the outermost levels are clipped to
+  them; a relative L2 error ``||x - q(x)|| / ||x||`` over :data:`WARN_REL_ERROR` means the
+  decoded leaf is far from the trained one (e.g. a codebook fitted on a constant start).
+  """
+  c = np.asarray(cb, np.float64)
+  if c.size < 2:
+    return None
+  lo, hi = c[0] - (c[1] - c[0]) / 2, c[-1] + (c[-1] - c[-2]) / 2
+  x64 = np.asarray(x, np.float64).reshape(-1)
+  xmin, xmax = float(x64.min()), float(x64.max())
+  energy = float(np.dot(x64, x64))
+  d = x64 - c[np.asarray(idx).reshape(-1)]
+  rel = math.sqrt(float(np.dot(d, d)) / energy) if energy > 0 else 0.0
+  span = f"levels [{c[0]:.3g}, {c[-1]:.3g}], values [{xmin:.3g}, {xmax:.3g}]"
+  if xmin < lo or xmax > hi:
+    out = int(np.count_nonzero((x64 < lo) | (x64 > hi)))
+    return (
+      f"{name}: {out} of {x64.size} values lie outside its codebook and are clipped "
+      f"({span}; relative error {rel:.2f})"
+    )
+  if rel > WARN_REL_ERROR:
+    return f"{name}: decodes with relative error {rel:.2f} ({span})"
+  return None
+
+
 def quantized_body(x: np.ndarray, codebook, max_order: int, name: str = "") -> bytes:
   """Body (version 3) of a quantized leaf."""
   q.validate_codebook(codebook)
@@ -249,6 +290,9 @@ def quantized_body(x: np.ndarray, codebook, max_order: int, name: str = "") -> b
     )
   cb = _effective_codebook(codebook)
   idx = quantize_indices_np(x, cb)
+  message = fit_warning(name, x, cb, idx)
+  if message:
+    warnings.warn(message, QuantizationWarning, stacklevel=4)
   used = np.bincount(idx.reshape(-1), minlength=k) > 0
   levels = cb.astype(x.dtype)[used]
   compact = idx if used.all() else np.take((np.cumsum(used) - 1).astype(np.int32), idx)
