@@ -244,7 +244,7 @@ class QuantizationWarning(UserWarning):
 
 
 #: Relative L2 error of a leaf above which compressing it warns.
-WARN_REL_ERROR = 0.5
+WARN_REL_ERROR = 0.75
 
 
 def fit_warning(name: str, x: np.ndarray, cb: np.ndarray, idx: np.ndarray) -> str | None:
