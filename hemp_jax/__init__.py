@@ -13,6 +13,7 @@ from hemp_jax.entropy import (
 from hemp_jax.groups import (
   fit_codebooks,
   path_name,
+  quantized,
   scan_stream,
   select_groups,
   unscan_stream,

@@ -32,6 +32,7 @@ __all__ = [
   "fit_codebooks",
   "codebook_leaves",
   "CODEBOOK_METHODS",
+  "quantized",
 ]
 
 # Codebook fitters of fit_codebook / fit_codebooks.
@@ -184,3 +185,31 @@ def codebook_leaves(codebooks, params) -> tuple[list, list, list[str], Callable]
   names = [path_name(p) for p, _ in cb_with_path]
   cbs = [c for _, c in cb_with_path]
   return cbs, leaves, names, treedef.unflatten
+
+
+def quantized(params, codebooks, *, straight_through: bool = True) -> Any:
+  """``params`` with every quantized leaf on its nearest level: the decoded model's values.
+
+  For a loss on the quantized network (quantization-aware training): with
+  ``straight_through`` the gradient with respect to ``params`` is the gradient at the
+  quantized point, passed through as if the quantizer were the identity.
+
+  Args:
+    params: a params pytree.
+    codebooks: a pytree like ``params`` (None for leaves kept in float), or the flat tuple
+      a HEMP optimizer state holds (one entry per leaf of ``params``).
+    straight_through: identity gradient (else the quantizer's zero gradient).
+
+  Returns:
+    A pytree like ``params``.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  if isinstance(codebooks, tuple) and not hasattr(codebooks, "_fields"):
+    if len(codebooks) != len(leaves):
+      raise ValueError(f"{len(codebooks)} codebooks for {len(leaves)} params leaves")
+    flat = list(codebooks)
+  else:
+    flat, leaves, _, _ = codebook_leaves(codebooks, params)
+    treedef = jax.tree.structure(codebooks, is_leaf=lambda x: x is None)
+  fn = q.quantize_ste if straight_through else q.quantize
+  return treedef.unflatten([x if cb is None else fn(x, cb) for x, cb in zip(leaves, flat)])

@@ -134,3 +134,33 @@ def test_hemp_jax_compress_prints_the_warning_as_one_line(tmp_path, capsys):
   assert len(err) == 1 and err[0] == "warning: w: decodes with relative error 0.77 (2 levels)", err
   assert cli.main([*argv, "--levels", "16"]) == 0  # a good fit: nothing said
   assert capsys.readouterr().err == ""
+
+
+def test_quantized_loss_gradient_is_the_straight_through_one():
+  rng = np.random.default_rng(3)
+  params = {
+    "dense": {"kernel": jnp.asarray(rng.normal(size=(20, 8)), jnp.float32), "bias": jnp.ones(8)},
+  }
+  cb = hj.fit_codebooks(params, num_levels=4)
+  assert cb["dense"]["bias"] is None
+  x = jnp.asarray(rng.normal(size=(16, 20)), jnp.float32)
+
+  def loss(p):
+    return jnp.mean(jnp.tanh(x @ p["dense"]["kernel"] + p["dense"]["bias"]) ** 2)
+
+  qp = hj.quantized(params, cb, straight_through=False)
+  np.testing.assert_array_equal(
+    qp["dense"]["kernel"], hj.quantize(params["dense"]["kernel"], cb["dense"]["kernel"])
+  )
+  assert qp["dense"]["bias"] is params["dense"]["bias"]
+  got = jax.grad(lambda p: loss(hj.quantized(p, cb)))(params)
+  want = jax.grad(loss)(qp)  # the float gradient at the quantized point
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert float(jnp.abs(got["dense"]["kernel"]).sum()) > 0
+  # the flat tuple of an optimizer state gives the same values
+  state = _hemp().init(params)
+  flat_q = hj.quantized(params, state.codebooks)
+  tree_q = hj.quantized(params, hj.codebooks_of(state, params))
+  for a, b in zip(jax.tree.leaves(flat_q), jax.tree.leaves(tree_q)):
+    np.testing.assert_array_equal(a, b)

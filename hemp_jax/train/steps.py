@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hemp_jax import quantization as q
+from hemp_jax import groups as grp
 from hemp_jax import regularizer as reg
 
 __all__ = [
@@ -133,10 +133,7 @@ def _quantized_forward_params(params, opt_state):
       "quantization-aware steps need a HEMP transformation in the optimizer "
       "(its codebooks); hemp.mode is 'none'"
     )
-  leaves, treedef = jax.tree.flatten(params)
-  return treedef.unflatten(
-    [x if cb is None else q.quantize_ste(x, cb) for x, cb in zip(leaves, flat)]
-  )
+  return grp.quantized(params, flat)
 
 
 def make_train_step(
