@@ -56,7 +56,7 @@ GROWTH_TOL = 2.2
 
 
 def _soft_one_hot(w, codebook):
-  """(M, K) soft one-hot rows: the tent of DESIGN §2 (two non-zeros per row)."""
+  """(M, K) soft one-hot rows: the tent of DESIGN.md §1 (two non-zeros per row)."""
   k, t = hj.tent_assign(w, codebook)
   num_levels = codebook.shape[0]
   return (

@@ -104,7 +104,7 @@ def time_train_step(model, shape, batch, refresh, dtype, steps, on_cpu) -> tuple
     for _ in range(steps):
       state, m = step(state, x, y)
       if on_cpu:
-        float(m["loss"])  # CPU: sync every step (DESIGN §4)
+        float(m["loss"])  # CPU: sync every step (DESIGN.md §4)
     jax.block_until_ready(m)
     times.append((time.perf_counter() - t0) / steps)
   if not np.isfinite(float(m["loss"])):

@@ -202,7 +202,7 @@ def test_missing_params_raise():
 
 
 def _direct_paper_update(params, steps, *, lr, wd, lambda_h, lambda_q, order, refresh):
-  """The update rule of DESIGN §2 written out directly, on numpy arrays."""
+  """The update rule of DESIGN.md §2 written out directly, on numpy arrays."""
   codebooks = hj.fit_codebooks(params, 4, min_size=41)
   w = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
   names = [("dense1", "kernel"), ("dense2", "kernel")]
