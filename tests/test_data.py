@@ -90,7 +90,14 @@ def test_dataset_info():
   assert D.dataset_info("cifar10").num_classes == 10
   assert D.dataset_info("imagenet2012").num_classes == 1000
   assert D.dataset_info("imagenet2012").eval_split == "validation"
-  assert set(D.DATASET_NAMES) == {"mnist5k", "digits", "mnist", "cifar10", "imagenet2012"}
+  assert set(D.DATASET_NAMES) == {
+    "mnist5k",
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "imagenet2012",
+  }
   with pytest.raises(ValueError, match="valid names.*mnist5k"):
     D.dataset_info("svhn")
 
