@@ -119,7 +119,7 @@ def lzma_sizes(params, codebooks) -> dict:
   order), what the HEMP paper measured. ``lzma_file_bytes``: that stream plus the
   codebooks and the float leaves as raw little-endian bytes, i.e. a decodable archive.
   """
-  from hemp_jax.codec import format as fmt
+  from hemp_jax.codec import records
 
   cbs, leaves, _, _ = grp.codebook_leaves(codebooks, params)
   idx_parts, extra = [], []
@@ -130,7 +130,7 @@ def lzma_sizes(params, codebooks) -> dict:
       continue
     cb_np = np.asarray(cb)
     stream = np.asarray(grp.scan_stream(jnp.asarray(x)))
-    idx = fmt.quantize_indices_np(stream, cb_np)
+    idx = records.quantize_indices_np(stream, cb_np)
     idx_parts.append(idx.astype(np.uint8).tobytes())
     extra.append(cb_np.astype("<f4").tobytes())
   filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
