@@ -31,7 +31,7 @@ from hemp_jax.quantization import (
 )
 
 __version__ = "0.1.0"
-from hemp_jax import codec, models, pruning
+from hemp_jax import budget, codec, models, pruning
 from hemp_jax.codec import (
   FormatError,
   compress,

@@ -1,0 +1,106 @@
+"""An accuracy budget instead of a strength sweep: adapt the regularizer strength per epoch.
+
+The user gives an allowed drop of the decoded model's validation accuracy below a
+reference (the float model's, or a given number): the target is ``reference - drop``.
+After each epoch the loop reports the decoded model's validation accuracy and its size
+(file bytes, or the exact entropy); :func:`budget_update` moves the strength
+multiplicatively, up while the accuracy is above the target (room to compress more), down
+while it is below,
+
+    strength <- clip(strength * exp(gain * (accuracy - target) / 0.01), lo, hi)
+
+(``gain`` per point of accuracy), and keeps the smallest model that met the target.
+Everything here is plain Python on floats, called once per epoch on the host. The strength
+reaches an optax state through ``optax.inject_hyperparams``::
+
+  hemp = optax.inject_hyperparams(hj.add_entropy_grad, static_args=hj.budget.STATIC_ARGS)
+  tx = optax.chain(hemp(strength=1.0, order=3, num_levels=4), optax.adam(1e-3))
+  ...  # after each epoch:
+  budget = hj.budget.budget_update(budget, epoch=e, accuracy=acc, size=nbytes)
+  opt_state = optax.tree_utils.tree_set(opt_state, strength=budget.strength)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import NamedTuple
+
+from hemp_jax import regularizer as reg
+
+__all__ = ["BudgetState", "budget_init", "budget_update", "STATIC_ARGS"]
+
+#: Every argument of :func:`hemp_jax.add_entropy_grad` but ``strength``: the
+#: ``static_args`` of ``optax.inject_hyperparams`` so that only the strength is injected.
+STATIC_ARGS = tuple(
+  n for n in inspect.signature(reg.add_entropy_grad).parameters if n != "strength"
+)
+
+
+class BudgetState(NamedTuple):
+  """The controller's state: the next strength, the target and what it has seen.
+
+  Attributes:
+    strength: the strength for the next epoch.
+    target: the validation accuracy to hold (``reference - drop``).
+    best: ``(epoch, strength, accuracy, size)`` of the smallest model that met the
+      target so far, or None.
+    trace: one ``(epoch, strength, accuracy, size)`` per reported epoch.
+  """
+
+  strength: float
+  target: float
+  best: tuple | None = None
+  trace: tuple = ()
+
+
+def budget_init(strength: float, *, reference: float, drop: float) -> BudgetState:
+  """A controller starting at ``strength`` that holds ``reference - drop``.
+
+  Args:
+    strength: the first epoch's strength (> 0).
+    reference: the accuracy the budget is measured from (a fraction, e.g. 0.9205).
+    drop: the allowed drop in points of accuracy (e.g. 1.0 for one percentage point).
+
+  Raises:
+    ValueError: a non-positive strength, a reference outside [0, 1] or a negative drop.
+  """
+  if not strength > 0:
+    raise ValueError(f"strength must be > 0, got {strength}")
+  if not 0.0 <= reference <= 1.0:
+    raise ValueError(f"reference must be an accuracy in [0, 1], got {reference}")
+  if not drop >= 0:
+    raise ValueError(f"drop must be >= 0 points, got {drop}")
+  return BudgetState(float(strength), float(reference) - float(drop) / 100.0)
+
+
+def budget_update(
+  state: BudgetState,
+  *,
+  epoch: int,
+  accuracy: float,
+  size: float,
+  gain: float = 0.5,
+  lo: float = 1e-3,
+  hi: float = 1e3,
+) -> BudgetState:
+  """The state after an epoch trained at ``state.strength``.
+
+  Args:
+    state: the controller's state.
+    epoch: the epoch just finished (recorded).
+    accuracy: the decoded model's validation accuracy after it (a fraction).
+    size: its size (file bytes, or bits/param): the smallest one within the target wins.
+    gain: log-strength change per point of accuracy above (or below) the target.
+    lo, hi: the strength's range.
+
+  Returns:
+    The new state: next strength, best, trace.
+  """
+  record = (int(epoch), state.strength, float(accuracy), float(size))
+  best = state.best
+  if accuracy >= state.target and (best is None or size < best[3]):
+    best = record
+  step = gain * (float(accuracy) - state.target) / 0.01
+  strength = min(max(state.strength * math.exp(step), lo), hi)
+  return BudgetState(strength, state.target, best, state.trace + (record,))
