@@ -258,16 +258,19 @@ def fit_warning(name: str, x: np.ndarray, cb: np.ndarray, idx: np.ndarray) -> st
   if c.size < 2:
     return None
   lo, hi = c[0] - (c[1] - c[0]) / 2, c[-1] + (c[-1] - c[-2]) / 2
-  x64 = np.asarray(x, np.float64).reshape(-1)
-  xmin, xmax = float(x64.min()), float(x64.max())
-  energy = float(np.dot(x64, x64))
-  d = x64 - c[np.asarray(idx).reshape(-1)]
-  rel = math.sqrt(float(np.dot(d, d)) / energy) if energy > 0 else 0.0
+  # In the leaf's precision (float32 for 16/32-bit leaves: no float64 copy on the encode
+  # path), sums accumulated in float64 without BLAS.
+  ft = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
+  xf = np.asarray(x).astype(ft, copy=False).reshape(-1)
+  xmin, xmax = float(xf.min()), float(xf.max())
+  d = xf - c.astype(ft)[np.asarray(idx).reshape(-1)]
+  energy = float(np.einsum("i,i->", xf, xf, dtype=np.float64))
+  rel = math.sqrt(float(np.einsum("i,i->", d, d, dtype=np.float64)) / energy) if energy else 0.0
   span = f"levels [{c[0]:.3g}, {c[-1]:.3g}], values [{xmin:.3g}, {xmax:.3g}]"
   if xmin < lo or xmax > hi:
-    out = int(np.count_nonzero((x64 < lo) | (x64 > hi)))
+    out = int(np.count_nonzero((xf < lo) | (xf > hi)))
     return (
-      f"{name}: {out} of {x64.size} values lie outside its codebook and are clipped "
+      f"{name}: {out} of {xf.size} values lie outside its codebook and are clipped "
       f"({span}; relative error {rel:.2f})"
     )
   if rel > WARN_REL_ERROR:
