@@ -79,12 +79,6 @@ def fill_tree(template, arrays, *, name=path_name) -> tuple:
   return treedef.unflatten(values), used, missing
 
 
-def _is_variable(x) -> bool:
-  from flax import nnx
-
-  return isinstance(x, nnx.Variable)
-
-
 def plain_params(params) -> Any:
   """``params`` as plain arrays: an ``nnx.Module`` gives its ``nnx.Param`` values, an
   ``nnx.State`` or a tree with ``nnx.Variable`` leaves (what ``nnx.Optimizer`` holds)
@@ -95,5 +89,6 @@ def plain_params(params) -> Any:
     params = nnx.state(params, nnx.Param)
   if isinstance(params, nnx.State):
     return nnx.to_pure_dict(params)
-  unwrap = lambda x: x.get_value() if _is_variable(x) else x
-  return jax.tree.map(unwrap, params, is_leaf=_is_variable)
+  is_variable = lambda x: isinstance(x, nnx.Variable)
+  unwrap = lambda x: x.get_value() if is_variable(x) else x
+  return jax.tree.map(unwrap, params, is_leaf=is_variable)

@@ -110,7 +110,7 @@ class Evaluator:
 
   def __init__(self, graphdef, pipe, entropy: reg.EntropyConfig, place: Callable | None = None):
     self._eval_fn = make_eval_fn(graphdef, pipe.normalize)
-    self._batches = {"test": pipe.eval, "validation": getattr(pipe, "validation", None)}
+    self._batches = {"test": pipe.eval, "validation": pipe.validation}
     self._place = place or (lambda tree: tree)
     self.entropy = entropy
     hk = entropy._asdict()

@@ -80,8 +80,9 @@ def input_pipeline(
     transform = eval_transform = None
     normalize = data_lib.Normalize(None)
     image_shape = tuple(ds.train_images.shape[1:])
-    num_classes = int(max(ds.train_labels.max(), ds.test_labels.max())) + 1
-    if not dataset.startswith(data_lib.NPZ_PREFIX):
+    if dataset.startswith(data_lib.NPZ_PREFIX):  # a user's arrays: labels 0..max
+      num_classes = int(max(ds.train_labels.max(), ds.test_labels.max())) + 1
+    else:
       num_classes = data_lib.dataset_info(dataset).num_classes
   else:
     if validation_size:
