@@ -9,7 +9,7 @@ while it is below,
 
     strength <- clip(strength * exp(gain * (accuracy - target) / 0.01), lo, hi)
 
-(``gain`` per point of accuracy), and keeps the smallest model that met the target.
+(``gain`` per point of accuracy; one epoch moves it by at most ``max_factor``), and keeps the smallest model that met the target.
 Everything here is plain Python on floats, called once per epoch on the host. The strength
 reaches an optax state through ``optax.inject_hyperparams``::
 
@@ -26,9 +26,11 @@ import inspect
 import math
 from typing import NamedTuple
 
+import jax.numpy as jnp
+
 from hemp_jax import regularizer as reg
 
-__all__ = ["BudgetState", "budget_init", "budget_update", "STATIC_ARGS"]
+__all__ = ["BudgetState", "budget_init", "budget_update", "set_strength", "STATIC_ARGS"]
 
 #: Every argument of :func:`hemp_jax.add_entropy_grad` but ``strength``: the
 #: ``static_args`` of ``optax.inject_hyperparams`` so that only the strength is injected.
@@ -43,15 +45,17 @@ class BudgetState(NamedTuple):
   Attributes:
     strength: the strength for the next epoch.
     target: the validation accuracy to hold (``reference - drop``).
-    best: ``(epoch, strength, accuracy, size)`` of the smallest model that met the
-      target so far, or None.
-    trace: one ``(epoch, strength, accuracy, size)`` per reported epoch.
+    best: ``(epoch, strength, decoded accuracy, size)`` of the smallest model that met
+      the target so far, or None.
+    trace: one ``(epoch, strength, decoded accuracy, size)`` per reported epoch.
+    drop: the allowed drop in points.
   """
 
   strength: float
   target: float
   best: tuple | None = None
   trace: tuple = ()
+  drop: float = 0.0  # points below the reference (a moving reference: see budget_update)
 
 
 def budget_init(strength: float, *, reference: float, drop: float) -> BudgetState:
@@ -71,7 +75,7 @@ def budget_init(strength: float, *, reference: float, drop: float) -> BudgetStat
     raise ValueError(f"reference must be an accuracy in [0, 1], got {reference}")
   if not drop >= 0:
     raise ValueError(f"drop must be >= 0 points, got {drop}")
-  return BudgetState(float(strength), float(reference) - float(drop) / 100.0)
+  return BudgetState(float(strength), float(reference) - float(drop) / 100.0, drop=float(drop))
 
 
 def budget_update(
@@ -83,6 +87,9 @@ def budget_update(
   gain: float = 0.5,
   lo: float = 1e-3,
   hi: float = 1e3,
+  reference: float | None = None,
+  decoded: float | None = None,
+  max_factor: float = 2.0,
 ) -> BudgetState:
   """The state after an epoch trained at ``state.strength``.
 
@@ -93,14 +100,56 @@ def budget_update(
     size: its size (file bytes, or bits/param): the smallest one within the target wins.
     gain: log-strength change per point of accuracy above (or below) the target.
     lo, hi: the strength's range.
+    max_factor: the most the strength moves in one epoch (up or down): one noisy epoch
+      far above the target must not throw the strength to where the network dies.
+    reference: a reference that moves with training: the float model's accuracy after
+      the same epoch, for a run trained from scratch (early epochs of any run are less
+      accurate than its last); the target becomes ``reference - drop`` from this epoch.
+    decoded: the decoded model's accuracy when it is not ``accuracy`` (before a
+      quantization-aware finish the model as trained is continuous, and what it decodes
+      to is not yet what the finish will make of it): the strength follows ``accuracy``,
+      the smallest model is chosen among those whose ``decoded`` accuracy met the target.
 
   Returns:
     The new state: next strength, best, trace.
   """
-  record = (int(epoch), state.strength, float(accuracy), float(size))
+  if reference is not None:
+    state = state._replace(target=float(reference) - state.drop / 100.0)
+  decoded = float(accuracy if decoded is None else decoded)
+  record = (int(epoch), state.strength, decoded, float(size))
   best = state.best
-  if accuracy >= state.target and (best is None or size < best[3]):
+  if decoded >= state.target and (best is None or size < best[3]):
     best = record
-  step = gain * (float(accuracy) - state.target) / 0.01
+  limit = math.log(max_factor)
+  step = min(max(gain * (float(accuracy) - state.target) / 0.01, -limit), limit)
   strength = min(max(state.strength * math.exp(step), lo), hi)
-  return BudgetState(strength, state.target, best, state.trace + (record,))
+  return BudgetState(strength, state.target, best, state.trace + (record,), state.drop)
+
+
+def set_strength(opt_state, strength: float):
+  """``opt_state`` with the HEMP strength set to ``strength`` (for the next steps).
+
+  The strength is the ``strength`` field of :func:`hemp_jax.hemp`'s state, or the injected
+  hyperparameter of ``optax.inject_hyperparams(hj.add_entropy_grad, ...)``: found anywhere
+  in the state by name (``optax.tree_utils``). ``nnx.Optimizer.opt_state`` holds it in a
+  Variable, which is set in place (and the same state returned).
+
+  Raises:
+    ValueError: no strength in ``opt_state``, or more than one.
+  """
+  from flax import nnx
+  from optax import tree_utils as otu
+
+  try:
+    found = otu.tree_get(opt_state, "strength")
+  except KeyError as e:
+    raise ValueError(f"more than one strength in opt_state ({e})") from None
+  if found is None:
+    raise ValueError(
+      "no HEMP strength in opt_state: use hj.hemp(...) or "
+      "optax.inject_hyperparams(hj.add_entropy_grad, static_args=hj.budget.STATIC_ARGS)"
+    )
+  if isinstance(found, nnx.Variable):
+    found.set_value(jnp.asarray(strength, jnp.asarray(found.get_value()).dtype))
+    return opt_state
+  return otu.tree_set(opt_state, strength=jnp.asarray(strength, jnp.asarray(found).dtype))

@@ -22,10 +22,12 @@ same, the tree structure is not. :func:`codebooks_tree` rebuilds the pytree.
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from hemp_jax import entropy as ent
@@ -43,11 +45,14 @@ __all__ = [
   "HempSecondStepState",
   "QuantizerConfig",
   "add_entropy_grad",
+  "hemp",
+  "HempState",
   "entropy_penalty",
   "hemp_second_step",
   "paper_recipe",
   "codebooks_tree",
   "codebooks_of",
+  "finalize",
   "fit_leaf_codebooks",
   "authors_entropy_scale",
   "is_degenerate",
@@ -245,7 +250,59 @@ def codebooks_of(opt_state, params) -> Any:
     raise ValueError(
       "no HEMP state in opt_state: put hj.add_entropy_grad (or hj.paper_recipe) in the chain"
     )
+  pending = otu.tree_get(state, "pending")
+  if pending:
+    codebooks = [
+      cb if p is None or not bool(np.asarray(p)) else None for cb, p in zip(codebooks, pending)
+    ]
   return codebooks_tree(pytrees.plain_params(params), tuple(codebooks))
+
+
+def finalize(
+  variables, opt_state, path=None, *, params=None, max_order: int | None = None
+) -> bytes:
+  """The ``.hemp`` file of a model trained with a HEMP optimizer: its end product.
+
+  Every leaf the HEMP state quantizes is coded on its codebook (:func:`codebooks_of`); the
+  other variables (float leaves, BatchNorm statistics) are stored exactly. After
+  :func:`hemp`'s finish the params already are the decoded values.
+
+  Args:
+    variables: an ``nnx.Module`` (all its variables but the random-number state), a Linen
+      variables dict (``{"params": ..., "batch_stats": ...}``), or a params pytree.
+    opt_state: the optimizer state holding the HEMP state (``nnx.Optimizer.opt_state``,
+      ``TrainState.opt_state``, an optax state).
+    path: where to write the file (atomically), or None.
+    params: what the optimizer was initialized on, when it is not ``variables``' params
+      (a Module's ``nnx.Param`` state, a dict's ``"params"`` entry, else ``variables``).
+    max_order: the coder's highest context order (default: the coder's).
+
+  Returns:
+    The file's bytes; it decodes with :func:`hemp_jax.decompress` (and
+    :func:`hemp_jax.load_into` into a template).
+  """
+  from flax import nnx
+
+  from hemp_jax import codec
+  from hemp_jax.fileio import write_atomic
+
+  prefix = ()
+  if isinstance(variables, nnx.Module):
+    params = nnx.state(variables, nnx.Param) if params is None else params
+    variables = nnx.state(variables, nnx.Not(nnx.RngState))
+  elif params is None and isinstance(variables, dict) and "params" in variables:
+    params, prefix = variables["params"], ("params",)
+  tree = pytrees.plain_params(variables)
+  params = tree if params is None else params
+  by_name = {}
+  for p, cb in jax.tree_util.tree_flatten_with_path(codebooks_of(opt_state, params))[0]:
+    by_name["/".join(str(e) for e in prefix + pytrees.path_entries(p))] = cb
+  codebooks = jax.tree_util.tree_map_with_path(lambda p, _: by_name.get(pytrees.path_name(p)), tree)
+  kwargs = {} if max_order is None else {"max_order": max_order}
+  blob = codec.compress(jax.tree.map(np.asarray, tree), codebooks, **kwargs)
+  if path is not None:
+    write_atomic(os.fspath(path), blob)
+  return blob
 
 
 def entropy_penalty(
@@ -290,11 +347,30 @@ def _every(count, period: int | None):
   return jnp.asarray(False) if not period else (count % period) == 0
 
 
-def _refit(params, codebooks: tuple, quantizer: QuantizerConfig) -> tuple:
-  return tuple(
-    None if cb is None else _fit_one(x, quantizer).astype(cb.dtype)
-    for x, cb in zip(jax.tree.leaves(params), codebooks)
-  )
+def _refit(params, codebooks: tuple, quantizer: QuantizerConfig, pending: tuple = ()) -> tuple:
+  """Codebooks refitted on ``params`` (leaves still pending keep their placeholder)."""
+  flags = pending or (None,) * len(codebooks)
+  out = []
+  for x, cb, p in zip(jax.tree.leaves(params), codebooks, flags):
+    if cb is None:
+      out.append(None)
+      continue
+    new = _fit_one(x, quantizer).astype(cb.dtype)
+    out.append(new if p is None else jnp.where(p, cb, new))
+  return tuple(out)
+
+
+def _cover(params, codebooks: tuple, quantizer: QuantizerConfig, pending: tuple) -> tuple:
+  """Codebooks refitted on ``params`` where the values leave ``[c_0, c_{K-1}]``."""
+  refit = _refit(params, codebooks, quantizer, pending)
+  out = []
+  for x, cb, new in zip(jax.tree.leaves(params), codebooks, refit):
+    if cb is None:
+      out.append(None)
+      continue
+    covered = (jnp.min(x) >= cb[0]) & (jnp.max(x) <= cb[-1])
+    out.append(jnp.where(covered, cb, new))
+  return tuple(out)
 
 
 def _maybe_refit(count, params, codebooks, quantizer, refit_every):
@@ -308,19 +384,27 @@ def _maybe_refit(count, params, codebooks, quantizer, refit_every):
 
 
 def _fit_pending(count, params, codebooks: tuple, pending: tuple, quantizer, fit_step):
-  """At ``count == fit_step`` fits the codebooks still pending; returns (codebooks, pending)."""
+  """At ``count == fit_step`` fits the codebooks still pending; returns (codebooks, pending).
+
+  A leaf whose values still span nothing then (a bias in front of a normalization, which
+  the loss never moves) stays pending for good: no codebook, no entropy gradient, stored
+  in float. A codebook fitted on it would have levels ~1e-8 apart, and the entropy
+  gradient, which scales with the inverse level spacing, would throw it far away.
+  """
   if not pending:
     return codebooks, pending
   now = count == fit_step
+  leaves = jax.tree.leaves(params)
+  still = tuple(None if p is None else is_degenerate(x) for x, p in zip(leaves, pending))
 
   def fit():
     return tuple(
-      cb if p is None else jnp.where(p, _fit_one(x, quantizer).astype(cb.dtype), cb)
-      for x, cb, p in zip(jax.tree.leaves(params), codebooks, pending)
+      cb if p is None else jnp.where(p & ~d, _fit_one(x, quantizer).astype(cb.dtype), cb)
+      for x, cb, p, d in zip(leaves, codebooks, pending, still)
     )
 
   codebooks = jax.lax.cond(now, fit, lambda: codebooks)
-  pending = tuple(None if p is None else p & ~now for p in pending)
+  pending = tuple(None if p is None else p & (~now | d) for p, d in zip(pending, still))
   return codebooks, pending
 
 
@@ -409,27 +493,253 @@ def add_entropy_grad(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
-    codebooks = _maybe_refit(state.count, params, state.codebooks, quantizer, refit_every)
-    codebooks, pending = _fit_pending(
-      state.count, params, codebooks, state.pending, quantizer, degenerate_fit_step
+    refit_now = None
+    if refit_every:
+      refit_now = (state.count > 0) & _every(state.count, refit_every)
+    grads, state = _entropy_step(
+      state,
+      params,
+      quantizer=quantizer,
+      entropy=entropy,
+      refresh_every=refresh_every,
+      refit_now=refit_now,
+      fit_step=degenerate_fit_step,
     )
-    if refresh_every > 1:
-      refresh_now = _every(state.count, refresh_every)
-      if pending:
-        refresh_now = refresh_now | (state.count == degenerate_fit_step)
-      grads = jax.lax.cond(
-        refresh_now,
-        lambda: _drop_pending(_entropy_grad(params, codebooks, entropy), pending),
-        lambda: state.entropy_grad,
-      )
-      cached = grads
-    else:
-      grads = _drop_pending(_entropy_grad(params, codebooks, entropy), pending)
-      cached = ()
     leaves, treedef = jax.tree.flatten(updates)
     new = [u if g is None else u + strength * g.astype(u.dtype) for u, g in zip(leaves, grads)]
-    count = optax.safe_int32_increment(state.count)
-    return treedef.unflatten(new), AddEntropyGradState(count, codebooks, cached, pending)
+    return treedef.unflatten(new), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _entropy_step(
+  state: AddEntropyGradState,
+  params,
+  *,
+  quantizer: QuantizerConfig,
+  entropy: EntropyConfig,
+  refresh_every: int,
+  refit_now,
+  fit_step: int | None,
+) -> tuple:
+  """One step of :func:`add_entropy_grad`'s state: ``(grad H per leaf, next state)``.
+
+  The codebooks are refitted on ``params`` where ``refit_now`` (a traced bool, or None:
+  never), the pending ones fitted at ``fit_step``, then ``grad H`` is computed (or taken
+  from the cache between refreshes).
+  """
+  codebooks = state.codebooks
+  if refit_now is not None:
+    codebooks = jax.lax.cond(
+      refit_now, lambda: _refit(params, codebooks, quantizer, state.pending), lambda: codebooks
+    )
+  codebooks, pending = _fit_pending(
+    state.count, params, codebooks, state.pending, quantizer, fit_step
+  )
+  if refresh_every > 1:
+    refresh_now = _every(state.count, refresh_every)
+    if pending:
+      refresh_now = refresh_now | (state.count == fit_step)
+    if refit_now is not None:
+      refresh_now = refresh_now | refit_now
+    grads = jax.lax.cond(
+      refresh_now,
+      lambda: _drop_pending(_entropy_grad(params, codebooks, entropy), pending),
+      lambda: state.entropy_grad,
+    )
+    cached = grads
+  else:
+    grads = _drop_pending(_entropy_grad(params, codebooks, entropy), pending)
+    cached = ()
+  count = optax.safe_int32_increment(state.count)
+  return grads, AddEntropyGradState(count, codebooks, cached, pending)
+
+
+class HempState(NamedTuple):
+  """State of :func:`hemp`."""
+
+  count: jax.Array  # steps taken (int32)
+  strength: jax.Array  # the entropy term's weight (float32; set it with optax.tree_utils.tree_set)
+  latent: tuple  # per leaf: the continuous weights (the finish trains these; params are Q of them)
+  entropy: AddEntropyGradState  # codebooks, pending flags, cached grad H
+  inner: Any  # the wrapped optimizer's state
+
+
+def hemp(
+  optimizer: optax.GradientTransformation,
+  strength: float = 1.0,
+  *,
+  total_steps: int,
+  finish_steps: int | None = None,
+  warmup_steps: int | None = None,
+  refit_every: int | None = None,
+  order: int = 3,
+  num_levels: int = 4,
+  method: str = "uniform",
+  guard_levels: bool = True,
+  zero_level: bool = False,
+  min_size: int | None = None,
+  include: str | None = None,
+  exclude: str | None = None,
+  tuples: str = "disjoint",
+  rate: str = "block",
+  pool: str = "group",
+  refresh_every: int = 1,
+  mask: Any = None,
+  lloyd_method: str = "empirical",
+  degenerate: str = "defer",
+) -> optax.GradientTransformation:
+  """The whole HEMP recipe around any optax optimizer: the one line a training loop changes.
+
+  Three phases over ``total_steps`` (DESIGN.md §2, "the recipe"):
+
+  1. warm-up (``warmup_steps``): the entropy term acts on the leaves whose starting values
+     spread; leaves that start constant (zero biases, unit normalization scales) get no
+     entropy gradient, and their codebooks are fitted on the weights of the warm-up's end;
+  2. entropy phase: ``optimizer`` sees ``grads + strength * grad H`` (codebooks as fitted,
+     or refitted every ``refit_every`` steps);
+  3. finish (the last ``finish_steps``): a codebook that no longer covers the weights the
+     network has learnt is refitted on them; the codebooks are then frozen, and the
+     params the loop sees are the quantized weights — the decoded model — while the
+     continuous weights live in the state (``latent``) and take the optimizer's steps
+     (straight-through quantization-aware training, with no change to the loss). At the
+     end the params are the decoded model: :func:`finalize` writes them.
+
+  ``strength`` is held in the state; set it between steps (an accuracy budget,
+  :mod:`hemp_jax.budget`) with ``optax.tree_utils.tree_set(opt_state, strength=s)``.
+
+  Args:
+    optimizer: the inner optimizer (any optax transformation; weight decay included).
+    strength: lambda, the weight of the entropy term (bits per quantized parameter).
+    total_steps: the length of training in optimizer steps.
+    finish_steps: the quantization-aware finish (default: a quarter of ``total_steps``;
+      0: none, the params stay continuous and :func:`finalize` quantizes them).
+    warmup_steps: the warm-up (default: a tenth of ``total_steps``, at least 1).
+    refit_every: refit period of the entropy phase in steps (None: the codebooks are
+      fitted at the start, or after the warm-up, and refitted only for the finish).
+    degenerate: leaves that start constant: "defer" (the warm-up above), "float" or
+      "keep" (see :func:`add_entropy_grad`).
+    Other arguments: as in :func:`add_entropy_grad`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a :class:`HempState`.
+  """
+  total_steps = int(total_steps)
+  if total_steps < 1:
+    raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+  if finish_steps is None:
+    finish_steps = total_steps // 4
+  if warmup_steps is None:
+    warmup_steps = max(1, total_steps // 10)
+  finish_steps, warmup_steps = int(finish_steps), int(warmup_steps)
+  finish_start = total_steps - finish_steps
+  if not 0 <= finish_steps < total_steps:
+    raise ValueError(f"finish_steps must be in [0, total_steps), got {finish_steps}")
+  if not 1 <= warmup_steps <= finish_start:
+    raise ValueError(
+      f"warmup_steps must be in [1, total_steps - finish_steps = {finish_start}], "
+      f"got {warmup_steps}"
+    )
+  if refit_every is not None and int(refit_every) < 1:
+    raise ValueError(f"refit_every must be >= 1 or None, got {refit_every}")
+  quantizer = QuantizerConfig(
+    num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
+  )
+  entropy = EntropyConfig(order, tuples, rate, pool)
+  ent.check_options(order, tuples, rate)
+  if refresh_every < 1:
+    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+  entropy_tx = add_entropy_grad(
+    1.0,
+    order=order,
+    num_levels=num_levels,
+    method=method,
+    guard_levels=guard_levels,
+    zero_level=zero_level,
+    min_size=min_size,
+    include=include,
+    exclude=exclude,
+    tuples=tuples,
+    rate=rate,
+    pool=pool,
+    refresh_every=refresh_every,
+    mask=mask,
+    lloyd_method=lloyd_method,
+    degenerate=degenerate,
+    degenerate_fit_step=warmup_steps,
+  )
+
+  def init_fn(params):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    plain = pytrees.plain_params(params)
+    return HempState(
+      jnp.zeros([], jnp.int32),
+      jnp.asarray(strength, jnp.float32),
+      tuple(jnp.array(x) for x in jax.tree.leaves(plain)),
+      entropy_tx.init(params),
+      optimizer.init(params),
+    )
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    count = state.count
+    leaves, treedef = jax.tree.flatten(params)
+    # In the finish the params are Q(latent): the steps act on the continuous weights.
+    finishing = count >= finish_start
+    src = treedef.unflatten(
+      [jnp.where(finishing, lat, x).astype(x.dtype) for lat, x in zip(state.latent, leaves)]
+    )
+    refit_now = None
+    if refit_every:
+      refit_now = (count > 0) & _every(count, refit_every) & (count < finish_start)
+    grads, est = _entropy_step(
+      state.entropy,
+      src,
+      quantizer=quantizer,
+      entropy=entropy,
+      refresh_every=refresh_every,
+      refit_now=refit_now,
+      fit_step=warmup_steps if degenerate == "defer" else None,
+    )
+    g_leaves, g_def = jax.tree.flatten(updates)
+    g_leaves = [
+      u if g is None else u + state.strength.astype(u.dtype) * g.astype(u.dtype)
+      for u, g in zip(g_leaves, grads)
+    ]
+    steps, inner = optimizer.update(g_def.unflatten(g_leaves), state.inner, src)
+    latent = optax.apply_updates(src, steps)
+    if finish_steps:
+      # The finish starts at the next step: a codebook that no longer covers the weights
+      # it starts from is refitted on them (the others stay, and so does what the entropy
+      # term has shaped around them).
+      codebooks = jax.lax.cond(
+        count + 1 == finish_start,
+        lambda: _cover(latent, est.codebooks, quantizer, est.pending),
+        lambda: est.codebooks,
+      )
+      est = est._replace(codebooks=codebooks)
+      # Leaves still pending (never fitted) stay continuous.
+      flags = est.pending or (None,) * len(codebooks)
+      quantize_next = count + 1 >= finish_start
+      out = []
+      for lat, x, s, cb, p in zip(
+        jax.tree.leaves(latent), leaves, jax.tree.leaves(steps), codebooks, flags
+      ):
+        if cb is not None:
+          on = quantize_next if p is None else quantize_next & ~p
+          s = jnp.where(on, q.quantize(lat, cb) - x, s).astype(s.dtype)
+        out.append(s)
+      steps = treedef.unflatten(out)
+    new = HempState(
+      optax.safe_int32_increment(count),
+      state.strength,
+      tuple(jax.tree.leaves(latent)),
+      est,
+      inner,
+    )
+    return steps, new
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -250,7 +250,6 @@ def _train_point(config, graphdef, state, tx, pipe, log) -> tuple[train.TrainSta
     stepper,
     pipe,
     num_epochs=config.num_epochs,
-    qat_epochs=opts["qat_epochs"],
     sync_every=loop.sync_interval(opts["log_every_steps"]),
   )
   for ep in epochs:

@@ -66,3 +66,14 @@ def test_strength_reaches_the_optax_state():
   np.testing.assert_allclose(u5["w"], 5.0 * u1["w"], rtol=1e-5, atol=1e-8)
   assert float(jnp.abs(u1["w"]).sum()) > 0
   assert hj.codebooks_of(state, params)["w"].shape == (6,)
+
+
+def test_moving_reference_sets_the_target_of_each_epoch():
+  """A run from scratch is held against the float run's accuracy after the same epoch."""
+  s = B.budget_init(1.0, reference=0.9, drop=1.0)
+  s = B.budget_update(s, epoch=1, accuracy=0.80, size=5.0, reference=0.805)
+  assert s.target == pytest.approx(0.795)
+  assert s.strength == pytest.approx(math.exp(0.5 * 0.5))  # 0.5 points above the target
+  assert s.best == (1, 1.0, 0.80, 5.0)
+  s = B.budget_update(s, epoch=2, accuracy=0.84, size=4.0, reference=0.86)
+  assert s.target == pytest.approx(0.85) and s.best[0] == 1  # below this epoch's target

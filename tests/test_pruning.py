@@ -198,7 +198,7 @@ def test_with_hemp_chain_and_config():
   tx = train.make_optimizer(c, steps_per_epoch=3)
   p, state = _run(tx, _params(7), 6)
   assert isinstance(state, pruning.PruneState)
-  assert train.state_codebooks(state) is not None  # HEMP state found inside
+  assert hj.codebooks_of(state, _params(7)) is not None  # HEMP state found inside
   assert pruning.leaf_sparsity(p, state) == pytest.approx(0.6, abs=0.01)
   c.pruning.method = "none"
   assert not isinstance(train.make_optimizer(c, 3).init(_params()), pruning.PruneState)

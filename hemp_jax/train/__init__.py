@@ -54,7 +54,6 @@ from hemp_jax.train.steps import (
   make_mesh,
   make_train_step,
   pmap_train_step,
-  state_codebooks,
 )
 from hemp_jax.train.workdir import ConfigChangedError
 
@@ -71,7 +70,6 @@ __all__ = [
   "data_parallel_train_step",
   "pmap_train_step",
   "quantize_params",
-  "state_codebooks",
   "exact_entropy",
   "train_and_evaluate",
   "train_epochs",

@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from hemp_jax import budget as budget_lib
 from hemp_jax import data as data_lib
 from hemp_jax import entropy as ent
 from hemp_jax import groups as grp
@@ -91,7 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Fine-tuning: a `hemp-jax train` workdir or any checkpoint hemp_jax.codec reads
   # (.npz, .safetensors, orbax, .msgpack, .hemp) to start from. None: random init.
   c.init_checkpoint = placeholder(str)
-  c.qat_epochs = 0  # last epochs: task loss on the quantized net (straight-through)
+  # hemp.mode "grad": the last epochs train the quantized net (straight-through), the
+  # finish of hemp_jax.hemp
+  c.qat_epochs = 0
   c.parallel = "jit"  # "jit" (NamedSharding over a ("data",) mesh) or "pmap"
   c.dtype = "float32"  # or "bfloat16": activations/matmuls in bf16, params float32
   c.progress = True
@@ -130,6 +133,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.hemp.lambda_units = _arg_default(reg.paper_recipe, "lambda_units")
   c.hemp.lambda_q = _arg_default(reg.paper_recipe, "lambda_q")
   c.hemp.sensitivity = _arg_default(reg.hemp_second_step, "sensitivity")
+  # An accuracy budget instead of a fixed strength (mode "grad"; hemp_jax.budget): the
+  # allowed drop, in points, of the validation accuracy below the reference; hemp.strength
+  # is the first epoch's. None: the strength stays fixed.
+  c.hemp.budget = placeholder(float)
+  # The reference: an accuracy, or a float run's workdir (its validation accuracy after
+  # each epoch: a run from scratch is held against the float run's same epoch), or, when
+  # both are None, the validation accuracy of the init_checkpoint model it starts from.
+  c.hemp.budget_reference = placeholder(float)
+  c.hemp.budget_reference_run = placeholder(str)
+  c.hemp.budget_gain = _arg_default(budget_lib.budget_update, "gain")
 
   # Pruning wrapping the optimizer (hemp_jax.pruning.prune); the ramp in epochs.
   c.pruning = ml_collections.ConfigDict()
@@ -403,7 +416,7 @@ def validate_config(config) -> None:
   _check_int(config, "data.worker_count", 0, allow_none=True)
   _check_int(config, "data.num_threads", 0, allow_none=True)
   _check_int(config, "data.prefetch", 0, allow_none=True)
-  qat = _get(config, "qat_epochs")  # may exceed num_epochs: then every epoch is QAT
+  qat = _get(config, "qat_epochs")  # may exceed num_epochs: then all but the first step
 
   _check_name(config, "optimizer.name", opt_lib.OPTIMIZERS, required=True)
   _check_real(config, "optimizer.learning_rate", low=0.0, low_open=True, required=True)
@@ -428,15 +441,38 @@ def validate_config(config) -> None:
   _check_int(config, "hemp.refresh_every", 1)
   _check_int(config, "hemp.refit_every", 1, allow_none=True)
   _check_real(config, "hemp.lambda_q", low=0.0)
+  _check_real(config, "hemp.budget", low=0.0, high=100.0, allow_none=True)
+  _check_real(config, "hemp.budget_reference", low=0.0, high=1.0, allow_none=True)
+  _check_real(config, "hemp.budget_gain", low=0.0, low_open=True)
+  if _get(config, "hemp.budget") is not None:
+    if mode != "grad":
+      raise ConfigError(
+        f"config.hemp.budget adapts the strength of hemp.mode 'grad', not {mode!r}: "
+        "set --config.hemp.mode=grad or --config.hemp.budget=None"
+      )
+    if not _get(config, "validation_size"):
+      raise ConfigError(
+        "config.hemp.budget is held on a validation split: set --config.validation_size (e.g. 5000)"
+      )
+    if (
+      _get(config, "hemp.budget_reference") is None
+      and _get(config, "hemp.budget_reference_run") is None
+      and not _get(config, "init_checkpoint")
+    ):
+      raise ConfigError(
+        "config.hemp.budget needs a reference: --config.hemp.budget_reference (an "
+        "accuracy), --config.hemp.budget_reference_run (a float run's workdir) or "
+        "--config.init_checkpoint (the float model it starts from)"
+      )
   _check_name(config, "hemp.lambda_units", reg.LAMBDA_UNITS)
   if _get(config, "hemp.rate") == "conditional" and _get(config, "hemp.tuples") != "sliding":
     raise ConfigError(
       "config.hemp.rate = 'conditional' needs sliding tuples: set --config.hemp.tuples=sliding"
     )
-  if _is_int(qat) and qat > 0 and mode == "none":
+  if _is_int(qat) and qat > 0 and mode != "grad":
     raise ConfigError(
-      f"config.qat_epochs = {qat} needs hemp.mode 'grad' or 'paper' (their codebooks): "
-      "set --config.qat_epochs=0 or another --config.hemp.mode"
+      f"config.qat_epochs = {qat} is the finish of hemp.mode 'grad' (hemp_jax.hemp); "
+      f"mode {mode!r} has none: set --config.qat_epochs=0 or --config.hemp.mode=grad"
     )
 
   _check_name(config, "pruning.method", ("none",) + pruning_lib.PRUNING_METHODS)
@@ -508,7 +544,7 @@ def _degenerate_kwargs(config, steps_per_epoch: int) -> dict:
 
 
 def _regularizer_kwargs(config, steps_per_epoch: int) -> dict:
-  """Arguments of ``add_entropy_grad`` (mode "grad") or ``paper_recipe`` ("paper")."""
+  """Arguments of :func:`hemp_jax.hemp` (mode "grad") or ``paper_recipe`` ("paper")."""
   h = config.hemp
   entropy = entropy_config(config)._asdict()
   if h.mode == "paper" and h.lambda_units == "authors":
@@ -521,7 +557,17 @@ def _regularizer_kwargs(config, steps_per_epoch: int) -> dict:
     **_degenerate_kwargs(config, steps_per_epoch),
   )
   if h.mode == "grad":
-    return dict(strength=h.strength, **common)
+    # hemp(): the warm-up is the deferred fit; the finish the last qat_epochs.
+    total = config.num_epochs * steps_per_epoch
+    finish = min((config.qat_epochs or 0) * steps_per_epoch, total - 1)
+    warmup = common.pop("degenerate_fit_step", None) or 1
+    return dict(
+      strength=h.strength,
+      total_steps=total,
+      finish_steps=finish,
+      warmup_steps=min(warmup, total - finish),
+      **common,
+    )
   if h.mode == "paper":
     return dict(
       lambda_h=h.strength,
@@ -603,9 +649,8 @@ def codebook_kwargs(config) -> dict:
 
 
 def loop_kwargs(config) -> dict:
-  """How the loop runs: QAT epochs, parallelism, progress, host syncs, mid-epoch saves."""
+  """How the loop runs: parallelism, progress, host syncs, mid-epoch saves."""
   return dict(
-    qat_epochs=config.qat_epochs or 0,
     parallel=config.parallel,
     progress=config.progress,
     log_every_steps=config.log_every_steps or _LOG_EVERY_STEPS,

@@ -12,7 +12,7 @@ from hemp_jax import entropy as ent
 from hemp_jax import groups as grp
 from hemp_jax import quantization as q
 from hemp_jax import regularizer as reg
-from hemp_jax.train.steps import make_eval_step, state_codebooks
+from hemp_jax.train.steps import make_eval_step
 
 __all__ = [
   "Evaluator",
@@ -72,10 +72,11 @@ def evaluation_codebooks(
   Returns:
     A tree like ``params`` with a codebook or None at every leaf.
   """
-  flat = state_codebooks(opt_state)
-  if flat is None:
+  try:
+    return reg.codebooks_of(opt_state, params)
+  except ValueError:  # no HEMP state: fitted post-training
     flat = reg.fit_leaf_codebooks(params, quantizer, order=order, tuples=tuples)
-  return reg.codebooks_tree(params, flat)
+    return reg.codebooks_tree(params, flat)
 
 
 def make_eval_fn(graphdef, normalize: Callable) -> Callable:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import math
 import os
 import sys
@@ -22,9 +23,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from hemp_jax import budget as budget_lib
+from hemp_jax.fileio import write_atomic
 from hemp_jax.train import config as cfg
 from hemp_jax.train.build import build
 from hemp_jax.train.checkpoints import (
@@ -35,7 +39,7 @@ from hemp_jax.train.checkpoints import (
 )
 from hemp_jax.train.evaluate import Evaluator, evaluation_codebooks, quantized_size
 from hemp_jax.train.input import InputPipeline
-from hemp_jax.train.model_file import read_model_file, write_model_file
+from hemp_jax.train.model_file import model_file_bytes, read_model_file, write_model_file
 from hemp_jax.train.steps import (
   TrainState,
   data_parallel_train_step,
@@ -75,7 +79,7 @@ class TrainingDivergedError(RuntimeError):
 class Stepper(NamedTuple):
   """The compiled train steps of a run and how their inputs get onto the devices."""
 
-  steps: tuple  # (step, quantization-aware step): ``(state, images, labels) -> (state, m)``
+  step: Callable  # ``(state, images, labels) -> (state, metrics)``
   put: Callable  # a host batch -> the step's input array
   place: Callable  # a state -> the step's state (replicated on the mesh)
 
@@ -97,29 +101,27 @@ def data_mesh(batch_size: int) -> jax.sharding.Mesh:
 
 
 def compile_steps(graphdef, tx, normalize: Callable, *, parallel: str, mesh) -> Stepper:
-  """The train steps (plain and quantization-aware) of ``parallel`` (``"jit"``/``"pmap"``).
+  """The train step of ``parallel`` (``"jit"``/``"pmap"``).
 
   ``normalize`` maps a host batch to the model's input inside the step.
   """
   if parallel == "pmap":
     if jax.process_count() > 1:
       raise ValueError("parallel='pmap' is single-process; use 'jit' with several processes")
-    pmapped = [pmap_train_step(graphdef, tx, quantized_forward=qf) for qf in (False, True)]
-    steps = tuple((lambda s, x, y, f=f: f(s, normalize(jnp.asarray(x)), y)) for f in pmapped)
-    return Stepper(steps, np.asarray, lambda state: jax.tree.map(jnp.asarray, state))
+    pmapped = pmap_train_step(graphdef, tx)
+    step = lambda s, x, y: pmapped(s, normalize(jnp.asarray(x)), y)
+    return Stepper(step, np.asarray, lambda state: jax.tree.map(jnp.asarray, state))
 
-  def with_input(step):
-    return lambda state, images, labels: step(state, normalize(images), labels)
+  def with_input(state, images, labels):
+    return train_step(state, normalize(images), labels)
 
-  steps = tuple(
-    data_parallel_train_step(with_input(make_train_step(graphdef, tx, quantized_forward=qf)), mesh)
-    for qf in (False, True)
-  )
+  train_step = make_train_step(graphdef, tx)
+  step = data_parallel_train_step(with_input, mesh)
   put = functools.partial(jax.make_array_from_process_local_data, NamedSharding(mesh, P("data")))
-  # Every array the compiled steps see lives on the mesh, replicated: uncommitted inputs
+  # Every array the compiled step sees lives on the mesh, replicated: uncommitted inputs
   # give the same shapes another type (no mesh), and the step would be compiled twice.
   place = functools.partial(jax.device_put, device=NamedSharding(mesh, P()))
-  return Stepper(steps, put, place)
+  return Stepper(step, put, place)
 
 
 def sync_interval(log_every_steps: int) -> int:
@@ -192,7 +194,6 @@ def train_epochs(
   pipe: InputPipeline,
   *,
   num_epochs: int,
-  qat_epochs: int = 0,
   start_epoch: int = 0,
   start_batch: int = 0,
   position: DataPosition | None = None,
@@ -203,11 +204,14 @@ def train_epochs(
 ) -> Iterator[Epoch]:
   """Trains epochs ``start_epoch .. num_epochs - 1``, yielding an :class:`Epoch` after each.
 
+  A state sent back into the generator (``gen.send(state)``) is the one the next epoch
+  trains (an accuracy budget sets the strength between epochs this way).
+
   Args:
     state: the state to train (placed for the steps, :attr:`Stepper.place`).
     stepper: the compiled steps (:func:`compile_steps`).
     pipe: the input.
-    num_epochs: the run's epochs; the last ``qat_epochs`` use the quantization-aware step.
+    num_epochs: the run's epochs.
     start_epoch, start_batch: where a resumed run goes on.
     position: updated after every batch with the grain iterator state that follows it;
       a resumed epoch starts from it (bitwise the batches an uninterrupted run reads).
@@ -239,7 +243,7 @@ def train_epochs(
           bar.update(first)
         state, losses, accs, wait = _run_epoch(
           state,
-          stepper.steps[epoch >= num_epochs - qat_epochs],
+          stepper.step,
           device_batches(host_it, stepper.put),
           range(first, steps),
           epoch=epoch,
@@ -255,7 +259,9 @@ def train_epochs(
         host_it = pipe.train(epoch + 1, 0) if epoch + 1 < num_epochs else None
         if not _finite(state.params):
           raise TrainingDivergedError(f"parameters became non-finite in epoch {epoch + 1}")
-        yield Epoch(epoch, state, losses, accs, first, t0, train_seconds, wait, bar)
+        sent = yield Epoch(epoch, state, losses, accs, first, t0, train_seconds, wait, bar)
+        if sent is not None:  # the consumer changed the state (e.g. the strength)
+          state = sent
       finally:
         if bar is not None:
           bar.close()
@@ -440,6 +446,116 @@ def _show_epoch(ep: Epoch, row: dict, show: bool) -> None:
     )
 
 
+def _send(gen, value):
+  """The generator's next item after sending ``value`` (None at its end)."""
+  try:
+    return gen.send(value)
+  except StopIteration:
+    return None
+
+
+class _Budget(NamedTuple):
+  """The accuracy budget of a run (``config.hemp.budget``)."""
+
+  state: budget_lib.BudgetState
+  reference: float  # the fixed reference (the last one of a moving curve)
+  curve: tuple  # per-epoch references (a float run's), or ()
+  gain: float
+  path: str  # the smallest decoded model within the budget so far
+
+
+def _reference_curve(workdir: str) -> tuple:
+  """The validation accuracy after each epoch of a float run's ``metrics.jsonl``."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  try:
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  except OSError as e:
+    raise ValueError(f"hemp.budget_reference_run: cannot read {path} ({e.strerror})") from None
+  curve = tuple(r.get("validation_accuracy") for r in rows)
+  if not curve or any(v is None for v in curve):
+    raise ValueError(
+      f"hemp.budget_reference_run: {path} has no validation_accuracy per epoch "
+      "(train the float run with --config.validation_size)"
+    )
+  return curve
+
+
+def _budget_start(run: _Run, evaluator: Evaluator, resumed: "_Resumed", workdir: str) -> _Budget:
+  """The budget's reference and controller state (rebuilt from the rows on a resume)."""
+  h = run.config.hemp
+  curve = ()
+  if h.budget_reference is not None:
+    reference = float(h.budget_reference)
+  elif h.budget_reference_run:
+    curve = _reference_curve(h.budget_reference_run)
+    reference = curve[-1]
+  elif resumed.rows and "budget_reference" in resumed.rows[-1]:
+    reference = resumed.rows[-1]["budget_reference"]  # measured when the run started
+  else:  # the model it starts from (init_checkpoint)
+    reference = evaluator.accuracy(resumed.state.params, resumed.state.model_state, "validation")
+  state = budget_lib.budget_init(h.strength, reference=reference, drop=h.budget)
+  for r in resumed.rows:  # a resumed run: the trace, the best and the strength go on
+    if "strength" in r:
+      state = state._replace(
+        target=r["budget_target"],
+        trace=state.trace
+        + (
+          (
+            r["epoch"],
+            r["strength"],
+            r["validation_accuracy_quantized"],
+            math.inf if r["budget_size"] is None else r["budget_size"],
+          ),
+        ),
+      )
+      if r.get("budget_best"):
+        state = state._replace(best=state.trace[-1])
+  if resumed.rows and "strength" in resumed.rows[-1]:
+    strength = optax.tree_utils.tree_get(resumed.state.opt_state, "strength")
+    state = state._replace(strength=float(strength))
+  return _Budget(state, reference, curve, h.budget_gain, os.path.join(workdir, "budget-best.hemp"))
+
+
+def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, main: bool):
+  """After epoch ``index``: the row gets the budget's columns, the smallest decoded model
+  within the budget is kept (``budget-best.hemp``), the strength moves for the next epoch.
+
+  The strength follows the validation accuracy of the model as trained (continuous
+  before the quantization-aware finish, the decoded model in it); a candidate for the
+  output is judged on its decoded validation accuracy and its file size.
+  """
+  b = control.state
+  reference = control.curve[index] if index < len(control.curve) else control.reference
+  target = reference - b.drop / 100.0
+  decoded = row["validation_accuracy_quantized"]
+  size = math.inf
+  if decoded >= target:
+    blob_bytes = model_file_bytes(state, codebooks)
+    size = float(len(blob_bytes))
+    if b.best is None or size < b.best[3]:
+      if main:
+        write_atomic(control.path, blob_bytes)
+      row["budget_best"] = True
+  row.update(
+    strength=b.strength,
+    budget_reference=reference,
+    budget_target=target,
+    budget_size=size if math.isfinite(size) else None,
+  )
+  b = budget_lib.budget_update(
+    b,
+    epoch=index + 1,
+    accuracy=row["validation_accuracy"],
+    decoded=decoded,
+    size=size,
+    gain=control.gain,
+    reference=reference,
+  )
+  opt_state = budget_lib.set_strength(state.opt_state, b.strength)
+  return control._replace(state=b), state._replace(opt_state=opt_state)
+
+
 def _diverged(e: TrainingDivergedError, mngr, workdir: str) -> TrainingDivergedError:
   last = mngr.latest_step()
   return TrainingDivergedError(
@@ -449,10 +565,19 @@ def _diverged(e: TrainingDivergedError, mngr, workdir: str) -> TrainingDivergedE
   )
 
 
-def _summary(run: _Run, state: TrainState, codebooks, last: dict, evaluator, path: str) -> dict:
-  """Writes the model file, decodes it to check it; the run's summary."""
-  print(f"entropy-coding the weights into {path}...", file=sys.stderr)
-  file_bytes = write_model_file(path, state, codebooks)
+def _summary(
+  run: _Run, state: TrainState, codebooks, last: dict, evaluator, path: str, source=None
+) -> dict:
+  """Writes the model file (or copies ``source``, a model file of the epoch of ``last``),
+  decodes it to check it; the run's summary."""
+  if source is None:
+    print(f"entropy-coding the weights into {path}...", file=sys.stderr)
+    file_bytes = write_model_file(path, state, codebooks)
+  else:
+    with open(source, "rb") as f:
+      blob = f.read()
+    write_atomic(path, blob)
+    file_bytes = len(blob)
   print(f"decoding {path} to check it...", file=sys.stderr)
   decoded = read_model_file(path, state)
   test_accuracy_decoded = evaluator.accuracy(decoded.params, decoded.model_state)
@@ -539,7 +664,6 @@ def train_and_evaluate(
     stepper,
     run.pipe,
     num_epochs=config.num_epochs,
-    qat_epochs=opts["qat_epochs"],
     start_epoch=resumed.start_epoch,
     start_batch=resumed.start_batch,
     position=position,
@@ -548,16 +672,24 @@ def train_and_evaluate(
     on_checkpoint=lambda s, last_epoch: save_checkpoint(mngr, s, last_epoch, None, position),
     progress=show,
   )
+  control = (
+    _budget_start(run, evaluator, resumed, workdir) if config.hemp.budget is not None else None
+  )
   try:
-    for ep in epochs:
+    ep = next(epochs, None)
+    while ep is not None:
       state = ep.state
       row = _epoch_row(ep, evaluator, codebooks_of(state), config.batch_size)
+      if control is not None:
+        control, state = _budget_epoch(control, ep.index, row, state, codebooks_of(state), main)
+        state = stepper.place(state)
       _show_epoch(ep, row, show)
       rows.append(row)
       # The checkpoint first (it holds the row and the data position), outputs after.
       save_checkpoint(mngr, state, ep.index, row, position)
       if main:
         write_metrics(metrics_path, rows)
+      ep = _send(epochs, state if control is not None else None)
   except TrainingDivergedError as e:
     raise _diverged(e, mngr, workdir) from None
 
@@ -569,6 +701,21 @@ def train_and_evaluate(
   # Outputs: metrics.jsonl, model.hemp, then summary.json (each atomic, the summary last).
   write_metrics(metrics_path, rows)
   model_path = os.path.join(workdir, "model.hemp")
-  summary = _summary(run, state, codebooks, rows[-1], evaluator, model_path)
+  last, source, budget = rows[-1], None, None
+  if control is not None:
+    best = control.state.best
+    budget = {
+      "points": config.hemp.budget,
+      "reference": rows[-1].get("budget_reference", control.reference),
+      "target": rows[-1].get("budget_target", control.state.target),
+      "met": best is not None,
+      "epoch": None if best is None else best[0],
+    }
+    if best is not None and os.path.exists(control.path):
+      # The output is the smallest decoded model that met the budget.
+      last, source = next(r for r in rows if r["epoch"] == best[0]), control.path
+  summary = _summary(run, state, codebooks, last, evaluator, model_path, source)
+  if budget is not None:
+    summary["budget"] = budget
   write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

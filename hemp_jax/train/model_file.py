@@ -11,25 +11,30 @@ import numpy as np
 from hemp_jax.fileio import write_atomic
 from hemp_jax.train.steps import TrainState
 
-__all__ = ["write_model_file", "read_model_file"]
+__all__ = ["model_file_bytes", "write_model_file", "read_model_file"]
 
 
 def _model_file_tree(state: TrainState) -> dict:
   return {"params": state.params, "model_state": state.model_state}
 
 
-def write_model_file(path: str, state: TrainState, codebooks) -> int:
-  """Writes the ``.hemp`` file of a trained model: quantized params (``codebooks``; None
-  leaves stay float) and the other model variables (BatchNorm statistics) in float.
-
-  Returns:
-    The file size in bytes.
-  """
+def model_file_bytes(state: TrainState, codebooks) -> bytes:
+  """The ``.hemp`` file of a trained model: quantized params (``codebooks``; None leaves
+  stay float) and the other model variables (BatchNorm statistics) in float."""
   from hemp_jax import codec
 
   tree = jax.tree.map(np.asarray, _model_file_tree(state))
   cbs = {"params": codebooks, "model_state": jax.tree.map(lambda _: None, tree["model_state"])}
-  blob = codec.compress(tree, codebooks=cbs)
+  return codec.compress(tree, codebooks=cbs)
+
+
+def write_model_file(path: str, state: TrainState, codebooks) -> int:
+  """Writes :func:`model_file_bytes` to ``path`` (atomically).
+
+  Returns:
+    The file size in bytes.
+  """
+  blob = model_file_bytes(state, codebooks)
   write_atomic(os.fspath(path), blob)
   return len(blob)
 

@@ -40,13 +40,14 @@ def optimizer_chain(
 
   Args:
     hemp_mode: ``"none"`` — the plain optimizer (baseline); ``"grad"`` —
-      ``chain(add_entropy_grad(**regularizer), weight decay, optimizer)``; ``"paper"`` —
+      :func:`hemp_jax.hemp` around ``chain(weight decay, optimizer)`` (the entropy term,
+      then the quantization-aware finish); ``"paper"`` —
       :func:`hemp_jax.paper_recipe` (SGD + the gated unscaled step; ``name`` and
       ``nesterov`` are not used).
     name: ``"sgd"`` or ``"adam"``.
     learning_rate: a float or an optax schedule (:func:`learning_rate`).
     momentum, nesterov, weight_decay: of the optimizer (``momentum`` 0: none).
-    regularizer: keyword arguments of :func:`hemp_jax.add_entropy_grad` (``"grad"``) or
+    regularizer: keyword arguments of :func:`hemp_jax.hemp` (``"grad"``) or
       of :func:`hemp_jax.paper_recipe` (``"paper"``) other than the optimizer's.
     pruning: keyword arguments of :func:`hemp_jax.pruning.prune` wrapping the chain, or
       None.
@@ -63,15 +64,12 @@ def optimizer_chain(
     base = optax.adam(learning_rate)
   else:
     raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {name!r}")
-  parts = []
-  if hemp_mode == "grad":
-    parts.append(reg.add_entropy_grad(**regularizer))
-  elif hemp_mode != "none":
+  if hemp_mode not in HEMP_MODES:
     raise ValueError(f"hemp.mode must be 'none', 'grad' or 'paper', got {hemp_mode!r}")
-  if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay))
-  parts.append(base)
-  return _with_pruning(optax.chain(*parts), pruning)
+  tx = optax.chain(optax.add_decayed_weights(weight_decay), base) if weight_decay else base
+  if hemp_mode == "grad":
+    tx = reg.hemp(tx, **regularizer)
+  return _with_pruning(tx, pruning)
 
 
 def _with_pruning(tx: optax.GradientTransformation, pruning: dict | None):

@@ -21,9 +21,6 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hemp_jax import groups as grp
-from hemp_jax import regularizer as reg
-
 __all__ = [
   "TrainState",
   "PARALLEL",
@@ -33,7 +30,6 @@ __all__ = [
   "is_main_process",
   "create_train_state",
   "forward",
-  "state_codebooks",
   "make_train_step",
   "make_eval_step",
   "data_parallel_train_step",
@@ -113,35 +109,11 @@ def forward(graphdef, params, model_state, images, train: bool):
   return logits, nnx.to_pure_dict(new_state)
 
 
-def state_codebooks(opt_state) -> tuple | None:
-  """The flat codebook tuple held by a HEMP transformation inside ``opt_state``."""
-  if isinstance(opt_state, (reg.AddEntropyGradState, reg.HempSecondStepState)):
-    return opt_state.codebooks
-  if isinstance(opt_state, (tuple, list)):
-    for s in opt_state:
-      found = state_codebooks(s)
-      if found is not None:
-        return found
-  return None
-
-
-def _quantized_forward_params(params, opt_state):
-  """Quantized leaves replaced by their straight-through quantization (QAT)."""
-  flat = state_codebooks(opt_state)
-  if flat is None:
-    raise ValueError(
-      "quantization-aware steps need a HEMP transformation in the optimizer "
-      "(its codebooks); hemp.mode is 'none'"
-    )
-  return grp.quantized(params, flat)
-
-
 def make_train_step(
   graphdef,
   tx: optax.GradientTransformation,
   *,
   axis_name: str | None = None,
-  quantized_forward: bool = False,
 ) -> Callable:
   """Pure ``step(state, images, labels) -> (state, metrics)``.
 
@@ -150,15 +122,10 @@ def make_train_step(
     tx: the optimizer.
     axis_name: inside ``pmap``: gradients, metrics and BatchNorm statistics are averaged
       over this axis with ``pmean``.
-    quantized_forward: the task loss on the quantized network (straight-through
-      gradients to the continuous weights, codebooks from the HEMP state):
-      quantization-aware fine-tuning.
   """
 
   def step(state: TrainState, images, labels):
     def loss_fn(params):
-      if quantized_forward:
-        params = _quantized_forward_params(params, state.opt_state)
       logits, new_ms = forward(graphdef, params, state.model_state, images, True)
       logits = logits.astype(jnp.float32)  # bf16 models: the loss in float32
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -201,7 +168,7 @@ def data_parallel_train_step(step: Callable, mesh) -> Callable:
   )
 
 
-def pmap_train_step(graphdef, tx, devices=None, *, quantized_forward: bool = False) -> Callable:
+def pmap_train_step(graphdef, tx, devices=None) -> Callable:
   """The train step under ``jax.pmap``: state replicated (not stacked), batch split.
 
   Returns ``step(state, images, labels)`` taking a global batch whose leading size is a
@@ -209,7 +176,7 @@ def pmap_train_step(graphdef, tx, devices=None, *, quantized_forward: bool = Fal
   """
   devices = list(jax.local_devices() if devices is None else devices)
   inner = jax.pmap(
-    make_train_step(graphdef, tx, axis_name="data", quantized_forward=quantized_forward),
+    make_train_step(graphdef, tx, axis_name="data"),
     axis_name="data",
     in_axes=(None, 0, 0),
     out_axes=(None, None),
