@@ -119,10 +119,10 @@ def nnx_eval_step(model, images, labels):
 class NnxRun:
   """The NNX example: model, ``nnx.Optimizer``, train and eval steps."""
 
-  def __init__(self, seed, hw, tx_fn):
+  def __init__(self, seed, hw, tx_fn, lr=0.1):
     self.hw = hw
     self.model = CNN(hw, rngs=nnx.Rngs(seed))
-    self.optimizer = nnx.Optimizer(self.model, tx_fn(optax.sgd(0.1, 0.9)), wrt=nnx.Param)
+    self.optimizer = nnx.Optimizer(self.model, tx_fn(optax.sgd(lr, 0.9)), wrt=nnx.Param)
 
   def train_step(self, images, labels):
     self.model.train()
@@ -204,13 +204,13 @@ def linen_eval_step(state, images, labels):
 class LinenRun:
   """The Linen example: ``TrainState`` with batch statistics."""
 
-  def __init__(self, seed, hw, tx_fn):
+  def __init__(self, seed, hw, tx_fn, lr=0.1):
     key = jax.random.key(seed)
     variables = LinenCNN().init(key, jnp.ones([1, hw, hw, 1]), train=False)
     self.state = LinenState.create(
       apply_fn=LinenCNN().apply,
       params=variables["params"],
-      tx=tx_fn(optax.sgd(0.1, 0.9)),
+      tx=tx_fn(optax.sgd(lr, 0.9)),
       batch_stats=variables["batch_stats"],
       key=jax.random.fold_in(key, 1),
     )
@@ -261,7 +261,7 @@ def train(args, data, method: str, reference: list | None) -> dict:
       return tx
     return hj.hemp(tx, args.strength, total_steps=total)  # HEMP
 
-  run = (NnxRun if args.api == "nnx" else LinenRun)(args.seed, hw, tx_fn)
+  run = (NnxRun if args.api == "nnx" else LinenRun)(args.seed, hw, tx_fn, args.learning_rate)
   budget = None
   if hemp and reference is not None:
     # HEMP (budget): held against the float run's validation accuracy after each epoch.
@@ -350,6 +350,7 @@ def main(argv=None) -> int:
   p.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist, mnist or digits")
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--batch-size", type=int, default=128)
+  p.add_argument("--learning-rate", type=float, default=0.1, help="of optax.sgd (momentum 0.9)")
   p.add_argument("--validation-size", type=int, default=5000)
   p.add_argument("--strength", type=float, default=1.0, help="the HEMP run's first strength")
   p.add_argument(

@@ -137,9 +137,10 @@ def default_config() -> ml_collections.ConfigDict:
   # allowed drop, in points, of the validation accuracy below the reference; hemp.strength
   # is the first epoch's. None: the strength stays fixed.
   c.hemp.budget = placeholder(float)
-  # The reference: an accuracy, or a float run's workdir (its validation accuracy after
-  # each epoch: a run from scratch is held against the float run's same epoch), or, when
-  # both are None, the validation accuracy of the init_checkpoint model it starts from.
+  # The reference: a float run's workdir (its validation accuracy after each epoch: a run
+  # from scratch is held against the float run's same epoch; it wins over a number), or an
+  # accuracy, or, when both are None, the validation accuracy of the init_checkpoint model
+  # it starts from.
   c.hemp.budget_reference = placeholder(float)
   c.hemp.budget_reference_run = placeholder(str)
   c.hemp.budget_gain = _arg_default(budget_lib.budget_update, "gain")

@@ -485,11 +485,11 @@ def _budget_start(run: _Run, evaluator: Evaluator, resumed: "_Resumed", workdir:
   """The budget's reference and controller state (rebuilt from the rows on a resume)."""
   h = run.config.hemp
   curve = ()
-  if h.budget_reference is not None:
-    reference = float(h.budget_reference)
-  elif h.budget_reference_run:
+  if h.budget_reference_run:  # a float run, if named, over a number
     curve = _reference_curve(h.budget_reference_run)
     reference = curve[-1]
+  elif h.budget_reference is not None:
+    reference = float(h.budget_reference)
   elif resumed.rows and "budget_reference" in resumed.rows[-1]:
     reference = resumed.rows[-1]["budget_reference"]  # measured when the run started
   else:  # the model it starts from (init_checkpoint)
