@@ -591,7 +591,7 @@ def hemp(
 ) -> optax.GradientTransformation:
   """The whole HEMP recipe around any optax optimizer: the one line a training loop changes.
 
-  Three phases over ``total_steps`` (DESIGN.md §2, "the recipe"):
+  Three phases over ``total_steps`` (DESIGN.md §2, "The recipe"):
 
   1. warm-up (``warmup_steps``): the entropy term acts on the leaves whose starting values
      spread; leaves that start constant (zero biases, unit normalization scales) get no
