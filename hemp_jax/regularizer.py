@@ -65,12 +65,13 @@ LAMBDA_UNITS = ("per_param", "authors")
 
 
 class QuantizerConfig(NamedTuple):
-  """How codebooks are fitted (see :func:`hemp_jax.fit_codebooks`)."""
+  """How codebooks are fitted (see :func:`hemp_jax.fit_codebooks`); the defaults are
+  :func:`hemp`'s."""
 
-  num_levels: int = 4
+  num_levels: int = 8
   method: str = "uniform"
   guard_levels: bool = True
-  zero_level: bool = False
+  zero_level: bool = True
   min_size: int | None = None
   include: str | None = None
   exclude: str | None = None
@@ -574,10 +575,10 @@ def hemp(
   warmup_steps: int | None = None,
   refit_every: int | None = None,
   order: int = 3,
-  num_levels: int = 4,
+  num_levels: int = 8,
   method: str = "uniform",
   guard_levels: bool = True,
-  zero_level: bool = False,
+  zero_level: bool = True,
   min_size: int | None = None,
   include: str | None = None,
   exclude: str | None = None,
@@ -619,6 +620,10 @@ def hemp(
       fitted at the start, or after the warm-up, and refitted only for the finish).
     degenerate: leaves that start constant: "defer" (the warm-up above), "float" or
       "keep" (see :func:`add_entropy_grad`).
+    num_levels, zero_level: N = 8 uniform levels with an exact zero (and the two guard
+      levels): weights that SGD spreads over a wide, lopsided range keep a level where
+      most of them are (a grid over [min, max] without the zero level puts none there),
+      and the entropy term can gather them on it.
     Other arguments: as in :func:`add_entropy_grad`.
 
   Returns:

@@ -54,8 +54,14 @@ def test_entropy_phase_is_add_entropy_grad_with_deferred_constant_leaves():
   params, xs = _params(), _data(8)
   inner = optax.sgd(0.05, 0.9)
   got, _ = _run(hj.hemp(inner, 0.3, total_steps=8, finish_steps=0, warmup_steps=3), params, xs)
-  # The bias (10 values) is below the default size threshold (10 N + 1) in both.
-  ref = optax.chain(hj.add_entropy_grad(0.3, degenerate="defer", degenerate_fit_step=3), inner)
+  # hemp's codebooks: N = 8 with an exact zero; the bias (10 values) and "b/kernel" (80) are
+  # below the size threshold (10 N + 1) in both.
+  ref = optax.chain(
+    hj.add_entropy_grad(
+      0.3, num_levels=8, zero_level=True, degenerate="defer", degenerate_fit_step=3
+    ),
+    inner,
+  )
   want, _ = _run(ref, params, xs)
   for a, b in zip(got, want):
     jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -78,7 +84,15 @@ def test_finish_trains_the_latent_weights_straight_through_on_covering_codebooks
   def loss(p, x):
     return _loss(p, x) - drift * (jnp.sum(p["a"]["kernel"]) + jnp.sum(p["b"]["kernel"]))
 
-  tx = hj.hemp(optax.sgd(lr), strength, total_steps=total, finish_steps=finish, warmup_steps=warm)
+  tx = hj.hemp(
+    optax.sgd(lr),
+    strength,
+    total_steps=total,
+    finish_steps=finish,
+    warmup_steps=warm,
+    num_levels=4,
+    zero_level=False,
+  )
   state = tx.init(params)
   p = params
   refitted = 0
@@ -126,7 +140,7 @@ def test_finish_trains_the_latent_weights_straight_through_on_covering_codebooks
 
 def test_a_leaf_that_stays_constant_stays_float():
   """A bias the loss never moves (in front of a normalization) gets no codebook."""
-  params = {"w": jax.random.normal(jax.random.key(0), (8, 64)), "dead": jnp.zeros(64)}
+  params = {"w": jax.random.normal(jax.random.key(0), (8, 64)), "dead": jnp.zeros(128)}
 
   def loss(p, x):
     return jnp.mean((x @ p["w"]) ** 2)  # "dead" is not used

@@ -214,8 +214,9 @@ def test_defaults_fill_what_a_config_leaves_out():
   config = train.with_defaults({"hemp": {"mode": "none"}, "pruning": None, "seed": 3})
   assert config.seed == 3 and config.hemp.mode == "none"
   assert config.pruning.method == "none"  # a section set to None: its defaults
-  assert config.hemp.order == 3 and config.quantizer.num_levels == 4  # the library's
-  assert config.quantizer.degenerate == "keep" and config.qat_epochs == 0
+  assert config.hemp.order == 3 and config.quantizer.num_levels == 8  # hj.hemp's
+  assert config.quantizer.zero_level and config.quantizer.degenerate == "defer"
+  assert config.qat_epochs == 0
   with pytest.raises(train.ConfigError, match="config.model is missing; known values"):
     train.validate_config({})
   # What a config sets is kept as it is (an int stays an int).

@@ -26,9 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "cosine"
 
-  # N = 4 uniform levels + 2 guard levels (the defaults). Leaves that start constant
-  # (zero biases) get their codebooks after the first epoch, without entropy gradient
-  # before.
+  # N = 4 uniform levels over the range + 2 guard levels (the library's default is 8 with
+  # an exact zero: this job was tuned with 4). Leaves that start constant (zero biases)
+  # get their codebooks after the first epoch, without entropy gradient before.
+  c.quantizer.num_levels = 4
+  c.quantizer.zero_level = False
   c.quantizer.degenerate = "defer"
 
   c.hemp.mode = "grad"  # "none" | "grad" (add_entropy_grad) | "paper"

@@ -4,9 +4,9 @@
     hemp-jax train --config experiments/configs/lenet5_fmnist.py --workdir runs/fmnist
     hemp-jax train --config experiments/configs/lenet5_fmnist.py:none --workdir runs/fmnist-float
 
-The main job's recipe (``default.py``: HEMP order 3, N = 4 + guards, Adam cosine, the last 8
-of 24 epochs quantization-aware) on the full data set, with an accuracy budget instead of a
-fixed strength: ``hemp.budget`` = 1 point of validation accuracy below the float model's
+The main job's recipe (``default.py``: HEMP order 3, Adam cosine, the last 8 of 24 epochs
+quantization-aware) with the library's codebooks (N = 8 uniform levels with an exact zero,
++ guards) on the full data set, and an accuracy budget instead of a fixed strength: ``hemp.budget`` = 1 point of validation accuracy below the float model's
 (``hemp.budget_reference``: LeNet-5's float validation accuracy on this split, the mean of
 3 seeds of the ``none`` variant; ``--config.hemp.budget_reference_run=W`` holds each epoch
 against a float run's same epoch instead). The strength starts at ``hemp.strength`` and
@@ -31,7 +31,9 @@ def get_config(arg: str | None = None):
   c.dataset = "fashion_mnist"
   c.validation_size = 5000
   c.eval_batch_size = 1000
-  c.hemp.strength = 2.0  # the first epoch's; the budget moves it
+  c.quantizer.num_levels = 8  # the library's codebooks (default.py keeps the main job's 4)
+  c.quantizer.zero_level = True
+  c.hemp.strength = 1.0  # the first epoch's; the budget moves it
   c.hemp.budget = 1.0
   c.hemp.budget_reference = 0.9205  # float LeNet-5, validation, 3 seeds (RESULTS.md)
   c = _base.apply_variant(c, arg, smoke_dataset="mnist5k", smoke_mock=False)

@@ -120,7 +120,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Leaves that start constant (zero biases): "keep" (a codebook of the start, +-0.001),
   # "defer" (codebook fitted after degenerate_fit_epochs, no entropy gradient before),
   # "float" (never quantized).
-  c.quantizer.degenerate = _arg_default(reg.add_entropy_grad, "degenerate")
+  c.quantizer.degenerate = _arg_default(reg.hemp, "degenerate")
   c.quantizer.degenerate_fit_epochs = 1.0
 
   # The regularizer; which entropy (hemp_jax.regularizer.EntropyConfig).
