@@ -122,7 +122,12 @@ def _train(model, method, seed, args, log):
   tokens = [t for t in (variant, "smoke" if args.smoke else "") if t]
   spec = os.path.join(ROOT, CONFIG[model]) + (":" + ",".join(tokens) if tokens else "")
   config = cfg.load_config(spec)
-  config = cfg.apply_overrides(config, [f"--config.{k}={v}" for k, v in overrides.items()])
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
   if _done(workdir):
     return
   log(f"{model} {method} seed {seed}: {workdir}")
@@ -143,7 +148,7 @@ def _ptq(model, seed, args, log):
   config = cfg.load_config(
     os.path.join(ROOT, CONFIG[model]) + (":none,smoke" if args.smoke else ":none")
   )
-  config = cfg.apply_overrides(config, [f"--config.seed={seed}"])
+  config.seed = seed
   graphdef, state = train.load_final_state(config, float_dir)
   _, _, _, pipe = train.build(config)
   ev = Evaluator(graphdef, pipe, cfg.entropy_config(cfg.with_defaults(config)))
@@ -287,16 +292,16 @@ def report(args) -> list:
         best[r["method"]] = r
     chosen += list(best.values())
   if args.manifest:
-    _manifest(chosen, args.manifest, args.runs)
+    _manifest(chosen, args.manifest, args.runs, args.min_seeds)
   return chosen
   return 0
 
 
-def _manifest(chosen, out_dir, runs):
+def _manifest(chosen, out_dir, runs, min_seeds=3):
   """Copies the chosen training-run files (3 seeds) and writes ``fashion_mnist.json``."""
   entries = []
   for r in chosen:
-    if r["method"] == "ptq" or len(r["seeds"]) < 3:
+    if r["method"] == "ptq" or len(r["seeds"]) < min_seeds:
       continue  # PTQ files are re-made from the float model, not kept
     files, shas = [], []
     for s in r["seeds"]:
@@ -323,6 +328,7 @@ def _manifest(chosen, out_dir, runs):
         "float32_bytes": r["float32_bytes"],
       }
     )
+  os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "fashion_mnist.json"), "w") as f:
     json.dump(entries, f, indent=1)
 
@@ -341,6 +347,7 @@ def main(argv=None) -> int:
       s.add_argument("--smoke", action="store_true", help="the configs' smoke variant")
     else:
       s.add_argument("--manifest", default=None, help="e.g. experiments/frontier")
+      s.add_argument("--min-seeds", type=int, default=3, help="seeds a manifest entry needs")
   args = p.parse_args(argv)
   if args.cmd == "run":
     return run(args)

@@ -45,6 +45,7 @@ def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # lambda_Q = 0.1 and the sensitivity gate: the defaults (paper_recipe's).
   c.quantizer.num_levels = 4
   c.quantizer.guard_levels = True
+  c.quantizer.zero_level = False
   c.quantizer.method = "lloyd_max"  # the paper's code: Lloyd-Max levels of a Gaussian fit
   c.quantizer.lloyd_method = "gaussian"  # "empirical": Lloyd on the actual weights
   c.optimizer.name = "sgd"
