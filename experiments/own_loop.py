@@ -342,6 +342,34 @@ def _params(run):
   return hj.plain_params(run.model) if isinstance(run, NnxRun) else run.state.params
 
 
+def summarize(path: str) -> str:
+  """A markdown table of ``results.jsonl``: per API, float and HEMP, mean +- std over seeds
+  (the last run of each api/seed/method)."""
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  last = {(r["api"], r["seed"], r["method"]): r for r in rows if r["dataset"] == "fashion_mnist"}
+  ms = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1) if len(v) > 1 else 0:.2f}"
+  out = [
+    "| API | seeds | float test % | HEMP decoded test % | HEMP decoded val. % | file B | × float32 |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for api in ("nnx", "linen"):
+    seeds = sorted(s for (a, s, m) in last if a == api and m == "hemp" and (a, s, "float") in last)
+    if not seeds:
+      continue
+    flt = [last[(api, s, "float")] for s in seeds]
+    hemp = [last[(api, s, "hemp")] for s in seeds]
+    size = [h["file_bytes"] for h in hemp]
+    out.append(
+      f"| {api} | {', '.join(map(str, seeds))} | {ms([r['float_test_acc'] for r in flt])} | "
+      f"{ms([h['decoded_test_acc'] for h in hemp])} | "
+      f"{ms([h['validation_acc_decoded'] for h in hemp])} | "
+      f"{np.mean(size):,.0f} ± {np.std(size, ddof=1) if len(size) > 1 else 0:,.0f} | "
+      f"{flt[0]['float_bytes'] / np.mean(size):.0f} |"
+    )
+  return "\n".join(out)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--api", choices=("nnx", "linen"), default="nnx")
@@ -361,7 +389,11 @@ def main(argv=None) -> int:
   )
   p.add_argument("--out", default=DEFAULT_OUT)
   p.add_argument("--workdir", default=os.path.join(HERE, "own_loop", "files"))
+  p.add_argument("--summary", action="store_true", help="print the table of --out and exit")
   args = p.parse_args(argv)
+  if args.summary:
+    print(summarize(args.out))
+    return 0
   data = load_data(args.dataset, args.validation_size)
   methods = ("float", "hemp") if args.method == "both" else (args.method,)
   reference = None

@@ -6,9 +6,9 @@ experiments/configs/<file>.py[:variant]``), so each loads this helper by path to
 its family (:func:`mnist`, :func:`cifar10`, :func:`imagenet_finetune`). Variants are
 comma-separated tokens after the colon:
 
-* ``grad`` (default) — the simple mode: ``lambda * H`` added through ``add_entropy_grad``
-  in front of the config's optimizer, the last ``qat_epochs`` epochs quantization-aware
-  (task loss on the quantized network, straight-through);
+* ``grad`` (default) — :func:`hemp_jax.hemp` around the config's optimizer: ``lambda * H``
+  added to the gradients, the last ``qat_epochs`` epochs quantization-aware (the
+  network trained is the quantized one, straight-through);
 * ``paper`` — the paper's recipe (DESIGN.md §2): SGD lr 0.1, weight decay 1e-4, the gated
   unscaled second step with lambda_H = 1, lambda_Q = 0.1, refresh every 10 batches;
 * ``none`` — no regularizer (baseline: the same quantizer and coder);

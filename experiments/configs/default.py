@@ -1,10 +1,9 @@
 """Default job: LeNet-5 on the offline MNIST-5k split, trained with HEMP (order 3).
 
 Runs on CPU in a few minutes: ``hemp-jax train --config experiments/configs/default.py
---workdir runs/default``. 24 epochs of Adam (cosine schedule) with ``add_entropy_grad``
-(lambda 7, order 3, N = 4 uniform levels + 2 guards); the last 8 epochs compute the task
-loss on the quantized network (straight-through), so the quantized model keeps the
-accuracy. Override any field, e.g. ``--config.hemp.mode=none --config.qat_epochs=0`` for
+--workdir runs/default``. 24 epochs of Adam (cosine schedule) in ``hemp_jax.hemp``
+(lambda 7, order 3, N = 4 uniform levels + 2 guards); the last 8 epochs train the
+quantized network (straight-through), so the quantized model keeps the accuracy. Override any field, e.g. ``--config.hemp.mode=none --config.qat_epochs=0`` for
 the no-regularizer baseline or ``--config.num_epochs=5``.
 """
 

@@ -117,9 +117,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.quantizer.min_size = placeholder(int)  # None: 10 N + 1
   c.quantizer.include = placeholder(str)  # regex on leaf names
   c.quantizer.exclude = placeholder(str)
-  # Leaves that start constant (zero biases): "keep" (a codebook of the start, +-0.001),
-  # "defer" (codebook fitted after degenerate_fit_epochs, no entropy gradient before),
-  # "float" (never quantized).
+  # Leaves that start constant (zero biases): "defer" (codebook fitted after
+  # degenerate_fit_epochs, no entropy gradient before), "keep" (a codebook of the start,
+  # +-0.001), "float" (never quantized).
   c.quantizer.degenerate = _arg_default(reg.hemp, "degenerate")
   c.quantizer.degenerate_fit_epochs = 1.0
 
