@@ -599,7 +599,7 @@ def hemp(
      entropy gradient, and their codebooks are fitted on the weights of the warm-up's end;
   2. entropy phase: ``optimizer`` sees ``grads + strength * grad H`` (codebooks as fitted,
      or refitted every ``refit_every`` steps);
-  3. finish (the last ``finish_steps``): a codebook that no longer covers the weights the
+  3. finish (the last ``finish_steps``, a third by default): a codebook that no longer covers the weights the
      network has learnt is refitted on them; the codebooks are then frozen, and the
      params the loop sees are the quantized weights — the decoded model — while the
      continuous weights live in the state (``latent``) and take the optimizer's steps
@@ -613,7 +613,7 @@ def hemp(
     optimizer: the inner optimizer (any optax transformation; weight decay included).
     strength: lambda, the weight of the entropy term (bits per quantized parameter).
     total_steps: the length of training in optimizer steps.
-    finish_steps: the quantization-aware finish (default: a quarter of ``total_steps``;
+    finish_steps: the quantization-aware finish (default: a third of ``total_steps``;
       0: none, the params stay continuous and :func:`finalize` quantizes them).
     warmup_steps: the warm-up (default: a tenth of ``total_steps``, at least 1).
     refit_every: refit period of the entropy phase in steps (None: the codebooks are
@@ -633,7 +633,7 @@ def hemp(
   if total_steps < 1:
     raise ValueError(f"total_steps must be >= 1, got {total_steps}")
   if finish_steps is None:
-    finish_steps = total_steps // 4
+    finish_steps = total_steps // 3
   if warmup_steps is None:
     warmup_steps = max(1, total_steps // 10)
   finish_steps, warmup_steps = int(finish_steps), int(warmup_steps)
