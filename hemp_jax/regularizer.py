@@ -589,6 +589,7 @@ def hemp(
   mask: Any = None,
   lloyd_method: str = "empirical",
   degenerate: str = "defer",
+  finish_decay: bool = True,
 ) -> optax.GradientTransformation:
   """The whole HEMP recipe around any optax optimizer: the one line a training loop changes.
 
@@ -620,6 +621,9 @@ def hemp(
       fitted at the start, or after the warm-up, and refitted only for the finish).
     degenerate: leaves that start constant: "defer" (the warm-up above), "float" or
       "keep" (see :func:`add_entropy_grad`).
+    finish_decay: scale the optimizer's steps on the continuous weights by a cosine from
+      1 to 0 over the finish, so that the quantized model settles (with a constant
+      learning rate the last steps otherwise leave it wherever the noise put it).
     num_levels, zero_level: N = 8 uniform levels with an exact zero (and the two guard
       levels): weights that SGD spreads over a wide, lopsided range keep a level where
       most of them are (a grid over [min, max] without the zero level puts none there),
@@ -714,6 +718,10 @@ def hemp(
       for u, g in zip(g_leaves, grads)
     ]
     steps, inner = optimizer.update(g_def.unflatten(g_leaves), state.inner, src)
+    if finish_decay and finish_steps:
+      done = jnp.clip((count - finish_start + 1) / finish_steps, 0.0, 1.0)
+      scale = jnp.where(finishing, 0.5 * (1.0 + jnp.cos(jnp.pi * done)), 1.0)
+      steps = jax.tree.map(lambda s: (s * scale).astype(s.dtype), steps)
     latent = optax.apply_updates(src, steps)
     if finish_steps:
       # The finish starts at the next step: a codebook that no longer covers the weights

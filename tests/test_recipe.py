@@ -74,8 +74,10 @@ def _entropy_grads(latent, codebooks):
   )(latent)
 
 
-@pytest.mark.parametrize("drift, refits", [(0.0, 0), (3.0, 2)])
-def test_finish_trains_the_latent_weights_straight_through_on_covering_codebooks(drift, refits):
+@pytest.mark.parametrize("drift, refits, decay", [(0.0, 0, False), (3.0, 2, False), (0.0, 0, True)])
+def test_finish_trains_the_latent_weights_straight_through_on_covering_codebooks(
+  drift, refits, decay
+):
   """With ``drift`` the loss pulls every kernel weight up: they leave their codebooks."""
   total, finish, warm = 10, 4, 2
   params, xs = _params(), _data(total)
@@ -92,7 +94,10 @@ def test_finish_trains_the_latent_weights_straight_through_on_covering_codebooks
     warmup_steps=warm,
     num_levels=4,
     zero_level=False,
+    finish_decay=decay,
   )
+  # With the decay, the k-th finish step is scaled by (1 + cos(pi k / finish)) / 2.
+  scale = (1 + np.cos(np.pi / finish)) / 2 if decay else 1.0
   state = tx.init(params)
   p = params
   refitted = 0
@@ -118,7 +123,7 @@ def test_finish_trains_the_latent_weights_straight_through_on_covering_codebooks
       grads = jax.grad(loss)(p, x)
       eg = _entropy_grads(latent, cbs)
       expect = jax.tree.map(
-        lambda w, g, e: w - lr * (g + (0 if e is None else strength * e)),
+        lambda w, g, e: w - scale * lr * (g + (0 if e is None else strength * e)),
         latent,
         grads,
         eg,
@@ -131,6 +136,12 @@ def test_finish_trains_the_latent_weights_straight_through_on_covering_codebooks
       got = jax.tree.unflatten(jax.tree.structure(params), list(state.latent))
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got, expect)
   assert refitted == refits
+  if decay:  # the last step's scale is 0: the latent weights stop where they are
+    before_last = state.latent
+    g = jax.grad(loss)(p, xs[-1])
+    _, after = tx.update(g, state._replace(count=state.count - 1), p)
+    for a, b in zip(before_last, after.latent):
+      np.testing.assert_array_equal(a, b)
   # At the end the params are the decoded model.
   cbs = hj.codebooks_of(state, params)
   for name in ("a", "b"):

@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.quantizer.zero_level = False
   c.quantizer.degenerate = "defer"
 
-  c.hemp.mode = "grad"  # "none" | "grad" (add_entropy_grad) | "paper"
+  c.hemp.mode = "grad"  # "none" | "grad" (hemp_jax.hemp) | "paper"
+  c.hemp.finish_decay = False  # the cosine learning rate already anneals the finish
   c.hemp.strength = 7.0
   c.hemp.order = 3
   return c

@@ -129,6 +129,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.hemp.strength = placeholder(float)  # lambda (paper mode: see lambda_units)
   c.hemp.refresh_every = _arg_default(reg.add_entropy_grad, "refresh_every")
   c.hemp.refit_every = placeholder(int)  # None: codebooks frozen
+  # Mode "grad": the steps on the continuous weights decay (cosine to 0) over the finish.
+  c.hemp.finish_decay = _arg_default(reg.hemp, "finish_decay")
   # Paper mode: strength is the authors' lambda_H ("authors") or per parameter.
   c.hemp.lambda_units = _arg_default(reg.paper_recipe, "lambda_units")
   c.hemp.lambda_q = _arg_default(reg.paper_recipe, "lambda_q")
@@ -567,6 +569,7 @@ def _regularizer_kwargs(config, steps_per_epoch: int) -> dict:
       total_steps=total,
       finish_steps=finish,
       warmup_steps=min(warmup, total - finish),
+      finish_decay=h.finish_decay,
       **common,
     )
   if h.mode == "paper":
