@@ -1,23 +1,24 @@
 """An accuracy budget instead of a strength sweep: adapt the regularizer strength per epoch.
 
-The user gives an allowed drop of the decoded model's validation accuracy below a
-reference (the float model's, or a given number): the target is ``reference - drop``.
-After each epoch the loop reports the decoded model's validation accuracy and its size
-(file bytes, or the exact entropy); :func:`budget_update` moves the strength
-multiplicatively, up while the accuracy is above the target (room to compress more), down
-while it is below,
+The user gives an allowed drop of the validation accuracy below a reference (the float
+model's, a given number, or the float run's accuracy after the same epoch): the target is
+``reference - drop``. After each epoch the loop reports the validation accuracy of the
+model as it trains and the size of its decoded file; :func:`budget_update` moves the
+strength multiplicatively, up while the accuracy is above the target (room to compress
+more), down while it is below,
 
     strength <- clip(strength * exp(gain * (accuracy - target) / 0.01), lo, hi)
 
-(``gain`` per point of accuracy; one epoch moves it by at most ``max_factor``), and keeps the smallest model that met the target.
-Everything here is plain Python on floats, called once per epoch on the host. The strength
-reaches an optax state through ``optax.inject_hyperparams``::
+(``gain`` per point of accuracy; one epoch moves it by at most ``max_factor``), and keeps
+the smallest decoded model that met the target. Everything here is plain Python on floats,
+called once per epoch on the host. :func:`set_strength` puts the strength into the
+optimizer state — :func:`hemp_jax.hemp`'s, or an ``optax.inject_hyperparams`` one::
 
-  hemp = optax.inject_hyperparams(hj.add_entropy_grad, static_args=hj.budget.STATIC_ARGS)
-  tx = optax.chain(hemp(strength=1.0, order=3, num_levels=4), optax.adam(1e-3))
+  tx = hj.hemp(optax.sgd(0.1, 0.9), 1.0, total_steps=n)
+  budget = hj.budget.budget_init(1.0, reference=float_val, drop=1.0)
   ...  # after each epoch:
   budget = hj.budget.budget_update(budget, epoch=e, accuracy=acc, size=nbytes)
-  opt_state = optax.tree_utils.tree_set(opt_state, strength=budget.strength)
+  opt_state = hj.budget.set_strength(opt_state, budget.strength)
 """
 
 from __future__ import annotations
