@@ -66,7 +66,9 @@ def optimizer_chain(
     raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {name!r}")
   if hemp_mode not in HEMP_MODES:
     raise ValueError(f"hemp.mode must be 'none', 'grad' or 'paper', got {hemp_mode!r}")
-  tx = optax.chain(optax.add_decayed_weights(weight_decay), base) if weight_decay else base
+  # A chain even of one: the state layout of checkpoints written before (a tuple).
+  decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  tx = optax.chain(*decay, base)
   if hemp_mode == "grad":
     tx = reg.hemp(tx, **regularizer)
   return _with_pruning(tx, pruning)
