@@ -476,20 +476,10 @@ def add_entropy_grad(
     num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
   )
   entropy = EntropyConfig(order, tuples, rate, pool)
-  ent.check_options(order, tuples, rate)
-  if refresh_every < 1:
-    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
-  _check_degenerate(degenerate, degenerate_fit_step)
+  _check_entropy_options(entropy, refresh_every, degenerate, degenerate_fit_step)
 
   def init_fn(params):
-    if params is None:
-      raise ValueError(NO_PARAMS_MSG)
-    codebooks = fit_leaf_codebooks(
-      params, quantizer, mask, order=order, tuples=tuples, degenerate=degenerate
-    )
-    cached = _zeros_like_quantized(params, codebooks) if refresh_every > 1 else ()
-    pending = _pending_flags(params, codebooks, degenerate)
-    return AddEntropyGradState(jnp.zeros([], jnp.int32), codebooks, cached, pending)
+    return _entropy_init(params, quantizer, entropy, mask, refresh_every, degenerate)
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -511,6 +501,28 @@ def add_entropy_grad(
     return treedef.unflatten(new), state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_entropy_options(entropy: EntropyConfig, refresh_every, degenerate, fit_step) -> None:
+  """The checks of :func:`add_entropy_grad`'s options (also :func:`hemp`'s)."""
+  ent.check_options(entropy.order, entropy.tuples, entropy.rate)
+  if refresh_every < 1:
+    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+  _check_degenerate(degenerate, fit_step)
+
+
+def _entropy_init(
+  params, quantizer: QuantizerConfig, entropy: EntropyConfig, mask, refresh_every, degenerate
+) -> AddEntropyGradState:
+  """:func:`add_entropy_grad`'s state at ``init``: codebooks fitted, cache, pending flags."""
+  if params is None:
+    raise ValueError(NO_PARAMS_MSG)
+  codebooks = fit_leaf_codebooks(
+    params, quantizer, mask, order=entropy.order, tuples=entropy.tuples, degenerate=degenerate
+  )
+  cached = _zeros_like_quantized(params, codebooks) if refresh_every > 1 else ()
+  pending = _pending_flags(params, codebooks, degenerate)
+  return AddEntropyGradState(jnp.zeros([], jnp.int32), codebooks, cached, pending)
 
 
 def _entropy_step(
@@ -560,7 +572,7 @@ class HempState(NamedTuple):
   """State of :func:`hemp`."""
 
   count: jax.Array  # steps taken (int32)
-  strength: jax.Array  # the entropy term's weight (float32; set it with optax.tree_utils.tree_set)
+  strength: jax.Array  # the entropy term's weight (float32; hemp_jax.budget.set_strength sets it)
   latent: tuple  # per leaf: the continuous weights (the finish trains these; params are Q of them)
   entropy: AddEntropyGradState  # codebooks, pending flags, cached grad H
   inner: Any  # the wrapped optimizer's state
@@ -655,38 +667,16 @@ def hemp(
     num_levels, method, guard_levels, zero_level, min_size, include, exclude, lloyd_method
   )
   entropy = EntropyConfig(order, tuples, rate, pool)
-  ent.check_options(order, tuples, rate)
-  if refresh_every < 1:
-    raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
-  entropy_tx = add_entropy_grad(
-    1.0,
-    order=order,
-    num_levels=num_levels,
-    method=method,
-    guard_levels=guard_levels,
-    zero_level=zero_level,
-    min_size=min_size,
-    include=include,
-    exclude=exclude,
-    tuples=tuples,
-    rate=rate,
-    pool=pool,
-    refresh_every=refresh_every,
-    mask=mask,
-    lloyd_method=lloyd_method,
-    degenerate=degenerate,
-    degenerate_fit_step=warmup_steps,
-  )
+  _check_entropy_options(entropy, refresh_every, degenerate, warmup_steps)
 
   def init_fn(params):
-    if params is None:
-      raise ValueError(NO_PARAMS_MSG)
+    entropy_state = _entropy_init(params, quantizer, entropy, mask, refresh_every, degenerate)
     plain = pytrees.plain_params(params)
     return HempState(
       jnp.zeros([], jnp.int32),
       jnp.asarray(strength, jnp.float32),
       tuple(jnp.array(x) for x in jax.tree.leaves(plain)),
-      entropy_tx.init(params),
+      entropy_state,
       optimizer.init(params),
     )
 
