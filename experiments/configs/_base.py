@@ -3,7 +3,8 @@
 Every config file in this folder is loaded by path (``hemp-jax train --config
 experiments/configs/<file>.py[:variant]``), so each loads this helper by path too
 (``hemp_jax.train.config.load_python_file``) and builds its config with the function of
-its family (:func:`mnist`, :func:`cifar10`, :func:`imagenet_finetune`). Variants are
+its family (:func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`,
+:func:`imagenet_finetune`). Variants are
 comma-separated tokens after the colon:
 
 * ``grad`` (default) — :func:`hemp_jax.hemp` around the config's optimizer: ``lambda * H``
@@ -130,6 +131,32 @@ def mnist(model: str, arg: str | None) -> ml_collections.ConfigDict:
     c, ",".join(tokens), smoke_dataset="mnist5k", smoke_mock=False, extra_known=("offline",)
   )
   _smoke_subset(c, arg, r"(conv2|fc2)/kernel$", batch_size=8)
+  return c
+
+
+def fashion_mnist(
+  model: str, arg: str | None, *, budget_reference: float, smoke_include: str
+) -> ml_collections.ConfigDict:
+  """A LeNet on full Fashion-MNIST (IDX files: 55k train, 5k validation, 10k test): the
+  main job's schedule with the library's codebooks (N = 8 with an exact zero) and a
+  1-point accuracy budget against ``budget_reference`` (the float model's validation
+  accuracy); smoke runs use the offline MNIST-5k split with 500 validation images."""
+  c = default_config()
+  c.model = model
+  c.dataset = "fashion_mnist"
+  c.validation_size = 5000
+  c.eval_batch_size = 1000
+  c.quantizer.num_levels = 8  # the library's codebooks (default.py keeps the main job's 4)
+  c.quantizer.zero_level = True
+  c.hemp.strength = 1.0  # the first epoch's; the budget moves it
+  c.hemp.budget = 1.0
+  c.hemp.budget_reference = budget_reference
+  c = apply_variant(c, arg, smoke_dataset="mnist5k", smoke_mock=False)
+  if c.hemp.mode != "grad":
+    c.hemp.budget = None
+  if "smoke" in (arg or ""):
+    c.validation_size = 500
+    _smoke_subset(c, arg, smoke_include, batch_size=8)
   return c
 
 

@@ -21,21 +21,10 @@ _base = load_python_file(
 
 
 def get_config(arg: str | None = None):
-  c = _base.default_config()
-  c.model = "lenet_300_100"
-  c.dataset = "fashion_mnist"
-  c.validation_size = 5000
-  c.eval_batch_size = 1000
-  c.quantizer.num_levels = 8  # the library's codebooks (default.py keeps the main job's 4)
-  c.quantizer.zero_level = True
-  c.hemp.strength = 1.0  # the first epoch's; the budget moves it
-  c.hemp.budget = 1.0
-  c.hemp.budget_reference = 0.9076  # float LeNet-300-100, validation, seed 0 (RESULTS.md)
-  c = _base.apply_variant(c, arg, smoke_dataset="mnist5k", smoke_mock=False)
-  if c.hemp.mode != "grad":
-    c.hemp.budget = None
+  # budget_reference: float LeNet-300-100, validation, seed 0 (RESULTS.md)
+  c = _base.fashion_mnist(
+    "lenet_300_100", arg, budget_reference=0.9076, smoke_include=r"fc2/kernel$"
+  )
   if "smoke" in (arg or ""):
-    c.validation_size = 500
     c.hemp.budget_reference = 0.8
-    _base._smoke_subset(c, arg, r"fc2/kernel$", batch_size=8)
   return c

@@ -27,19 +27,8 @@ _base = load_python_file(
 
 
 def get_config(arg: str | None = None):
-  c = _base.default_config()
-  c.dataset = "fashion_mnist"
-  c.validation_size = 5000
-  c.eval_batch_size = 1000
-  c.quantizer.num_levels = 8  # the library's codebooks (default.py keeps the main job's 4)
-  c.quantizer.zero_level = True
-  c.hemp.strength = 1.0  # the first epoch's; the budget moves it
-  c.hemp.budget = 1.0
-  c.hemp.budget_reference = 0.9205  # float LeNet-5, validation, 3 seeds (RESULTS.md)
-  c = _base.apply_variant(c, arg, smoke_dataset="mnist5k", smoke_mock=False)
-  if c.hemp.mode != "grad":
-    c.hemp.budget = None
-  if "smoke" in (arg or ""):
-    c.validation_size = 500
-    _base._smoke_subset(c, arg, r"(conv2|fc2)/kernel$", batch_size=8)
+  # budget_reference: float LeNet-5, validation, 3 seeds (RESULTS.md)
+  c = _base.fashion_mnist(
+    "lenet5", arg, budget_reference=0.9205, smoke_include=r"(conv2|fc2)/kernel$"
+  )
   return c
