@@ -152,11 +152,12 @@ def _ptq(model, seed, args, log):
   graphdef, state = train.load_final_state(config, float_dir)
   _, _, _, pipe = train.build(config)
   ev = Evaluator(graphdef, pipe, cfg.entropy_config(cfg.with_defaults(config)))
-  flat = {k: np.asarray(v) for k, v in _flat(state.params).items()}
+  flat = codec.checkpoints.flatten_tree(state.params)
   points = []
   for n in PTQ_LEVELS:
     values, codebooks, _ = codec.ptq.quantize_tree(flat, method="lloyd", num_levels=n)
-    blob = codec.compress(_nest(values), _nest(codebooks))
+    nest = lambda flat: codec.checkpoints.unflatten_names(flat, "/")  # noqa: E731
+    blob = codec.compress(nest(values), nest(codebooks))
     decoded = codec.load_into(state.params, codec.decompress(blob))
     points.append(
       {
@@ -170,27 +171,6 @@ def _ptq(model, seed, args, log):
   os.makedirs(os.path.dirname(dst), exist_ok=True)
   with open(dst, "w") as f:
     json.dump({"model": model, "method": "ptq", "seed": seed, "points": points}, f, indent=1)
-
-
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def _nest(flat):
-  out: dict = {}
-  for k, v in flat.items():
-    node = out
-    *parents, leaf = k.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
 
 
 def run(args) -> int:

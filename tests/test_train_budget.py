@@ -80,4 +80,8 @@ def test_budget_config_errors(tmp_path):
   c.hemp.mode, c.qat_epochs, c.hemp.budget, c.hemp.budget_reference = "paper", 0, 1.0, 0.9
   with pytest.raises(ConfigError, match="mode 'grad'"):
     train.train_and_evaluate(c, str(tmp_path / "c"))
+  c = _config()
+  c.hemp.budget, c.hemp.budget_reference_run = 1.0, str(tmp_path / "no-such-run")
+  with pytest.raises(ValueError, match="not found"):
+    train.train_and_evaluate(c, str(tmp_path / "d"))
   assert not os.listdir(tmp_path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import math
 import os
 import sys
@@ -52,6 +51,7 @@ from hemp_jax.train.workdir import (
   check_resume,
   invalidate_outputs,
   prepare_workdir,
+  read_metrics,
   remove_created,
   resume_rows,
   write_config,
@@ -467,12 +467,9 @@ class _Budget(NamedTuple):
 def _reference_curve(workdir: str) -> tuple:
   """The validation accuracy after each epoch of a float run's ``metrics.jsonl``."""
   path = os.path.join(workdir, "metrics.jsonl")
-  try:
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-  except OSError as e:
-    raise ValueError(f"hemp.budget_reference_run: cannot read {path} ({e.strerror})") from None
-  curve = tuple(r.get("validation_accuracy") for r in rows)
+  if not os.path.isfile(path):
+    raise ValueError(f"hemp.budget_reference_run: {path} not found (a float run's workdir?)")
+  curve = tuple(r.get("validation_accuracy") for r in read_metrics(path, sys.maxsize))
   if not curve or any(v is None for v in curve):
     raise ValueError(
       f"hemp.budget_reference_run: {path} has no validation_accuracy per epoch "
@@ -481,12 +478,16 @@ def _reference_curve(workdir: str) -> tuple:
   return curve
 
 
-def _budget_start(run: _Run, evaluator: Evaluator, resumed: "_Resumed", workdir: str) -> _Budget:
-  """The budget's reference and controller state (rebuilt from the rows on a resume)."""
+def _budget_start(
+  run: _Run, evaluator: Evaluator, resumed: "_Resumed", workdir: str, curve: tuple
+) -> _Budget:
+  """The budget's reference and controller state (rebuilt from the rows on a resume).
+
+  ``curve``: the float run's per-epoch validation accuracy (:func:`_reference_curve`, read
+  before the workdir is touched), or ().
+  """
   h = run.config.hemp
-  curve = ()
-  if h.budget_reference_run:  # a float run, if named, over a number
-    curve = _reference_curve(h.budget_reference_run)
+  if curve:  # a float run, if named, over a number
     reference = curve[-1]
   elif h.budget_reference is not None:
     reference = float(h.budget_reference)
@@ -645,6 +646,9 @@ def train_and_evaluate(
   """
   config = cfg.with_defaults(config)
   cfg.validate_config(config)
+  curve = ()
+  if config.hemp.budget is not None and config.hemp.budget_reference_run:
+    curve = _reference_curve(config.hemp.budget_reference_run)  # a bad path writes nothing
   run = _start(config, workdir, allow_config_change)
   opts, main = cfg.loop_kwargs(config), is_main_process()
   stepper = compile_steps(
@@ -673,7 +677,9 @@ def train_and_evaluate(
     progress=show,
   )
   control = (
-    _budget_start(run, evaluator, resumed, workdir) if config.hemp.budget is not None else None
+    _budget_start(run, evaluator, resumed, workdir, curve)
+    if config.hemp.budget is not None
+    else None
   )
   try:
     ep = next(epochs, None)
