@@ -13,9 +13,8 @@ the decoder knows the state of walked row ``t`` from the rows above it. Entries 
 the mask are skipped (they do not advance the state).
 
 The state machine is a shift register over two bits: with ``state = 2h + l``, the next
-state has ``h' = l xor (k & 1)`` and ``l' = h``. So ``h`` (the quantizer) before an entry
-is the xor of the parities one, three, five, ... entries back in its chain, and ``l`` that
-of the parities two, four, ... back: two prefix xors (:func:`states`), no loop.
+state has ``h' = l xor (k & 1)`` and ``l' = h``, so the quantizer ``h`` of an entry is the
+xor of the parities one, three, five, ... entries back in its chain.
 
 The encoder chooses the levels by a Viterbi search (:func:`quantize`) minimizing
 ``sum (w - recon)**2 + lam * R(k | quantizer)``, vectorized across the chains (a loop
@@ -52,6 +51,7 @@ __all__ = [
   "reconstruct",
   "grid",
   "values",
+  "level_counts",
   "rate_table",
   "quantize",
   "viterbi",
@@ -65,6 +65,10 @@ __all__ = [
 
 # next state, by state and parity of k
 NEXT = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.uint8)
+# next state by state * 4 + valid * 2 + parity (an invalid entry keeps the state)
+_STEP = np.concatenate([np.repeat(np.arange(4, dtype=np.uint8), 2).reshape(4, 2), NEXT], axis=1)
+_STEP = _STEP.reshape(-1)
+_STATE_ORDER = np.array([0, 2, 1, 3])  # the Viterbi's [g, p] cells (state g + 2p) by state
 # The lagrangian weight of the rate: lam = DQ_SLOPE * delta**2. At high rate the operational
 # distortion-rate curve has slope -2 ln 2 * D (D = mean squared error per weight, falling
 # by 4x per bit), as for ECSQ (scalar.ECSQ_SLOPE = 2 ln 2 / 12 with D = step**2 / 12); the
@@ -76,21 +80,16 @@ DQ_STEP_RATIO = 0.55
 MAX_LEVEL = 1 << 20  # |k| in a file
 MAX_SPAN = 1 << 16  # kmax - kmin + 1 in a file
 _ITERS = 3  # Viterbi passes of a fit (each re-estimates the rate model)
-_WARM_ITERS = 2  # ... when the rate model comes from a fit at a nearby step
+_WARM_ITERS = 1  # ... when the rate model comes from a fit at a nearby step
 _RATE_PRIOR = 0.5  # pseudo-count of every level of the rate model
 _LEVEL_TABLE_BITS = 12  # a probability code per used level and quantizer (about)
 _LEAF_OVERHEAD_BITS = 80  # step, level range, coder header, payload's final word (about)
 _BLOCK = 1 << 16  # entries of the walked matrix whose candidates are computed at once
+_SAMPLE = 1 << 16  # weights of the step search of fit_error, and of the first rate model
+_SEARCH_ROWS = 64  # length of the chains of the step search
 _ERROR_ROUNDS = 6  # secant steps of fit_error
 _ERROR_SLACK = 0.995  # fit_error stops at an error within this fraction of the target
-
-# Into each state s, the two transitions A (row 0) and B (row 1): predecessor and parity.
-_PRED = np.array([[0, 2, 0, 2], [1, 3, 1, 3]])
-_PAR = np.array([[0, 0, 1, 1], [1, 1, 0, 0]])
-# candidate index 2q + p (quantizer q = predecessor >> 1, parity p) of each transition
-_CAND = 2 * (_PRED >> 1) + _PAR
-_PRED_FLAT = _PRED.reshape(-1).astype(np.uint8)  # by choice * 4 + state
-_PAR_FLAT = _PAR.reshape(-1).astype(np.uint8)
+_FINAL_FITS = 3  # fits of the whole tensor in fit_error (before halving the step)
 
 
 class DQ:
@@ -165,31 +164,24 @@ def states(k: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
   """The state (uint8) before each entry of the chains (columns) of ``k`` ``(T, W)``.
 
   Entries where ``valid`` is False do not advance the state; their value is the state the
-  next valid entry of the chain starts from.
+  next valid entry of the chain starts from. A loop over the rows with numpy across the
+  chains: each row is one lookup in a table of (state, valid, parity), much faster than
+  the prefix sums of the closed form along the rows, which numpy does not vectorize
+  across columns.
   """
   k = np.asarray(k)
-  par = (k & 1).astype(np.uint8)
-  if valid is None:
-    rank = np.broadcast_to((np.arange(k.shape[0]) & 1).astype(np.uint8)[:, None], k.shape)
+  code = (k & 1).astype(np.uint8)
+  if valid is not None:
+    code &= np.asarray(valid, np.uint8)
+    code |= np.asarray(valid, np.uint8) << 1
   else:
-    valid = np.asarray(valid, bool)
-    par &= valid
-    # rank of each entry among the valid entries of its chain (for an invalid entry: the
-    # rank the next valid one has), mod 2
-    rank = np.cumsum(valid, axis=0, dtype=np.uint8) - valid
-    rank &= 1
-  # prefix xors (sums mod 2, uint8 wrapping) of the parities at odd and even ranks,
-  # exclusive of the entry itself
-  odd = np.empty(k.shape, np.uint8)
-  even = np.empty(k.shape, np.uint8)
-  if k.shape[0]:
-    odd[0] = even[0] = 0
-    np.cumsum(par[:-1] & rank[:-1], axis=0, dtype=np.uint8, out=odd[1:])
-    np.cumsum(par[:-1] & (rank[:-1] ^ 1), axis=0, dtype=np.uint8, out=even[1:])
-  # h: parities 1, 3, ... ranks back (the other rank parity); l: 2, 4, ... (the same)
-  h = np.where(rank == 1, even, odd) & 1
-  low = np.where(rank == 1, odd, even) & 1
-  return (h << 1) | low
+    code |= 2
+  out = np.empty(k.shape, np.uint8)
+  s = np.zeros(k.shape[1:], np.uint8)
+  for t in range(k.shape[0]):
+    out[t] = s
+    s = _STEP.take((s << 2) | code[t])
+  return out
 
 
 def reconstruct(k: np.ndarray, st: np.ndarray) -> np.ndarray:
@@ -215,101 +207,144 @@ def values(j: np.ndarray, step: float, dtype) -> np.ndarray:
 # -------------------------------------------------------------------------- quantizer
 
 
-def rate_table(k: np.ndarray, st: np.ndarray, valid: np.ndarray, cap: int) -> np.ndarray:
-  """Bits ``(2, 2 cap + 1)`` of each signed level ``-cap .. cap`` by quantizer: minus the
-  log2 of its frequency in the assignment ``k`` (states ``st``), each level given
-  :data:`_RATE_PRIOR` more (so unused levels cost about ``log2`` of the count, not inf)."""
+def level_counts(k: np.ndarray, st: np.ndarray, valid: np.ndarray, cap: int) -> np.ndarray:
+  """Counts ``(2, 2 cap + 1)`` of the signed levels ``-cap .. cap`` (clipped) by quantizer
+  over the valid entries of ``k`` (states ``st``)."""
   size = 2 * cap + 1
-  sel = np.asarray(valid, bool)
-  q = (st[sel] >> 1).astype(np.int64)
-  kc = np.clip(k[sel], -cap, cap).astype(np.int64) + cap
-  counts = np.bincount(q * size + kc, minlength=2 * size).reshape(2, size).astype(np.float64)
-  counts += _RATE_PRIOR
-  return np.log2(counts.sum(axis=1, keepdims=True) / counts)
+  valid = np.asarray(valid, bool)
+  if not valid.all():
+    k, st = k[valid], st[valid]
+  idx = np.clip(k, -cap, cap).astype(np.int64).reshape(-1)
+  idx += (st.reshape(-1) >> 1).astype(np.int64) * size + cap
+  return np.bincount(idx, minlength=2 * size).reshape(2, size)
 
 
-def _level_bits(rate: np.ndarray, k: np.ndarray, q: int) -> np.ndarray:
-  """Bits of the signed levels ``k`` in quantizer ``q``; beyond the table's range, its
-  edge plus an Exp-Golomb length of the excess."""
+def rate_table(counts: np.ndarray) -> np.ndarray:
+  """Bits (float32, the shape of ``counts``) of each level by quantizer: minus the log2 of
+  its frequency in :func:`level_counts`, each level given :data:`_RATE_PRIOR` more (so an
+  unused level costs about ``log2`` of the count, not inf)."""
+  c = counts.astype(np.float64) + _RATE_PRIOR
+  return np.log2(c.sum(axis=1, keepdims=True) / c).astype(np.float32)
+
+
+def _level_bits(rate: np.ndarray, k: np.ndarray, q: int, inside: bool = False) -> np.ndarray:
+  """Bits (float32) of the signed levels ``k`` in quantizer ``q``; beyond the table's
+  range (unless ``inside`` says there is none), its edge plus an Exp-Golomb length of the
+  excess."""
   cap = (rate.shape[1] - 1) // 2
-  idx = np.clip(k, -cap, cap)
-  bits = rate[q][idx + cap]
+  if inside or int(np.abs(k).max(initial=0)) <= cap:
+    return rate[q].take(k + cap)
   over = np.abs(k) - cap
-  if (over > 0).any():
-    bits = bits + np.where(over > 0, 2 * np.floor(np.log2(np.maximum(over, 1))) + 1, 0)
-  return bits
+  extra = np.where(over > 0, 2 * np.floor(np.log2(np.maximum(over, 1))) + 1, 0)
+  return rate[q].take(np.clip(k, -cap, cap) + cap) + extra.astype(np.float32)
 
 
-def _candidates(w: np.ndarray, delta: float, lam: float, rate: np.ndarray):
-  """Cost and signed level ``(..., 4)`` of the best level of each quantizer ``q`` and
-  parity ``p`` (index ``2q + p``) for the weights ``w``: of the two grid points of the
-  quantizer around ``|w|`` (one of each parity) and zero (even)."""
-  a = np.abs(w) / delta
-  sign = np.where(w < 0, -1, 1)
-  d2 = delta * delta
-  cost = np.empty(w.shape + (4,))
-  kk = np.empty(w.shape + (4,), np.int64)
+def _candidates(w: np.ndarray, delta: float, mu: float, rate: np.ndarray, kdtype, inside: bool):
+  """Cost and signed level ``(rows, 2, 2, W)`` of the best level of each quantizer ``q``
+  and parity ``p`` (axes 1 and 2) for the weights ``w`` ``(rows, W)``: of the quantizer's
+  two grid points around ``|w|`` (one of each parity) and zero. Costs (float32) are in
+  units of ``delta**2``: ``(|w| / delta - j)**2 + mu * bits``.
+
+  Selections are arithmetic blends with 0/1 masks rather than ``np.where``, whose
+  branches mispredict on random masks (several times slower here).
+  """
+  w = np.asarray(w, np.float32)
+  a = np.abs(w) * np.float32(1 / delta)
+  sign = np.int32(1) - np.int32(2) * np.signbit(w)
+  floor = np.floor(a)
+  g = floor.astype(np.int32)  # the grid point at or below |w|
+  frac = a - floor
+  odd_g = g & 1
+  # squared distances to the grid points g - 1 (0 where g = 0: the zero), g, g + 1, g + 2
+  d_below = np.square(frac + (g > 0))
+  d_at, d_next, d_far = np.square(frac), np.square(1 - frac), np.square(2 - frac)
+  d_zero = np.square(a)
+  shape = (w.shape[0], 2, 2, w.shape[1])
+  cost = np.empty(shape, np.float32)
+  lev = np.empty(shape, kdtype)
+  mu = np.float32(mu)
   for q in (0, 1):
-    m = np.floor(a / 2 if q == 0 else (a + 1) / 2).astype(np.int64)
-    mo = m & 1
-    odd, even = m + 1 - mo, m + mo  # the odd and the even one of m, m + 1
-    r_odd = 2 * odd - q
-    r_even = 2 * even - q * (even > 0)
-    c_odd = (a - r_odd) ** 2 * d2 + lam * _level_bits(rate, sign * odd, q)
-    c_even = (a - r_even) ** 2 * d2 + lam * _level_bits(rate, sign * even, q)
-    c_zero = a * a * d2 + lam * rate[q][(rate.shape[1] - 1) // 2]
-    zero = c_zero < c_even
-    cost[..., 2 * q] = np.where(zero, c_zero, c_even)
-    kk[..., 2 * q] = np.where(zero, 0, sign * even)
-    cost[..., 2 * q + 1] = c_odd
-    kk[..., 2 * q + 1] = sign * odd
-  return cost, kk
+    # quantizer q's grid points around |w|: g and g + 2 where g has its parity (q = 1:
+    # odd), else g - 1 and g + 1; the level of point j is j // 2 (q = 0), (j + 1) // 2
+    own = odd_g if q else 1 - odd_g
+    k_lo = (g + (q - 1) + own) >> 1
+    sk_lo = sign * k_lo
+    sk_hi = sk_lo + sign
+    c_lo = d_below + own * (d_at - d_below) + mu * _level_bits(rate, sk_lo, q, inside)
+    c_hi = d_next + own * (d_far - d_next) + mu * _level_bits(rate, sk_hi, q, inside)
+    lo_odd = k_lo & 1
+    c_even = c_lo + lo_odd * (c_hi - c_lo)
+    c_zero = d_zero + mu * rate[q, (rate.shape[1] - 1) // 2]
+    cost[:, q, 0] = np.minimum(c_zero, c_even)
+    lev[:, q, 0] = (sk_lo + lo_odd * sign) * (c_zero >= c_even)
+    cost[:, q, 1] = c_hi + lo_odd * (c_lo - c_hi)
+    lev[:, q, 1] = sk_hi - lo_odd * sign
+  return cost, lev
 
 
 def viterbi(w, valid, delta: float, lam: float, rate: np.ndarray):
   """``(k, states)``: the levels (int32) of least ``sum (w - recon)**2 + lam * bits``
-  over the chains of ``w`` ``(T, W)`` (see :func:`quantize`) and the state before each."""
-  w = np.asarray(w, np.float64)
+  over the chains of ``w`` ``(T, W)`` (see :func:`quantize`) and the state before each.
+
+  The path costs of the four states are kept as ``A[g, p]`` = state ``g + 2p``: from
+  state ``2g`` (quantizer ``g``; ``A[0, g]``) a level of parity ``p`` leads to state
+  ``g + 2p``, and from state ``2g + 1`` (``A[1, g]``) one of parity ``1 - p`` does, so
+  each row is two additions and a minimum over ``(2, 2, W)`` arrays.
+  """
+  w = np.asarray(w)
   valid = np.asarray(valid, bool)
   rows, width = w.shape
   full = valid.all(axis=1)
-  acc = np.full((4, width), np.inf)
-  acc[0] = 0.0
-  choice = np.empty((rows, 4, width), bool)
+  cap = (rate.shape[1] - 1) // 2
+  kmax = int(np.abs(w).max(initial=0.0) / delta) // 2 + 2
+  kdtype = np.int16 if max(cap, kmax) < (1 << 15) - 2 else np.int32
+  inside = kmax <= cap
+  mu = lam / (delta * delta)
+  rate = np.asarray(rate, np.float32)
+  acc = np.full((2, 2, width), np.inf)
+  acc[0, 0] = 0.0  # state 0
+  pick = np.empty((rows, 2, 2, width), bool)
+  lev = np.empty((rows, 2, 2, width), kdtype)
   block = max(1, _BLOCK // max(1, width))
   for b0 in range(0, rows, block):
-    cost, _ = _candidates(w[b0 : b0 + block], delta, lam, rate)
-    cost = np.ascontiguousarray(cost.transpose(0, 2, 1))  # (rows, 4, width)
+    cost, lev[b0 : b0 + block] = _candidates(w[b0 : b0 + block], delta, mu, rate, kdtype, inside)
     for i in range(cost.shape[0]):
       t = b0 + i
       c = cost[i]
-      via_a = acc[_PRED[0]] + c[_CAND[0]]
-      via_b = acc[_PRED[1]] + c[_CAND[1]]
-      pick = via_b < via_a
-      new = np.where(pick, via_b, via_a)
+      from_even = acc[0][:, None] + c  # [g, p]: from state 2g
+      from_odd = acc[1][:, None] + c[:, ::-1]  # [g, p]: from state 2g + 1
+      new = np.minimum(from_even, from_odd)
+      np.less(from_odd, from_even, out=pick[t])
       if not full[t]:
         new = np.where(valid[t], new, acc)
-      choice[t] = pick
-      acc = new
-  # backtrack from the best final state of each chain
+      acc = new  # [g, p] = state g + 2p = 2p + g: acc[m] holds the states 2g + m
+  # per entry and state after it (in state order): the state before it and its level
+  # (invalid entries: the same state, level 0); then back from each chain's best state
+  back = np.empty((rows, 4, width), np.uint8)
+  for b0 in range(0, rows, block):
+    pk = pick[b0 : b0 + block]
+    lv = lev[b0 : b0 + block]
+    lv += pk * (lv[:, :, ::-1] - lv)  # the level of parity p ^ pick
+    pred = pk + np.array([0, 2], np.uint8)[:, None, None]  # [g, p]: state 2g + pick
+    pred = pred.reshape(pk.shape[0], 4, width)[:, _STATE_ORDER]
+    lvl = lv.reshape(pk.shape[0], 4, width)[:, _STATE_ORDER]
+    bad = ~valid[b0 : b0 + block, None, :]
+    if bad.any():
+      pred = np.where(bad, np.arange(4, dtype=np.uint8)[:, None], pred)
+      lvl = np.where(bad, 0, lvl)
+    back[b0 : b0 + block] = pred
+    lev[b0 : b0 + block] = lvl.reshape(lv.shape)
+  back = back.reshape(rows, -1)
+  lev = lev.reshape(rows, -1)
   st = np.empty((rows, width), np.uint8)
-  par = np.empty((rows, width), np.uint8)
-  s = np.argmin(acc, axis=0).astype(np.uint8)
+  k = np.empty((rows, width), np.int32)
+  s = np.argmin(acc.reshape(4, width)[_STATE_ORDER], axis=0)
   cols = np.arange(width)
   for t in range(rows - 1, -1, -1):
-    idx = choice[t, s, cols].astype(np.uint8) * 4 + s
-    pred = _PRED_FLAT[idx]
-    if not full[t]:
-      pred = np.where(valid[t], pred, s)
-    st[t] = pred
-    par[t] = _PAR_FLAT[idx]
-    s = pred
-  k = np.zeros((rows, width), np.int32)
-  cand = (2 * (st >> 1) + par).astype(np.int64)
-  for b0 in range(0, rows, block):
-    _, kk = _candidates(w[b0 : b0 + block], delta, lam, rate)
-    k[b0 : b0 + block] = np.take_along_axis(kk, cand[b0 : b0 + block, :, None], axis=2)[..., 0]
-  k[~valid] = 0
+    idx = s * width + cols
+    st[t] = pred = back[t].take(idx)
+    k[t] = lev[t].take(idx)
+    s = pred.astype(np.intp)
   return k, st
 
 
@@ -338,18 +373,19 @@ def _cap(w: np.ndarray, delta: float) -> int:
   return int(math.floor((amax + 1) / 2)) + 2
 
 
-def _initial_rate(w, valid, delta: float, cap: int) -> np.ndarray:
-  """A first rate model: each quantizer's levels nearest to the weights, as if every
-  weight were in it."""
-  a = w[valid] / delta
-  k0 = np.rint(a / 2).astype(np.int64)
-  k1 = (np.sign(a) * np.floor((np.abs(a) + 1) / 2 + 0.5)).astype(np.int64)
-  size = 2 * cap + 1
+def _initial_rate(w: np.ndarray, valid: np.ndarray, delta: float, cap: int) -> np.ndarray:
+  """A first rate model: each quantizer's levels nearest to the weights (a sample of at
+  most :data:`_SAMPLE` of them), as if every weight were in it."""
+  a = w[valid][:: max(1, int(valid.sum()) // _SAMPLE)] / delta
+  k0 = np.rint(a / 2)
+  k1 = np.sign(a) * np.floor((np.abs(a) + 1) / 2 + 0.5)
   counts = np.stack(
-    [np.bincount(np.clip(kq, -cap, cap) + cap, minlength=size) for kq in (k0, k1)]
-  ).astype(np.float64)
-  counts += _RATE_PRIOR
-  return np.log2(counts.sum(axis=1, keepdims=True) / counts)
+    [
+      np.bincount((np.clip(kq, -cap, cap) + cap).astype(np.int64), minlength=2 * cap + 1)
+      for kq in (k0, k1)
+    ]
+  )
+  return rate_table(counts)
 
 
 def _resized(rate: np.ndarray, cap: int) -> np.ndarray:
@@ -359,20 +395,45 @@ def _resized(rate: np.ndarray, cap: int) -> np.ndarray:
   return rate[:, idx]
 
 
-def estimate_bits(k: np.ndarray, st: np.ndarray, valid: np.ndarray) -> float:
-  """Coded size (bits) of levels ``k`` with static tables per quantizer: their empirical
-  conditional entropy, a table code per used level and quantizer, the level range."""
-  sel = np.asarray(valid, bool)
-  kv = k[sel].astype(np.int64)
-  if kv.size == 0:
+def estimate_bits(counts: np.ndarray) -> float:
+  """Coded size (bits) of levels with the :func:`level_counts` ``counts``, with static
+  tables per quantizer: their empirical conditional entropy, a table code per used level
+  and quantizer, the level range."""
+  used = counts.sum(axis=0) > 0
+  if not used.any():
     return float(_LEAF_OVERHEAD_BITS)
-  lo = int(kv.min())
-  span = int(kv.max()) - lo + 1
-  q = (st[sel] >> 1).astype(np.int64)
-  counts = np.bincount(q * span + (kv - lo), minlength=2 * span).reshape(2, span)
-  used = int((counts.sum(axis=0) > 0).sum())
-  bitmap = span if used < span else 0
-  return kernel.cond_bits(counts) + used * _LEVEL_TABLE_BITS + bitmap + _LEAF_OVERHEAD_BITS
+  idx = np.flatnonzero(used)
+  span = int(idx[-1] - idx[0] + 1)
+  bitmap = span if idx.size < span else 0
+  return kernel.cond_bits(counts) + idx.size * _LEVEL_TABLE_BITS + bitmap + _LEAF_OVERHEAD_BITS
+
+
+class _Pass(NamedTuple):
+  """The levels of a fit on a walked matrix, their states, counts and rate model."""
+
+  k: np.ndarray
+  st: np.ndarray
+  counts: np.ndarray
+  rate: np.ndarray
+  sqerr: float  # of j * delta in float64
+
+
+def _fit_walked(w, valid, delta: float, lam: float, iters: int, rate) -> _Pass:
+  """Viterbi passes over the walked matrix ``w``, each with the rate model of the previous
+  one's levels (the first with ``rate``, or :func:`_initial_rate`)."""
+  cap = _cap(w, delta)
+  if 2 * cap > MAX_LEVEL:
+    raise ValueError(
+      f"step {delta:g} needs levels up to {cap} for values up to "
+      f"{float(np.abs(w).max()):g} (at most {MAX_LEVEL // 2}); use a larger step"
+    )
+  rate = _initial_rate(w, valid, delta, cap) if rate is None else _resized(rate, cap)
+  for _ in range(max(1, int(iters))):
+    k, st = viterbi(w, valid, delta, lam, rate)
+    counts = level_counts(k, st, valid, cap)
+    rate = rate_table(counts)
+  d = (w - reconstruct(k, st) * delta)[valid]
+  return _Pass(k, st, counts, rate, float(d @ d))
 
 
 def fit_step(
@@ -404,30 +465,36 @@ def fit_step(
   if not (math.isfinite(delta) and delta > 0):
     raise ValueError(f"step must be a positive float32, got {step}")
   lam = DQ_SLOPE * delta * delta if lam is None else float(lam)
-  y, valid = chains(x, layout)
-  w = y.astype(np.float64)
-  cap = _cap(w, delta)
-  if 2 * cap > MAX_LEVEL:
-    raise ValueError(
-      f"step {delta:g} needs levels up to {cap} for values up to "
-      f"{float(np.abs(w).max()):g} (at most {MAX_LEVEL}); use a larger step"
-    )
   if iters is None:
     iters = _ITERS if rate is None else _WARM_ITERS
-  rate = _initial_rate(w, valid, delta, cap) if rate is None else _resized(rate, cap)
-  for i in range(max(1, int(iters))):
-    k, st = viterbi(w, valid, delta, lam, rate)
-    rate = rate_table(k, st, valid, cap)
-  vals = values(reconstruct(k, st), delta, x.dtype)
-  d = (w - vals.astype(np.float64))[valid]
-  levels = unchain(k, x.shape, layout)
-  out = unchain(vals, x.shape, layout)
-  bits = estimate_bits(k, st, valid)
-  return DQFit(delta, levels, out, float(d @ d), bits, lam, rate, layout)
+  y, valid = chains(x, layout)
+  w = y.astype(np.float64)
+  fit = _fit_walked(w, valid, delta, lam, iters, rate)
+  vals = values(reconstruct(fit.k, fit.st), delta, x.dtype)
+  d = (w - vals)[valid]
+  return DQFit(
+    delta,
+    unchain(fit.k, x.shape, layout),
+    unchain(vals, x.shape, layout),
+    float(d @ d),
+    estimate_bits(fit.counts),
+    lam,
+    fit.rate,
+    layout,
+  )
 
 
-def _rel(fit: DQFit, energy: float) -> float:
-  return math.sqrt(fit.sqerr / energy) if energy > 0 else 0.0
+def _search_sample(w: np.ndarray, valid: np.ndarray):
+  """The weights of the step search: about :data:`_SAMPLE` of them (every m-th valid
+  one) as chains of :data:`_SEARCH_ROWS` (the chains' geometry hardly changes the error
+  or the rate, and fewer rows loop less), with the factor from their squared error to
+  the whole matrix's; small matrices as they are."""
+  wv = w[valid]
+  if wv.size <= _SEARCH_ROWS * _SEARCH_ROWS:
+    return w, valid, 1.0
+  sub = wv[:: max(1, wv.size // _SAMPLE)]
+  sub = sub[: sub.size - sub.size % _SEARCH_ROWS].reshape(_SEARCH_ROWS, -1)
+  return sub, np.ones(sub.shape, bool), wv.size / sub.size
 
 
 def fit_error(
@@ -439,8 +506,13 @@ def fit_error(
   rounds: int = _ERROR_ROUNDS,
 ) -> DQFit:
   """The coarsest step whose dependent quantization of ``x`` has a relative L2 error
-  ``||x - q(x)|| / ||x||`` of at most ``max_rel_error`` (secant steps on log step against
-  log error, which is close to linear; each fit starts from its predecessor's rate model).
+  ``||x - q(x)|| / ||x||`` of at most ``max_rel_error``.
+
+  The step is searched on about :data:`_SAMPLE` of the weights (their squared error
+  scaled to the tensor's): secant steps on log step against log error, which is
+  close to linear, each fit starting from its predecessor's rate model. Then the tensor
+  is fitted at that step (with the sample's rate model), and at a smaller one while the
+  bound does not hold.
 
   Args:
     x: the tensor.
@@ -448,45 +520,76 @@ def fit_error(
     step: a first guess (default :data:`DQ_STEP_RATIO` times the high-rate uniform step
       ``sqrt(12) * max_rel_error * rms(x)``).
     layout: the coder layout whose walked columns are the chains.
-    rounds: fits after the first at most (then the step shrinks until the bound holds).
+    rounds: secant steps at most.
   """
   x = np.asarray(x)
   target = float(max_rel_error)
   if not target > 0:
     raise ValueError(f"max_rel_error must be positive, got {max_rel_error}")
-  xf = x.astype(np.float64).reshape(-1)
-  energy = float(xf @ xf)
+  y, valid = chains(x, layout)
+  w = y.astype(np.float64)
+  wv = w[valid]
+  energy = float(wv @ wv)
   if step is None:
-    rms = math.sqrt(energy / max(xf.size, 1)) or 1.0
+    rms = math.sqrt(energy / max(wv.size, 1)) or 1.0
     step = DQ_STEP_RATIO * math.sqrt(12) * target * rms
-  fit = fit_step(x, step, layout=layout)
-  tried = [(math.log(fit.step), math.log(max(_rel(fit, energy), 1e-300)), fit)]
+  sw, sv, scale = _search_sample(w, valid)
+  goal = math.log(target)
+
+  def tried_at(ls, rate):
+    delta = float(np.float32(math.exp(ls)))
+    f = _fit_walked(
+      sw, sv, delta, DQ_SLOPE * delta * delta, _ITERS if rate is None else _WARM_ITERS, rate
+    )
+    err = math.sqrt(f.sqerr * scale / energy) if energy > 0 else 0.0
+    return math.log(delta), math.log(max(err, 1e-300)), f.rate
+
+  tried = [tried_at(math.log(step), None)]
   for _ in range(int(rounds)):
-    good = [t for t in tried if t[1] <= math.log(target)]
+    good = [t for t in tried if t[1] <= goal]
     best = max(good, key=lambda t: t[0]) if good else None
-    if best is not None and best[1] >= math.log(target * _ERROR_SLACK):
+    if best is not None and best[1] >= goal + math.log(_ERROR_SLACK):
       break
-    # secant through the two nearest tries (slope 1 when there is one)
-    near = sorted(tried, key=lambda t: abs(t[1] - math.log(target)))[:2]
-    slope = 1.0
-    if len(near) == 2 and abs(near[0][1] - near[1][1]) > 1e-9:
-      slope = (near[0][1] - near[1][1]) / (near[0][0] - near[1][0])
-      slope = min(max(slope, 0.25), 4.0)
-    ls = near[0][0] + (math.log(target * (1 + _ERROR_SLACK) / 2) - near[0][1]) / slope
+    near = sorted(tried, key=lambda t: abs(t[1] - goal))[:2]
+    ls = _secant(near, goal + math.log((1 + _ERROR_SLACK) / 2))
     if best is not None:  # between the best good try and the nearest bad one above it
-      above = [t[0] for t in tried if t[1] > math.log(target) and t[0] > best[0]]
-      hi = min(above) if above else ls + 1.0
+      above = [t[0] for t in tried if t[1] > goal and t[0] > best[0]]
+      hi = min(above) if above else best[0] + 1.0
       if not best[0] < ls < hi:
         ls = (best[0] + hi) / 2
-    fit = fit_step(x, math.exp(ls), layout=layout, rate=near[0][2].rate)
-    tried.append((math.log(fit.step), math.log(max(_rel(fit, energy), 1e-300)), fit))
-  good = [t for t in tried if t[1] <= math.log(target)]
-  if good:
-    return max(good, key=lambda t: t[0])[2]
-  fit = min(tried, key=lambda t: t[1])[2]
-  while _rel(fit, energy) > target:
-    fit = fit_step(x, fit.step * 0.97 * target / max(_rel(fit, energy), target), layout=layout)
-  return fit
+    tried.append(tried_at(ls, near[0][2]))
+  good = [t for t in tried if t[1] <= goal]
+  ls, _, rate = max(good, key=lambda t: t[0]) if good else min(tried, key=lambda t: t[1])
+  # the whole tensor: secant steps from the sample's step, the best fit within the bound
+  best, full = None, []
+  for i in range(_FINAL_FITS):
+    fit = fit_step(x, math.exp(ls), layout=layout, rate=rate, iters=_ITERS - 1 if i == 0 else None)
+    err = _rel(fit, energy)
+    full.append((math.log(fit.step), math.log(max(err, 1e-300)), fit.rate))
+    if err <= target and (best is None or fit.step > best.step):
+      best = fit
+    if best is not None and _rel(best, energy) >= target * _ERROR_SLACK:
+      break
+    near = sorted(full, key=lambda t: abs(t[1] - goal))[:2]
+    ls, rate = _secant(near, goal + math.log((1 + _ERROR_SLACK) / 2)), near[0][2]
+  while best is None:  # halve the step until the bound holds
+    fit = fit_step(x, fit.step / 2, layout=layout, rate=fit.rate)
+    best = fit if _rel(fit, energy) <= target else None
+  return best
+
+
+def _secant(near, goal: float) -> float:
+  """The log step at which the line through the two tries ``near`` (log step, log error)
+  reaches ``goal`` (slope 1 through one try), its slope kept within 1/4 .. 4."""
+  slope = 1.0
+  if len(near) == 2 and abs(near[0][0] - near[1][0]) > 1e-12:
+    slope = (near[0][1] - near[1][1]) / (near[0][0] - near[1][0])
+    slope = min(max(slope, 0.25), 4.0)
+  return near[0][0] + (goal - near[0][1]) / slope
+
+
+def _rel(fit: DQFit, energy: float) -> float:
+  return math.sqrt(fit.sqerr / energy) if energy > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------- coder
