@@ -41,6 +41,7 @@ __all__ = [
   "NEXT",
   "DQ_SLOPE",
   "DQ_STEP_RATIO",
+  "DQ_WINDOW",
   "MAX_LEVEL",
   "MAX_SPAN",
   "DQ",
@@ -57,6 +58,7 @@ __all__ = [
   "viterbi",
   "fit_step",
   "fit_error",
+  "sample_curve",
   "estimate_bits",
   "encode_levels",
   "parse_tables",
@@ -77,6 +79,8 @@ _STATE_ORDER = np.array([0, 2, 1, 3])  # the Viterbi's [g, p] cells (state g + 2
 DQ_SLOPE = 2 * math.log(2) * 0.8 / 3
 # delta / the uniform step of equal error, about (the first guess of fit_error)
 DQ_STEP_RATIO = 0.55
+# steps / (DQ_STEP_RATIO * the uniform step) of the curves of a bits-per-param search
+DQ_WINDOW = 2.0 ** np.arange(-2 / 3, 0.7, 1 / 3)
 MAX_LEVEL = 1 << 20  # |k| in a file
 MAX_SPAN = 1 << 16  # kmax - kmin + 1 in a file
 _ITERS = 3  # Viterbi passes of a fit (each re-estimates the rate model)
@@ -395,17 +399,19 @@ def _resized(rate: np.ndarray, cap: int) -> np.ndarray:
   return rate[:, idx]
 
 
-def estimate_bits(counts: np.ndarray) -> float:
-  """Coded size (bits) of levels with the :func:`level_counts` ``counts``, with static
-  tables per quantizer: their empirical conditional entropy, a table code per used level
-  and quantizer, the level range."""
+def estimate_bits(counts: np.ndarray, scale: float = 1.0) -> float:
+  """Coded size (bits) of levels with the :func:`level_counts` ``counts`` (of a sample:
+  ``scale`` times as many levels in the leaf), with static tables per quantizer: their
+  empirical conditional entropy, a table code per used level and quantizer, the level
+  range."""
   used = counts.sum(axis=0) > 0
   if not used.any():
     return float(_LEAF_OVERHEAD_BITS)
   idx = np.flatnonzero(used)
   span = int(idx[-1] - idx[0] + 1)
   bitmap = span if idx.size < span else 0
-  return kernel.cond_bits(counts) + idx.size * _LEVEL_TABLE_BITS + bitmap + _LEAF_OVERHEAD_BITS
+  tables = idx.size * _LEVEL_TABLE_BITS + bitmap + _LEAF_OVERHEAD_BITS
+  return scale * kernel.cond_bits(counts) + tables
 
 
 class _Pass(NamedTuple):
@@ -576,6 +582,26 @@ def fit_error(
     fit = fit_step(x, fit.step / 2, layout=layout, rate=fit.rate)
     best = fit if _rel(fit, energy) <= target else None
   return best
+
+
+def sample_curve(x: np.ndarray, steps, *, layout: int = 0) -> list[tuple[float, float, float]]:
+  """``(step, relative error, bits)`` of dependent quantization of ``x`` at each of
+  ``steps`` (increasing), estimated on the sample of :func:`fit_error`'s step search,
+  each fit from the rate model of the previous one."""
+  y, valid = chains(np.asarray(x), layout)
+  w = y.astype(np.float64)
+  wv = w[valid]
+  energy = float(wv @ wv)
+  sw, sv, scale = _search_sample(w, valid)
+  out, rate = [], None
+  for step in steps:
+    delta = float(np.float32(step))
+    iters = _ITERS if rate is None else _WARM_ITERS
+    f = _fit_walked(sw, sv, delta, DQ_SLOPE * delta * delta, iters, rate)
+    rate = f.rate
+    err = math.sqrt(f.sqerr * scale / energy) if energy > 0 else 0.0
+    out.append((delta, err, estimate_bits(f.counts, scale)))
+  return out
 
 
 def _secant(near, goal: float) -> float:
