@@ -428,10 +428,11 @@ def _fit_walked(w, valid, delta: float, lam: float, iters: int, rate) -> _Pass:
   """Viterbi passes over the walked matrix ``w``, each with the rate model of the previous
   one's levels (the first with ``rate``, or :func:`_initial_rate`)."""
   cap = _cap(w, delta)
-  if 2 * cap > MAX_LEVEL:
+  if 2 * cap > MAX_SPAN:
     raise ValueError(
       f"step {delta:g} needs levels up to {cap} for values up to "
-      f"{float(np.abs(w).max()):g} (at most {MAX_LEVEL // 2}); use a larger step"
+      f"{float(np.abs(w).max()):g} (a file holds {MAX_SPAN} consecutive levels); use a "
+      "larger step"
     )
   rate = _initial_rate(w, valid, delta, cap) if rate is None else _resized(rate, cap)
   for _ in range(max(1, int(iters))):
