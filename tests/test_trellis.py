@@ -412,7 +412,8 @@ def test_garbage_payload_behind_a_valid_dq_header_is_bounded():
   for _ in range(200):
     garbage = rng.bytes(int(rng.integers(0, 64)))
     try:
-      k = trellis.decode_levels(Reader(tables + garbage), x.shape, levels, layout)
+      k, j = trellis.decode_levels(Reader(tables + garbage), x.shape, levels, layout)
     except FormatError:
       continue
     assert k.shape == x.shape and np.isin(k, levels).all()
+    np.testing.assert_array_equal(j, trellis.grid(k, layout))

@@ -505,19 +505,21 @@ def parse_dq_head(r: Reader, shape, n: int):
 
 
 def decode_dq_parts(r: Reader, shape, n: int):
-  """(step, layout, levels ``k`` (int64, ``shape``) or None for an empty leaf) of a dq body."""
+  """(step, layout, levels ``k``, grid indices ``j``) of a dq body (int64 arrays of
+  ``shape``; None for an empty leaf)."""
   step, layout, levels = parse_dq_head(r, shape, n)
   if levels is None:
-    return step, layout, None
+    return step, layout, None, None
   if levels.size == 1:
     r.expect_end("dq record of one level")
-    return step, layout, np.full(shape, levels[0], np.int64)
-  return step, layout, trellis.decode_levels(r, shape, levels, layout)
+    k = np.full(shape, levels[0], np.int64)
+    return step, layout, k, trellis.grid(k, layout)
+  return (step, layout) + trellis.decode_levels(r, shape, levels, layout)
 
 
 def decode_dq(r: Reader, dtype, shape, n: int) -> np.ndarray:
   """The values (leaf dtype) of a dq body."""
-  step, layout, k = decode_dq_parts(r, shape, n)
-  if k is None:
+  step, _, _, j = decode_dq_parts(r, shape, n)
+  if j is None:
     return np.zeros(shape, dtype)
-  return trellis.values(trellis.grid(k, layout), step, dtype)
+  return trellis.values(j, step, dtype)

@@ -94,6 +94,7 @@ _SEARCH_ROWS = 64  # length of the chains of the step search
 _ERROR_ROUNDS = 6  # secant steps of fit_error
 _ERROR_SLACK = 0.995  # fit_error stops at an error within this fraction of the target
 _FINAL_FITS = 3  # fits of the whole tensor in fit_error (before halving the step)
+_BOUND_MARGIN = 1 - 1e-9  # the bound fit_error meets: sums in another order stay within it
 
 
 class DQ:
@@ -511,6 +512,7 @@ def fit_error(
   step: float | None = None,
   layout: int = 0,
   rounds: int = _ERROR_ROUNDS,
+  slope: float = DQ_SLOPE,
 ) -> DQFit:
   """The coarsest step whose dependent quantization of ``x`` has a relative L2 error
   ``||x - q(x)|| / ||x||`` of at most ``max_rel_error``.
@@ -528,6 +530,7 @@ def fit_error(
       ``sqrt(12) * max_rel_error * rms(x)``).
     layout: the coder layout whose walked columns are the chains.
     rounds: secant steps at most.
+    slope: the rate weight of every fit is ``slope * delta**2``.
   """
   x = np.asarray(x)
   target = float(max_rel_error)
@@ -545,9 +548,8 @@ def fit_error(
 
   def tried_at(ls, rate):
     delta = float(np.float32(math.exp(ls)))
-    f = _fit_walked(
-      sw, sv, delta, DQ_SLOPE * delta * delta, _ITERS if rate is None else _WARM_ITERS, rate
-    )
+    iters = _ITERS if rate is None else _WARM_ITERS
+    f = _fit_walked(sw, sv, delta, slope * delta * delta, iters, rate)
     err = math.sqrt(f.sqerr * scale / energy) if energy > 0 else 0.0
     return math.log(delta), math.log(max(err, 1e-300)), f.rate
 
@@ -570,18 +572,21 @@ def fit_error(
   # the whole tensor: secant steps from the sample's step, the best fit within the bound
   best, full = None, []
   for i in range(_FINAL_FITS):
-    fit = fit_step(x, math.exp(ls), layout=layout, rate=rate, iters=_ITERS - 1 if i == 0 else None)
+    delta = float(np.float32(math.exp(ls)))
+    iters = _ITERS - 1 if i == 0 else None
+    fit = fit_step(x, delta, lam=slope * delta * delta, layout=layout, rate=rate, iters=iters)
     err = _rel(fit, energy)
     full.append((math.log(fit.step), math.log(max(err, 1e-300)), fit.rate))
-    if err <= target and (best is None or fit.step > best.step):
+    if err <= target * _BOUND_MARGIN and (best is None or fit.step > best.step):
       best = fit
     if best is not None and _rel(best, energy) >= target * _ERROR_SLACK:
       break
     near = sorted(full, key=lambda t: abs(t[1] - goal))[:2]
     ls, rate = _secant(near, goal + math.log((1 + _ERROR_SLACK) / 2)), near[0][2]
   while best is None:  # halve the step until the bound holds
-    fit = fit_step(x, fit.step / 2, layout=layout, rate=fit.rate)
-    best = fit if _rel(fit, energy) <= target else None
+    delta = fit.step / 2
+    fit = fit_step(x, delta, lam=slope * delta * delta, layout=layout, rate=fit.rate)
+    best = fit if _rel(fit, energy) <= target * _BOUND_MARGIN else None
   return best
 
 
@@ -679,9 +684,10 @@ def parse_tables(reader: Reader, alphabet: int) -> tuple[int, np.ndarray]:
   return s, kernel.read_codes(reader, 2, int(alphabet), s, b)
 
 
-def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int) -> np.ndarray:
-  """Decodes a dq coder section (to ``reader.end``): the level ``k`` of every entry (int64,
-  ``shape``). ``levels``: the level of each compact symbol, increasing."""
+def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
+  """Decodes a dq coder section (to ``reader.end``): the level ``k`` and the grid index
+  ``j`` of every entry (int64, ``shape``). ``levels``: the level of each compact symbol,
+  increasing."""
   shape = tuple(int(d) for d in shape)
   a = int(levels.size)
   s, codes = parse_tables(reader, a)
@@ -695,6 +701,7 @@ def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int) -> np.
   seg_t, seg = context_models.segment_rows(rows, cols)
   valid = context_models.valid_mask(rows, cols, seg_t, seg)
   widths = valid.sum(axis=1)
+  quant = np.zeros(valid.shape, np.uint8)  # the quantizer of every entry
 
   def run():
     dec = kernel.RangeDecoder(kernel.bytes_to_words(payload))
@@ -703,19 +710,22 @@ def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int) -> np.
       for q in (0, 1)
     ]
     y = np.zeros(valid.shape, np.int32)
-    h = np.zeros(valid.shape[1], bool)  # state = 2h + l of each chain
-    low = np.zeros(valid.shape[1], bool)
+    h = np.zeros(valid.shape[1], np.uint8)  # state = 2h + l of each chain
+    low = np.zeros(valid.shape[1], np.uint8)
     for t in range(seg_t):
       w = int(widths[t])
-      ht = h[:w].copy()
+      ht = quant[t, :w]
+      ht[:] = h[:w]
       row = y[t, :w]
-      for q, idx in ((0, np.flatnonzero(~ht)), (1, np.flatnonzero(ht))):
+      for q, idx in ((0, np.flatnonzero(ht == 0)), (1, np.flatnonzero(ht))):
         if not idx.size:
           continue
         if live[q] == 0:
           raise FormatError(f"{reader.what}: a level of quantizer {q}, which has no table")
         row[idx] = detsym[q] if models[q] is None else dec.decode(models[q], idx.size)
-      h[:w], low[:w] = low[:w] ^ parity[row], ht
+      h[:w] = low[:w] ^ parity[row]
+      low[:w] = ht
     return y
 
-  return unchain(levels[kernel.range_decoded(reader, a, run)], shape, layout)
+  k = levels[kernel.range_decoded(reader, a, run)]
+  return unchain(k, shape, layout), unchain(reconstruct(k, quant << 1), shape, layout)
