@@ -568,7 +568,7 @@ def reencode(
       if e.kind == KIND_FLOAT:
         body = records.float_body(records.decode_float(r, e.dtype, e.shape, n))
       elif e.kind == KIND_DQ:
-        step, layout, k, _ = records.decode_dq_parts(r, e.shape, n)
+        step, layout, k = records.decode_dq_parts(r, e.shape, n)
         k = np.zeros(e.shape, np.int64) if k is None else k
         body = records.dq_body(np.zeros(e.shape, e.dtype), trellis.DQ(step, k, layout))
       else:

@@ -505,21 +505,24 @@ def parse_dq_head(r: Reader, shape, n: int):
 
 
 def decode_dq_parts(r: Reader, shape, n: int):
-  """(step, layout, levels ``k``, grid indices ``j``) of a dq body (int64 arrays of
-  ``shape``; None for an empty leaf)."""
+  """(step, layout, levels ``k`` (int64, ``shape``) or None for an empty leaf) of a dq body."""
   step, layout, levels = parse_dq_head(r, shape, n)
   if levels is None:
-    return step, layout, None, None
+    return step, layout, None
   if levels.size == 1:
     r.expect_end("dq record of one level")
-    k = np.full(shape, levels[0], np.int64)
-    return step, layout, k, trellis.grid(k, layout)
-  return (step, layout) + trellis.decode_levels(r, shape, levels, layout)
+    return step, layout, np.full(shape, levels[0], np.int64)
+  symbols, _ = trellis.decode_levels(r, shape, levels, layout)
+  return step, layout, levels[symbols]
 
 
 def decode_dq(r: Reader, dtype, shape, n: int) -> np.ndarray:
   """The values (leaf dtype) of a dq body."""
-  step, _, _, j = decode_dq_parts(r, shape, n)
-  if j is None:
+  step, layout, levels = parse_dq_head(r, shape, n)
+  if levels is None:
     return np.zeros(shape, dtype)
-  return trellis.values(j, step, dtype)
+  if levels.size == 1:
+    r.expect_end("dq record of one level")
+    return trellis.values(trellis.grid(np.full(shape, levels[0]), layout), step, dtype)
+  symbols, quant = trellis.decode_levels(r, shape, levels, layout)
+  return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]

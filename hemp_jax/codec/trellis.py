@@ -23,7 +23,7 @@ quantizer (:func:`rate_table`), estimated from the previous assignment and itera
 (:func:`fit_step`), as :func:`hemp_jax.codec.scalar.fit_ecsq` does for one quantizer.
 :func:`fit_error` finds the coarsest step that meets a relative-error target. The coder
 section of a dq record (:func:`encode_levels`, :func:`decode_levels`) codes each level
-with a static table of its quantizer (``FORMAT.md``, "Dependent quantization").
+with a static table of its quantizer (``FORMAT.md``, "Dq record", "Coder of dq records").
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ __all__ = [
   "encode_levels",
   "parse_tables",
   "decode_levels",
+  "level_values",
 ]
 
 # next state, by state and parity of k
@@ -74,8 +75,9 @@ _STATE_ORDER = np.array([0, 2, 1, 3])  # the Viterbi's [g, p] cells (state g + 2
 # The lagrangian weight of the rate: lam = DQ_SLOPE * delta**2. At high rate the operational
 # distortion-rate curve has slope -2 ln 2 * D (D = mean squared error per weight, falling
 # by 4x per bit), as for ECSQ (scalar.ECSQ_SLOPE = 2 ln 2 / 12 with D = step**2 / 12); the
-# 4-state trellis reaches D ~ 0.8 * (2 delta)**2 / 12 (its granular gain over a scalar
-# quantizer of step 2 delta, about 0.9 dB), hence 2 ln 2 * 0.8 / 3.
+# 4-state trellis reaches D ~ 0.8 * (2 delta)**2 / 12 at lam = 0 (about 1 dB below a scalar
+# quantizer of step 2 delta, whose levels it codes), hence 2 ln 2 * 0.8 / 3. A sweep of
+# multiples of it is in experiments/COMPRESS.md.
 DQ_SLOPE = 2 * math.log(2) * 0.8 / 3
 # delta / the uniform step of equal error, about (the first guess of fit_error)
 DQ_STEP_RATIO = 0.55
@@ -685,9 +687,9 @@ def parse_tables(reader: Reader, alphabet: int) -> tuple[int, np.ndarray]:
 
 
 def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
-  """Decodes a dq coder section (to ``reader.end``): the level ``k`` and the grid index
-  ``j`` of every entry (int64, ``shape``). ``levels``: the level of each compact symbol,
-  increasing."""
+  """Decodes a dq coder section (to ``reader.end``): the compact symbol (int32) and the
+  quantizer (bool: ``Q1``) of every entry, each of ``shape``. ``levels``: the level of
+  each compact symbol, increasing."""
   shape = tuple(int(d) for d in shape)
   a = int(levels.size)
   s, codes = parse_tables(reader, a)
@@ -695,13 +697,13 @@ def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
   weights = kernel.int_weights(codes, s)
   live = (weights > 0).sum(axis=1)
   detsym = np.argmax(weights > 0, axis=1).astype(np.int32)
-  parity = (levels & 1).astype(np.uint8)
+  parity = (levels & 1).astype(bool)
 
   rows, cols = context_models.layouts(shape)[layout]
   seg_t, seg = context_models.segment_rows(rows, cols)
   valid = context_models.valid_mask(rows, cols, seg_t, seg)
   widths = valid.sum(axis=1)
-  quant = np.zeros(valid.shape, np.uint8)  # the quantizer of every entry
+  quant = np.zeros(valid.shape, bool)  # the quantizer of every entry
 
   def run():
     dec = kernel.RangeDecoder(kernel.bytes_to_words(payload))
@@ -710,22 +712,27 @@ def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
       for q in (0, 1)
     ]
     y = np.zeros(valid.shape, np.int32)
-    h = np.zeros(valid.shape[1], np.uint8)  # state = 2h + l of each chain
-    low = np.zeros(valid.shape[1], np.uint8)
+    h = np.zeros(valid.shape[1], bool)  # state = 2h + l of each chain
+    low = np.zeros(valid.shape[1], bool)
     for t in range(seg_t):
       w = int(widths[t])
-      ht = quant[t, :w]
-      ht[:] = h[:w]
+      in_q1 = quant[t, :w]
+      in_q1[:] = h[:w]
       row = y[t, :w]
-      for q, idx in ((0, np.flatnonzero(ht == 0)), (1, np.flatnonzero(ht))):
+      for q, idx in ((0, (~in_q1).nonzero()[0]), (1, in_q1.nonzero()[0])):
         if not idx.size:
           continue
         if live[q] == 0:
           raise FormatError(f"{reader.what}: a level of quantizer {q}, which has no table")
         row[idx] = detsym[q] if models[q] is None else dec.decode(models[q], idx.size)
-      h[:w] = low[:w] ^ parity[row]
-      low[:w] = ht
+      np.bitwise_xor(low[:w], parity[row], out=h[:w])
+      low[:w] = in_q1
     return y
 
-  k = levels[kernel.range_decoded(reader, a, run)]
-  return unchain(k, shape, layout), unchain(reconstruct(k, quant << 1), shape, layout)
+  y = kernel.range_decoded(reader, a, run)
+  return unchain(y, shape, layout), unchain(quant, shape, layout)
+
+
+def level_values(levels: np.ndarray, step: float, dtype) -> np.ndarray:
+  """The decoded value ``(2, A)`` of each level in each quantizer (:func:`values`)."""
+  return values(reconstruct(levels, np.array([[0], [2]])), step, dtype)
