@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from hemp_jax import cli, codec
-from hemp_jax.codec import FormatError, container, context_models, ptq, records, trellis
+from hemp_jax.codec import (
+  FormatError,
+  checkpoints,
+  container,
+  context_models,
+  ptq,
+  records,
+  trellis,
+)
 from hemp_jax.codec.wire import Reader
 
 BF16 = np.dtype(jnp.bfloat16)
@@ -215,6 +223,16 @@ def test_dq_layouts_one_level_and_empty_leaves(layout, tmp_path):
   assert set(np.unique(out["one_odd"] / 0.5)) == {5.0, 6.0}  # Q1: 2k - 1, Q0: 2k
   kinds = {leaf.path: (leaf.kind, leaf.model) for leaf in codec.inspect(blob).leaves}
   assert kinds["many"] == ("dq", f"dq/L{layout}")
+
+
+def test_hemp_codebooks_keep_dq_leaves():
+  x = _laplace((60, 40))
+  tree = {"w": x, "u": _laplace((30, 20), seed=3), "b": np.ones(3, np.float32)}
+  specs = {"w": trellis.fit_step(x, 0.01).spec, "u": np.linspace(-0.1, 0.1, 9), "b": None}
+  blob = codec.compress(tree, specs)
+  values, cbs = checkpoints.hemp_codebooks(blob)
+  assert isinstance(cbs["w"], trellis.DQ) and cbs["b"] is None
+  assert codec.compress(values, cbs) == blob
 
 
 def test_dq_spec_and_record_limits():
