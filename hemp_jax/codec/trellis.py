@@ -382,7 +382,10 @@ def _cap(w: np.ndarray, delta: float) -> int:
 
 def _initial_rate(w: np.ndarray, valid: np.ndarray, delta: float, cap: int) -> np.ndarray:
   """A first rate model: each quantizer's levels nearest to the weights (a sample of at
-  most :data:`_SAMPLE` of them), as if every weight were in it."""
+  most :data:`_SAMPLE` of them), as if every weight were in it, except that in ``Q1`` the
+  weights below ``delta / 2`` count at ``+-1`` rather than 0: a first model in which
+  ``Q1``'s smallest nonzero levels are cheap ends in smaller files after the few passes
+  of a fit than the nearest levels do (experiments/COMPRESS.md)."""
   a = w[valid][:: max(1, int(valid.sum()) // _SAMPLE)] / delta
   k0 = np.rint(a / 2)
   k1 = np.sign(a) * np.floor((np.abs(a) + 1) / 2 + 0.5)
