@@ -408,10 +408,11 @@ def _add_compress(sub) -> None:
   p.add_argument("-o", "--output", help="output .hemp (default: next to the input)")
   p.add_argument(
     "--method",
-    choices=("uniform", "lloyd", "ecsq"),
+    choices=("uniform", "lloyd", "ecsq", "dq"),
     default=None,
-    help="uniform grid with a zero level (default), Lloyd-Max (default with --levels), or "
-    "entropy-constrained (rate-distortion) quantization",
+    help="uniform grid with a zero level (default), Lloyd-Max (default with --levels), "
+    "entropy-constrained (rate-distortion) quantization, or dependent (trellis-coded) "
+    "quantization",
   )
   p.add_argument(
     "--levels",
@@ -420,7 +421,9 @@ def _add_compress(sub) -> None:
     "N grid levels, step and clipping range of least distortion)",
   )
   p.add_argument(
-    "--step", type=_number(float, 0, strict=True), help="step of the uniform grid (uniform, ecsq)"
+    "--step",
+    type=_number(float, 0, strict=True),
+    help="step of the uniform grid (uniform, ecsq; dq: its grid step)",
   )
   p.add_argument(
     "--bits-per-param",

@@ -33,6 +33,7 @@ from hemp_jax.codec import (
   legacy,
   model_selection,
   records,
+  trellis,
 )
 from hemp_jax.codec.wire import Reader, write_varint
 
@@ -79,6 +80,7 @@ def _base_params():
     "scalar": np.float32(2.0),
     "flat": np.full((10, 10), 0.1, np.float32),
     "list": [np.ones(3, np.int8), np.zeros(2, np.uint16)],
+    "dq": rng.laplace(0, 0.05, (40, 24)).astype(np.float32),
   }
   cbs = {k: None for k in params}
   cbs["conv"] = {"kernel": cb6, "bias": None}
@@ -90,6 +92,7 @@ def _base_params():
   cbs["flat"] = cb6
   cbs["empty"] = cb6
   cbs["list"] = [None, None]
+  cbs["dq"] = trellis.fit_step(params["dq"], 0.02).spec
   return params, cbs
 
 
@@ -158,7 +161,7 @@ def blob():
   b = compress(params, cbs)
   kinds = {l.path: l.model for l in inspect(b).leaves}
   assert kinds["conv/kernel"].startswith("static") and kinds["units"].startswith("unit")
-  assert kinds["adaptive"].startswith("polya")
+  assert kinds["adaptive"].startswith("polya") and kinds["dq"].startswith("dq")
   return b
 
 

@@ -7,6 +7,7 @@ arrays. The byte layout is ``hemp_jax/codec/FORMAT.md``. Modules, from the bytes
 :mod:`~hemp_jax.codec.legacy` (the coder of versions 1-2),
 :mod:`~hemp_jax.codec.context_models` and :mod:`~hemp_jax.codec.model_selection` (the
 coder of version 3 and its encoder's choice of model),
+:mod:`~hemp_jax.codec.trellis` (dependent quantization and the coder of its records),
 :mod:`~hemp_jax.codec.records` (leaf records), :mod:`~hemp_jax.codec.container` (the
 file), :mod:`~hemp_jax.codec.inspection` (what a file holds),
 :mod:`~hemp_jax.codec.checkpoints` (other checkpoint formats) and

@@ -28,6 +28,7 @@ key is kept whole. :func:`hemp_codebooks` gives the decoded values and codebooks
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from typing import Any
@@ -294,7 +295,8 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   A quantized leaf's codebook is the sorted set of its decoded values (its used levels;
   unused levels of the original codebook are dropped, they decode nowhere), as float32
   (the coder's level precision), plus one spare level when only one value is used
-  (codebooks need two). Float leaves get ``None``.
+  (codebooks need two); a dq leaf gets its :class:`~hemp_jax.codec.trellis.DQ` (step and
+  levels). Float leaves get ``None``.
 
   Returns:
     ``(tree, codebooks)`` ready for :func:`hemp_jax.codec.compress` (a bare array and its
@@ -302,13 +304,24 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   """
   import jax
 
-  from hemp_jax.codec import container, inspection
+  from hemp_jax.codec import container, inspection, records, trellis
 
   kinds = {leaf.path: leaf.kind for leaf in inspection.inspect(blob).leaves}
   tree = container.decompress(blob)
+  buf = container.as_buffer(blob)
+  dq = {}
+  for e in container.parse_header(buf, container.DEFAULT_MAX_ELEMENTS)[0]:
+    if e.kind == records.KIND_DQ:
+      r = container.record_reader(buf, e)
+      step, layout, k = records.decode_dq_parts(r, e.shape, math.prod(e.shape))
+      k = np.zeros(e.shape, np.int64) if k is None else k
+      dq[container.leaf_name(e.comps)] = trellis.DQ(step, k, layout)
 
   def codebook(path, x):
-    if kinds.get(pytrees.path_name(path)) != "quantized" or x.size == 0:
+    name = pytrees.path_name(path)
+    if name in dq:
+      return dq[name]
+    if kinds.get(name) != "quantized" or x.size == 0:
       return None
     levels = np.unique(np.asarray(x, np.float32))
     if levels.size == 1:

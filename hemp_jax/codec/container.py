@@ -26,9 +26,9 @@ import jax
 import numpy as np
 
 from hemp_jax import fileio, pytrees
-from hemp_jax.codec import records
+from hemp_jax.codec import records, trellis
 from hemp_jax.codec.kernel import MAX_ORDER
-from hemp_jax.codec.records import KIND_FLOAT, KIND_QUANTIZED
+from hemp_jax.codec.records import KIND_DQ, KIND_FLOAT, KIND_QUANTIZED
 from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
 
 __all__ = [
@@ -232,8 +232,9 @@ def compress(params, codebooks=None, *, max_order: int = MAX_ORDER, **quantizer_
       ``Module`` (its ``nnx.Param`` values) or a tree of ``nnx.Variable`` leaves. Float
       leaves are float32, float16, bfloat16 or float64; integer and bool leaves are kept
       losslessly.
-    codebooks: a pytree like ``params`` with a 1-D codebook per quantized leaf and
-      ``None`` for leaves stored exactly. When None, codebooks are fitted with
+    codebooks: a pytree like ``params`` with a 1-D codebook per quantized leaf, a
+      :class:`hemp_jax.codec.trellis.DQ` (step and levels) per dependent-quantized leaf
+      and ``None`` for leaves stored exactly. When None, codebooks are fitted with
       :func:`hemp_jax.groups.fit_codebooks` with ``quantizer_options``.
     max_order: the highest context order the coder may try (0..3).
     **quantizer_options: passed to ``fit_codebooks`` (``num_levels`` is required),
@@ -241,8 +242,9 @@ def compress(params, codebooks=None, *, max_order: int = MAX_ORDER, **quantizer_
 
   Returns:
     The file contents. A quantized leaf decodes to exactly
-    ``dequantize(quantize_indices(x, cb), cb).astype(x.dtype)``; a float leaf decodes
-    bitwise equal to ``x``.
+    ``dequantize(quantize_indices(x, cb), cb).astype(x.dtype)``; a dq leaf to
+    ``trellis.values(trellis.grid(levels, layout), step, x.dtype)`` (its values ``x``
+    give only the dtype and shape); a float leaf decodes bitwise equal to ``x``.
   """
   # An nnx.Module, nnx.State or Variable leaves (nnx.Optimizer's) stand for their arrays.
   params = pytrees.plain_params(params)
@@ -265,6 +267,8 @@ def compress(params, codebooks=None, *, max_order: int = MAX_ORDER, **quantizer_
   for comps, arr, cb in _flatten(params, codebooks):
     if cb is None:
       kind, body = KIND_FLOAT, records.float_body(arr)
+    elif isinstance(cb, trellis.DQ):
+      kind, body = KIND_DQ, records.dq_body(arr, cb, leaf_name(comps))
     else:
       name = leaf_name(comps)
       kind, body = KIND_QUANTIZED, records.quantized_body(arr, cb, int(max_order), name)
@@ -450,10 +454,10 @@ def _parse_leaves(r: Reader, count, max_elements, max_bytes, version, file_size=
     comps = prev[:keep] + tuple(read_component(r) for _ in range(new))
     typ = r.u8(f"leaf {i} type")
     code, kind = typ & 15, typ >> 4
-    if code >= len(records.DTYPES) or kind > KIND_QUANTIZED:
+    if code >= len(records.DTYPES) or kind > KIND_DQ or (kind == KIND_DQ and version < 3):
       r.fail(f"leaf {leaf_name(comps)!r}: unknown type byte {typ:#04x}")
     dtype = records.DTYPES[code]
-    if kind == KIND_QUANTIZED and not records.is_floating(dtype):
+    if kind != KIND_FLOAT and not records.is_floating(dtype):
       r.fail(f"leaf {leaf_name(comps)!r}: quantized leaf with non-float dtype {dtype}")
     rank = r.varint(f"leaf {i} rank", max_value=MAX_RANK)
     shape = tuple(r.varint(f"leaf {i} dimension", max_value=max_elements) for _ in range(rank))
@@ -526,6 +530,8 @@ def decompress(
       n = math.prod(e.shape)
       if e.kind == KIND_FLOAT:
         value = records.decode_float(r, e.dtype, e.shape, n)
+      elif e.kind == KIND_DQ:
+        value = records.decode_dq(r, e.dtype, e.shape, n)
       else:
         value = records.decode_quantized(r, e.dtype, e.shape, n, e.version)
       if not e.comps:
@@ -561,6 +567,10 @@ def reencode(
       typ = records.dtype_code(e.dtype) | (e.kind << 4)
       if e.kind == KIND_FLOAT:
         body = records.float_body(records.decode_float(r, e.dtype, e.shape, n))
+      elif e.kind == KIND_DQ:
+        step, layout, k = records.decode_dq_parts(r, e.shape, n)
+        k = np.zeros(e.shape, np.int64) if k is None else k
+        body = records.dq_body(np.zeros(e.shape, e.dtype), trellis.DQ(step, k, layout))
       else:
         parts = records.decode_quantized_parts(r, e.dtype, e.shape, n, e.version)
         body = records.quantized_record(*parts, int(max_order))

@@ -45,6 +45,7 @@ __all__ = [
   "unmatrix",
   "segment_rows",
   "walked",
+  "unwalk",
   "valid_mask",
   "allowed",
   "places",
@@ -157,7 +158,8 @@ def walked(x: np.ndarray) -> tuple[np.ndarray, int, int]:
   return y.reshape(s, t, cols).transpose(1, 0, 2).reshape(t, s * cols), t, s
 
 
-def _unwalk(y: np.ndarray, rows: int, cols: int, s: int) -> np.ndarray:
+def unwalk(y: np.ndarray, rows: int, cols: int, s: int) -> np.ndarray:
+  """Inverse of :func:`walked`: the ``(rows, cols)`` matrix of a walked matrix ``y``."""
   if s == 1:
     return y
   t = y.shape[0]
@@ -499,7 +501,7 @@ def decode(reader: Reader, shape: Sequence[int], alphabet: int) -> np.ndarray:
       y = _decode_polya_blocks(dec, info, rows, cols, a, detsym)
     else:
       y = _decode_rows(dec, info, rows, cols, a, weights, det, detsym)
-    return _unwalk(y, rows, cols, s)
+    return unwalk(y, rows, cols, s)
 
   return unmatrix(kernel.range_decoded(reader, a, run), info.layout).reshape(shape)
 

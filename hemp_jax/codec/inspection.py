@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hemp_jax.codec import context_models, legacy, records
+from hemp_jax.codec import context_models, legacy, records, trellis
 from hemp_jax.codec.container import (
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_ELEMENTS,
@@ -22,7 +22,7 @@ from hemp_jax.codec.container import (
   parse_header,
   record_reader,
 )
-from hemp_jax.codec.records import KIND_FLOAT, KIND_QUANTIZED
+from hemp_jax.codec.records import KIND_DQ, KIND_FLOAT, KIND_QUANTIZED
 
 __all__ = ["LeafReport", "Report", "inspect", "format_inspection", "quantized_symbols"]
 
@@ -34,14 +34,14 @@ class LeafReport:
   path: str
   shape: tuple
   dtype: str
-  kind: str  # "quantized" or "float"
+  kind: str  # "quantized", "dq" (dependent quantization) or "float"
   num_params: int
   record_bytes: int  # body (+ its 4-byte checksum in versions 1-2)
-  levels: int | None = None  # K, the codebook size
+  levels: int | None = None  # K, the codebook size (dq: the span of the levels k)
   used_levels: int | None = None
   order: int | None = None  # context order of the coder (None: nothing coded)
   model: str = ""  # coder model (version 3): static / unit / polya, and the layout
-  codebook_bytes: int = 0  # K header, used-level bitmap, level values
+  codebook_bytes: int = 0  # K header, used-level bitmap, level values (dq: step, range)
   table_bytes: int = 0  # coder model section (context tables)
   payload_bytes: int = 0  # range coder payload (float leaves: the stored values)
   storage: str = ""  # float leaves: raw / constant / zlib / planes
@@ -66,7 +66,7 @@ class Report:
 
   @property
   def quantized_params(self) -> int:
-    return sum(l.num_params for l in self.leaves if l.kind == "quantized")
+    return sum(l.num_params for l in self.leaves if l.kind != "float")
 
   @property
   def bits_per_param(self) -> float:
@@ -98,7 +98,7 @@ class Report:
       "file": self.file_bytes,
       "header": self.header_bytes,
       "record_checksums": 4 * len(self.leaves) if self.version < 3 else 0,
-      "payload": sum(l.payload_bytes for l in self.leaves if l.kind == "quantized"),
+      "payload": sum(l.payload_bytes for l in self.leaves if l.kind != "float"),
       "tables": sum(l.table_bytes for l in self.leaves),
       "codebooks": sum(l.codebook_bytes for l in self.leaves),
       "float": sum(l.record_bytes - 4 for l in self.leaves if l.kind == "float"),
@@ -138,7 +138,7 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
     path=leaf_name(e.comps),
     shape=e.shape,
     dtype=str(e.dtype),
-    kind="quantized" if e.kind == KIND_QUANTIZED else "float",
+    kind={KIND_QUANTIZED: "quantized", KIND_DQ: "dq"}.get(e.kind, "float"),
     num_params=n,
     record_bytes=e.length + (4 if e.version < 3 else 0),
   )
@@ -147,6 +147,8 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
     rep.storage = records.FLOAT_MODES.get(mode, f"mode {mode}")
     rep.payload_bytes = r.remaining
     return rep
+  if e.kind == KIND_DQ:
+    return _dq_report(r, e, rep, n)
   k, used, levels = records.parse_quantized_head(r, e.dtype, n, e.version)
   rep.levels, rep.used_levels = k, int(used.sum())
   rep.codebook_bytes = r.pos - e.offset
@@ -160,6 +162,21 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
       info = legacy.parse_model(r, e.shape, levels.size)
     rep.order, rep.table_bytes = info.order, info.model_bytes
     rep.payload_bytes = r.remaining
+  return rep
+
+
+def _dq_report(r, e, rep: LeafReport, n: int) -> LeafReport:
+  """The parts of a dq record: step and level range, coder header and tables, payload."""
+  _, layout, levels = records.parse_dq_head(r, e.shape, n)
+  rep.codebook_bytes = r.pos - e.offset
+  rep.model = f"dq/L{layout}"
+  if levels is not None:
+    rep.levels, rep.used_levels = int(levels[-1] - levels[0] + 1), int(levels.size)
+    if levels.size > 1:
+      start = r.pos
+      trellis.parse_tables(r, levels.size)
+      rep.order, rep.table_bytes = 0, r.pos - start
+      rep.payload_bytes = r.remaining
   return rep
 
 
@@ -201,7 +218,7 @@ _COLUMNS = (
 
 
 def _row(l: LeafReport) -> tuple:
-  quant = l.kind == "quantized"
+  quant = l.kind != "float"
   return (
     l.path or "<root>",
     "x".join(str(d) for d in l.shape) or "()",

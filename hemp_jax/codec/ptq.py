@@ -30,8 +30,15 @@ Methods (each a one-parameter family per tensor, from fine to coarse):
   level count (``num_levels``) the Lloyd-Max levels are refined by a few
   entropy-constrained iterations at a small rate weight (:data:`LEVELS_RATE_WEIGHT`):
   slightly more error than Lloyd-Max, a lower coded rate, never more than N levels.
+- ``dq``: dependent (trellis-coded) quantization (:mod:`hemp_jax.codec.trellis`): two
+  quantizers on a grid of step ``delta`` chosen per weight by a 4-state machine driven
+  by the parities of the levels, the levels chosen by a Viterbi search for the least
+  squared error plus ``lam`` times their coded bits; the family runs over ``delta``
+  (each member fitted on the tensor itself, not on its sorted values). The leaf is
+  stored as a dq record (step, levels), not with a codebook. Constant tensors get one
+  exact level, as with the other methods.
 
-Targets: ``step`` (uniform/ecsq), ``num_levels`` (lloyd, the default with a level count:
+Targets: ``step`` (uniform/ecsq/dq), ``num_levels`` (lloyd, the default with a level count:
 the N levels of least squared error; uniform: N grid levels with the step and clipping
 range of least squared error), ``max_rel_error`` (per tensor: the coarsest member of
 the family whose relative L2 error ``||w - q(w)|| / ||w||`` is at most the bound) or
@@ -58,6 +65,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from hemp_jax.codec import trellis
 from hemp_jax.codec.inspection import table_lines
 from hemp_jax.codec.records import WARN_REL_ERROR, QuantizationWarning
 from hemp_jax.codec.scalar import (
@@ -107,7 +115,7 @@ __all__ = [
   "nonfinite_notices",
 ]
 
-METHODS = ("uniform", "ecsq", "lloyd")
+METHODS = ("uniform", "ecsq", "lloyd", "dq")
 NORM_STATS_PATTERN = (
   r"(?i)(^|[/.])(batch_stats|running_mean|running_var|running_variance|moving_mean|"
   r"moving_var|moving_variance|num_batches_tracked|mean_ema|var_ema)([/.]|$)"
@@ -126,10 +134,10 @@ class TensorResult:
   dtype: str
   quantized: bool
   reason: str = ""  # why kept in float
-  levels: int = 0  # levels in use
+  levels: int = 0  # levels in use (dq: distinct levels k)
   rel_error: float = 0.0
   est_bits: float = 0.0  # estimated coded bits (quantized leaves)
-  param: float = 0.0  # step, or N for lloyd
+  param: float = 0.0  # step (dq: delta), or N for lloyd
 
 
 def select_leaves(
@@ -216,9 +224,9 @@ def quantize_tree(
 
   Args:
     flat: ``{path: numpy array}``.
-    method: "uniform", "ecsq" or "lloyd"; default :func:`default_method` (``lloyd`` with
-      ``num_levels``, else ``uniform``).
-    step: uniform/ecsq step for every tensor.
+    method: "uniform", "ecsq", "lloyd" or "dq"; default :func:`default_method`
+      (``lloyd`` with ``num_levels``, else ``uniform``).
+    step: uniform/ecsq step (dq: the grid step delta) for every tensor.
     num_levels: N levels per tensor (uniform: MSE-optimal step with clipping; lloyd).
     bits_per_param: target estimated coded bits per quantized parameter.
     max_rel_error: per-tensor bound on the relative L2 error.
@@ -230,12 +238,17 @@ def quantize_tree(
   Returns:
     ``(values, codebooks, results)``: ``values`` maps every path to its quantized values
     (leaf dtype) or its original array; ``codebooks`` maps every path to a float32
-    codebook of the levels in use, or None; one :class:`TensorResult` per leaf.
+    codebook of the levels in use (dq: a :class:`hemp_jax.codec.trellis.DQ`), or None;
+    one :class:`TensorResult` per leaf.
   """
   method = default_method(num_levels) if method is None else method
   _check_targets(method, step, num_levels, bits_per_param, max_rel_error)
+  if method == "dq" and not zero_level:
+    raise ValueError("the dq method always has a zero level (no --no-zero-level)")
   if selection is None:
     selection = select_leaves(flat)
+  if method == "dq":
+    return _quantize_dq(flat, selection, step, bits_per_param, max_rel_error, progress)
 
   results, fits, stats = {}, {}, {}
   chosen = [p for p in flat if selection.get(p, "") == ""]
@@ -307,6 +320,79 @@ def quantize_tree(
   return values, codebooks, [results[p] for p in flat]
 
 
+def _quantize_dq(flat, selection, step, bits_per_param, max_rel_error, progress):
+  """:func:`quantize_tree` with ``method="dq"``: a :class:`trellis.DQFit` per selected
+  leaf (a constant leaf: one exact level), at the step, the error bound, or the common
+  relative error whose estimated bits meet ``bits_per_param``."""
+  results, fits = {}, {}
+  for p, x in flat.items():
+    x = np.asarray(x)
+    results[p] = TensorResult(p, tuple(x.shape), str(x.dtype), False, selection.get(p, ""))
+  chosen = [p for p in flat if selection.get(p, "") == ""]
+  varying = []
+  for p in chosen:
+    x = np.asarray(flat[p])
+    if x.min() == x.max():  # one value (all zeros, a constant): one exact level
+      st = sorted_stats(x)
+      fits[p] = fit_cells(st, round_levels(st.w[:1], x.dtype), np.zeros(0))
+      if progress is not None:
+        progress(x.size)
+    else:
+      varying.append(p)
+  targets = {p: max_rel_error for p in varying}
+  if bits_per_param is not None and varying:
+    target = _dq_error_target({p: flat[p] for p in varying}, bits_per_param)
+    targets = {p: target if max_rel_error is None else min(target, max_rel_error) for p in varying}
+  for p in varying:
+    x = np.asarray(flat[p])
+    if step is not None:
+      fits[p] = trellis.fit_step(x, step)
+    else:
+      fits[p] = trellis.fit_error(x, targets[p])
+    results[p].param = fits[p].step
+    if progress is not None:
+      progress(x.size)
+  values, codebooks = {}, {}
+  for p, x in flat.items():
+    f = fits.get(p)
+    if f is None:
+      values[p], codebooks[p] = x, None
+      continue
+    x = np.asarray(x)
+    if isinstance(f, trellis.DQFit):
+      values[p], codebooks[p] = f.values, f.spec
+      levels = np.unique(f.levels).size
+    else:
+      values[p], codebooks[p] = _apply(x, f)
+      levels = f.levels.size
+    r = results[p]
+    r.quantized, r.levels = True, int(levels)
+    r.rel_error = _exact_rel_error(x, values[p])
+    r.est_bits = f.bits
+  return values, codebooks, [results[p] for p in flat]
+
+
+class _Bits(NamedTuple):
+  bits: float
+
+
+def _dq_error_target(flat: dict, bits_per_param: float) -> float:
+  """The common relative error at which the tensors' estimated dq bits add up to the
+  target: from the uniform families' common error, each tensor's dq curve over a window
+  of steps (:func:`trellis.sample_curve`), then :func:`_equal_error_target` on them."""
+  stats = {p: sorted_stats(x) for p, x in flat.items()}
+  curves = {}
+  for p, x in flat.items():
+    fam = family(stats[p], "uniform", np.asarray(x).dtype)
+    curves[p] = [(a, f, relative_error(f, stats[p])) for a, f in ((a, t()) for a, t in fam)]
+  first = _equal_error_target(curves, stats, bits_per_param)
+  for p, x in flat.items():
+    s_u = step_at_error(curves[p], first)
+    pts = trellis.sample_curve(x, s_u * trellis.DQ_STEP_RATIO * trellis.DQ_WINDOW)
+    curves[p] = [(step, _Bits(bits), err) for step, err, bits in pts]
+  return _equal_error_target(curves, stats, bits_per_param)
+
+
 def _check_targets(method, step, num_levels, bits_per_param, max_rel_error) -> None:
   """ValueError unless the method and exactly one target (see :func:`quantize_tree`) fit."""
   if method not in METHODS:
@@ -326,8 +412,8 @@ def _check_targets(method, step, num_levels, bits_per_param, max_rel_error) -> N
     raise ValueError("give a target: step, num_levels, bits_per_param or max_rel_error")
   if step is not None and method == "lloyd":
     raise ValueError("the lloyd method takes num_levels (or a rate/error target), not a step")
-  if num_levels is not None and method == "ecsq":
-    raise ValueError("the ecsq method takes a step (or a rate/error target), not num_levels")
+  if num_levels is not None and method in ("ecsq", "dq"):
+    raise ValueError(f"the {method} method takes a step (or a rate/error target), not num_levels")
   if step is not None and not step > 0:
     raise ValueError(f"step must be positive, got {step}")
   if bits_per_param is not None and not bits_per_param > 0:
@@ -522,7 +608,7 @@ def compress_checkpoint(
 
 
 def format_table(results: list, report) -> str:
-  """Per-tensor table: kept/quantized, levels, bits/param in the file, error, coder order."""
+  """Per-tensor table: kept/quantized/dq, levels, bits/param in the file, error, coder order."""
   by_path = {leaf.path: leaf for leaf in report.leaves}
   rows = [("path", "shape", "dtype", "stored", "levels", "bits/param", "rel.err", "order")]
   for r in results:
@@ -533,7 +619,7 @@ def format_table(results: list, report) -> str:
         r.path,
         "x".join(map(str, r.shape)) or "()",
         r.dtype,
-        "quantized" if r.quantized else f"float ({r.reason})",
+        (leaf.kind if leaf is not None else "quantized") if r.quantized else f"float ({r.reason})",
         str(r.levels) if r.quantized else "-",
         bpp,
         f"{r.rel_error:.4f}" if r.quantized else "0",

@@ -1,5 +1,7 @@
-"""Leaf records of a ``.hemp`` file: float bodies (exact values) and quantized bodies
-(codebook levels + the coder section), written and read for every format version.
+"""Leaf records of a ``.hemp`` file: float bodies (exact values), quantized bodies
+(codebook levels + the coder section) and dq bodies (dependent quantization: step, level
+range + the coder section of :mod:`hemp_jax.codec.trellis`), written and read for every
+format version.
 
 The body layouts are defined in ``FORMAT.md`` ("Records"). Readers take a
 :class:`~hemp_jax.codec.wire.Reader` over exactly one record and raise
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hemp_jax import quantization as q
-from hemp_jax.codec import context_models, legacy, model_selection
+from hemp_jax.codec import context_models, legacy, model_selection, trellis
 from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
   "DTYPES",
   "KIND_FLOAT",
   "KIND_QUANTIZED",
+  "KIND_DQ",
   "FLOAT_RAW",
   "FLOAT_CONSTANT",
   "FLOAT_ZLIB",
@@ -44,6 +47,10 @@ __all__ = [
   "parse_quantized_head",
   "decode_quantized_parts",
   "decode_quantized",
+  "dq_body",
+  "parse_dq_head",
+  "decode_dq_parts",
+  "decode_dq",
 ]
 
 # dtype codes (the type byte's bits 0-3) by index
@@ -66,7 +73,7 @@ DTYPES = [
   )
 ]
 _DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
-KIND_FLOAT, KIND_QUANTIZED = 0, 1
+KIND_FLOAT, KIND_QUANTIZED, KIND_DQ = 0, 1, 2
 FLOAT_RAW, FLOAT_CONSTANT, FLOAT_ZLIB, FLOAT_PLANES = 0, 1, 2, 3
 FLOAT_MODES = {
   FLOAT_RAW: "raw",
@@ -433,3 +440,89 @@ def decode_quantized(r: Reader, dtype, shape, n: int, version: int) -> np.ndarra
   if levels.size == 1:
     return np.full(shape, levels[0], dtype)
   return np.take(levels, symbols)
+
+
+# ------------------------------------------------------------------------- dq bodies
+
+
+def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
+  """Body of a dependent-quantized leaf ``x`` (its dtype and shape) with the levels and
+  step of ``spec``: it decodes to :func:`trellis.values` of their reconstruction."""
+  k = np.asarray(spec.levels)
+  if k.shape != x.shape:
+    raise ValueError(f"leaf {name!r}: dq levels of shape {k.shape} for a leaf of shape {x.shape}")
+  out = bytearray(np.float32(spec.step).astype("<f4").tobytes())
+  if x.size == 0:
+    return bytes(out)
+  k = k.astype(np.int64).reshape(-1)
+  lo, hi = int(k.min()), int(k.max())
+  if max(-lo, hi) > trellis.MAX_LEVEL or hi - lo + 1 > trellis.MAX_SPAN:
+    raise ValueError(
+      f"leaf {name!r}: dq levels {lo}..{hi} exceed the format's limits (|k| <= "
+      f"{trellis.MAX_LEVEL}, at most {trellis.MAX_SPAN} consecutive levels); use a larger step"
+    )
+  used = np.bincount(k - lo, minlength=hi - lo + 1) > 0
+  partial = not used.all()
+  write_varint(out, zigzag(lo))
+  write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))
+  if partial:
+    out += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
+  levels = np.flatnonzero(used) + lo
+  if levels.size > 1:
+    compact = (np.cumsum(used) - 1).astype(np.int32)[k - lo].reshape(x.shape)
+    out += trellis.encode_levels(compact, levels, spec.layout)
+  return bytes(out)
+
+
+def parse_dq_head(r: Reader, shape, n: int):
+  """(step, layout, used levels) of a dq body (levels None for an empty leaf)."""
+  step = float(np.frombuffer(bytes(r.take(4, "dq step")), "<f4")[0])
+  if not (math.isfinite(step) and step > 0):
+    r.fail(f"dq step {step} is not a positive finite number")
+  if n == 0:
+    r.expect_end("empty dq record")
+    return step, 0, None
+  lo = unzigzag(r.varint("lowest dq level", max_value=2 * trellis.MAX_LEVEL))
+  h = r.varint("dq level range", max_value=((trellis.MAX_SPAN - 1) << 2) | 3)
+  span, layout, partial = (h >> 2) + 1, (h >> 1) & 1, h & 1
+  if lo + span - 1 > trellis.MAX_LEVEL:
+    r.fail(f"dq levels {lo}..{lo + span - 1} beyond {trellis.MAX_LEVEL}")
+  if layout >= len(context_models.layouts(shape)):
+    r.fail(f"dq layout {layout} does not exist for shape {tuple(shape)}")
+  if partial:
+    bits = np.unpackbits(
+      np.frombuffer(bytes(r.take((span + 7) // 8, "dq level bitmap")), np.uint8),
+      bitorder="little",
+    )
+    if bits[span:].any():
+      r.fail("dq level bitmap has bits beyond the level range")
+    levels = np.flatnonzero(bits[:span]) + lo
+    if levels.size == 0:
+      r.fail("dq record without any used level")
+  else:
+    levels = np.arange(lo, lo + span)
+  return step, layout, levels.astype(np.int64)
+
+
+def decode_dq_parts(r: Reader, shape, n: int):
+  """(step, layout, levels ``k`` (int64, ``shape``) or None for an empty leaf) of a dq body."""
+  step, layout, levels = parse_dq_head(r, shape, n)
+  if levels is None:
+    return step, layout, None
+  if levels.size == 1:
+    r.expect_end("dq record of one level")
+    return step, layout, np.full(shape, levels[0], np.int64)
+  symbols, _ = trellis.decode_levels(r, shape, levels, layout)
+  return step, layout, levels[symbols]
+
+
+def decode_dq(r: Reader, dtype, shape, n: int) -> np.ndarray:
+  """The values (leaf dtype) of a dq body."""
+  step, layout, levels = parse_dq_head(r, shape, n)
+  if levels is None:
+    return np.zeros(shape, dtype)
+  if levels.size == 1:
+    r.expect_end("dq record of one level")
+    return trellis.values(trellis.grid(np.full(shape, levels[0]), layout), step, dtype)
+  symbols, quant = trellis.decode_levels(r, shape, levels, layout)
+  return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]
