@@ -6,7 +6,7 @@
 
 The main job's recipe (``default.py``: HEMP order 3, Adam cosine, the last 8 of 24 epochs
 quantization-aware) with the library's codebooks (N = 8 uniform levels with an exact zero,
-+ guards) on the full data set, and an accuracy budget instead of a fixed strength: ``hemp.budget`` = 1 point of validation accuracy below the float model's
++ guards), refitted on the weights after every epoch of the entropy phase, on the full data set, and an accuracy budget instead of a fixed strength: ``hemp.budget`` = 1 point of validation accuracy below the float model's
 (``hemp.budget_reference``: LeNet-5's float validation accuracy on this split, the mean of
 3 seeds of the ``none`` variant; ``--config.hemp.budget_reference_run=W`` holds each epoch
 against a float run's same epoch instead). The strength starts at ``hemp.strength`` and
