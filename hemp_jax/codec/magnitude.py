@@ -208,8 +208,12 @@ def dq_states(mag: np.ndarray, valid: np.ndarray) -> np.ndarray:
   return out
 
 
-def _symbols(mag: np.ndarray, direct: int):
-  """Magnitude symbols and escape classes (-1: not an escape) of magnitudes."""
+def _symbols(mag: np.ndarray, direct: int, mmax: int | None = None):
+  """Magnitude symbols and escape classes (-1: not an escape) of magnitudes (int64);
+  through a lookup table where the largest magnitude ``mmax`` is small."""
+  if mmax is not None and mmax < 1 << 16:
+    sym, esc = _symbols(np.arange(mmax + 1), direct)
+    return sym[mag], esc[mag]
   r = np.maximum(mag.astype(np.int64) - direct, 0) + 1
   j = _log2(r)
   esc = mag >= direct
@@ -221,15 +225,40 @@ def _log2(v: np.ndarray) -> np.ndarray:
   return (np.frexp(v.astype(np.float64))[1] - 1).astype(np.int64)
 
 
-def _geometry(shape, geometry, valid):
-  """``(rows, cols, row index (T, W), column index (W,), valid)`` of a walked matrix."""
+class _Walk(NamedTuple):
+  """Where the entries of a walked matrix ``(T, W)`` come from: walked column ``u`` holds
+  rows ``seg[u] * T + t`` (``t`` its walked row) of column ``col[u]`` of the matrix."""
+
+  rows: int
+  cols: int
+  seg_t: int
+  seg: np.ndarray  # (W,)
+  col: np.ndarray  # (W,)
+  valid: np.ndarray  # (T, W) bool
+
+  def row_index(self) -> np.ndarray:
+    """The matrix row of every walked entry (int64 ``(T, W)``; clipped to the last row)."""
+    t = np.arange(self.seg_t)[:, None]
+    return np.minimum(self.seg[None, :] * self.seg_t + t, self.rows - 1)
+
+  def by_row(self, values: np.ndarray) -> np.ndarray:
+    """``values[row]`` (a vector per matrix row) at every walked entry, ``(T, W)``."""
+    s = int(self.seg.max(initial=0)) + 1
+    pad = np.empty(s * self.seg_t, values.dtype)
+    pad[: self.rows] = values
+    pad[self.rows :] = values[-1] if self.rows else 0
+    per = pad.reshape(s, self.seg_t).T  # (T, S)
+    return per if s == 1 else per[:, self.seg]
+
+
+def _geometry(shape, geometry, valid) -> _Walk:
+  """The :class:`_Walk` of a walked matrix of ``shape`` (module docstring)."""
   t_rows, width = (int(d) for d in shape)
+  u = np.arange(width)
   if geometry is None:
-    rows, cols = t_rows, width
-    r_idx = np.broadcast_to(np.arange(t_rows)[:, None], (t_rows, width))
-    c_idx = np.arange(width)
+    walk = _Walk(t_rows, width, t_rows, np.zeros(width, np.int64), u, valid)
     if valid is None:
-      valid = np.ones((t_rows, width), bool)
+      walk = walk._replace(valid=np.ones((t_rows, width), bool))
   else:
     rows, cols = (int(d) for d in geometry)
     seg_t, s = segment_rows(rows, cols)
@@ -237,26 +266,27 @@ def _geometry(shape, geometry, valid):
       seg_t, s = rows, 1
     if (seg_t, s * cols) != (t_rows, width):
       raise ValueError(f"walked shape {(t_rows, width)} does not match geometry {geometry}")
-    u = np.arange(width)
-    r_idx = np.minimum((u // max(cols, 1))[None, :] * seg_t + np.arange(t_rows)[:, None], rows - 1)
-    c_idx = u % max(cols, 1)
+    cols1 = max(cols, 1)
+    walk = _Walk(rows, cols, seg_t, u // cols1, u % cols1, valid)
     if valid is None:
-      valid = valid_mask(rows, cols, seg_t, s)
-  valid = np.asarray(valid, bool)
-  if valid.shape != (t_rows, width):
-    raise ValueError(f"valid mask of shape {valid.shape} for a walked matrix {(t_rows, width)}")
-  return rows, cols, r_idx, c_idx, valid
+      walk = walk._replace(valid=valid_mask(rows, cols, seg_t, s))
+  walk = walk._replace(valid=np.asarray(walk.valid, bool))
+  if walk.valid.shape != (t_rows, width):
+    raise ValueError(
+      f"valid mask of shape {walk.valid.shape} for a walked matrix {(t_rows, width)}"
+    )
+  return walk
 
 
-def _scale_contexts(model: Model, row_s, col_s, r_idx, c_idx, raw=False) -> np.ndarray:
+def _scale_contexts(model: Model, row_s, col_s, walk: _Walk, raw=False) -> np.ndarray:
   """Scale context (uint8, ``(T, W)``) of every entry from the row and column scales
   (ints of at most ``MAX_OFFSET + MAX_SCALE_SPAN`` in size); ``raw``: the sum less the
   offset, unclipped (int16)."""
-  lv = np.full(r_idx.shape, -model.offset, np.int16)
+  lv = np.full(walk.valid.shape, -model.offset, np.int16)
   if row_s is not None:
-    lv += row_s.astype(np.int16)[r_idx]
+    lv += walk.by_row(row_s.astype(np.int16))
   if col_s is not None:
-    lv += col_s.astype(np.int16)[c_idx][None, :]
+    lv += col_s.astype(np.int16)[walk.col][None, :]
   if raw:
     return lv
   return np.clip(lv, 0, model.contexts - 1).astype(np.uint8)
@@ -367,18 +397,19 @@ def _sign_bits(sym, nz, bounds, negative) -> float:
 # -------------------------------------------------------------------------- encoder
 
 
-def _fit_scales(mag, valid, r_idx, c_idx, rows, cols, use_rows, use_cols, iters=3):
+def _fit_scales(mag, walk: _Walk, use_rows, use_cols, iters=3):
   """log2 scales ``(a (rows,), b (cols,))`` with ``mean |k| ~ 2**(a[r] + b[c])``."""
-  ri, ci = r_idx[valid], np.broadcast_to(c_idx, valid.shape)[valid]
+  valid, rows, cols = walk.valid, walk.rows, walk.cols
+  ri, ci = walk.row_index()[valid], np.broadcast_to(walk.col, valid.shape)[valid]
   mv = mag[valid].astype(np.float64)
   n_r = np.maximum(np.bincount(ri, minlength=rows), 1)
   n_c = np.maximum(np.bincount(ci, minlength=cols), 1)
   a, b = np.zeros(rows), np.zeros(cols)
   for _ in range(iters if use_rows and use_cols else 1):
     if use_rows:
-      a = np.log2(np.bincount(ri, mv / 2.0 ** b[ci], minlength=rows) / n_r + 0.25)
+      a = np.log2(np.bincount(ri, mv * np.exp2(-b)[ci], minlength=rows) / n_r + 0.25)
     if use_cols:
-      b = np.log2(np.bincount(ci, mv / 2.0 ** a[ri], minlength=cols) / n_c + 0.25)
+      b = np.log2(np.bincount(ci, mv * np.exp2(-a)[ri], minlength=cols) / n_c + 0.25)
   return a, b
 
 
@@ -401,10 +432,11 @@ def _with_direct(model: Model, direct: int, mmax: int) -> Model:
   return replace(model, direct=max(direct, 2 - escapes), escapes=escapes)
 
 
-def _choose(mag, valid, r_idx, c_idx, rows, cols, dq, options):
+def _choose(mag, walk: _Walk, dq, options):
   """The model of smallest estimated size among a few: ``(model, row scales, column
   scales, estimated bits without the signs, contexts)``. The scale sets are chosen with
   ``DEFAULT_DIRECT`` direct symbols, then D by a local search over ``DIRECT_CHOICES``."""
+  valid, rows, cols = walk.valid, walk.rows, walk.cols
   mmax = int(mag[valid].max(initial=0))
   contexts = int(options.get("contexts", DEFAULT_CONTEXTS))
   beta_index = int(options.get("beta_index", DEFAULT_BETA_INDEX))
@@ -418,7 +450,7 @@ def _choose(mag, valid, r_idx, c_idx, rows, cols, dq, options):
   bounds = np.arange(t_rows + 1) if dq else schedule(t_rows, width, MIN_BLOCK)
 
   def level_bits(model, ctx):
-    sym, esc = _symbols(mag, model.direct)
+    sym, esc = _symbols(mag, model.direct, mmax)
     return _level_bits(model, ctx, sym, esc, valid, bounds)
 
   scales = options.get("scales")
@@ -430,7 +462,7 @@ def _choose(mag, valid, r_idx, c_idx, rows, cols, dq, options):
   first = min(DEFAULT_DIRECT, max(mmax, 1)) if direct is None else direct
   best = None
   for use_rows, use_cols in tried:
-    a, b = _fit_scales(mag, valid, r_idx, c_idx, rows, cols, use_rows, use_cols)
+    a, b = _fit_scales(mag, walk, use_rows, use_cols)
     side = 0.0
     sets = []
     for use, logs in ((use_rows, a), (use_cols, b)):
@@ -442,14 +474,12 @@ def _choose(mag, valid, r_idx, c_idx, rows, cols, dq, options):
       sets += [values, sc]
     row_s, row_sc, col_s, col_sc = sets
     n_ctx = contexts if (use_rows or use_cols) else 1
-    lv = _scale_contexts(
-      Model(0, 0, 1 << 15, 0, 0, dq, None, None, 0), row_s, col_s, r_idx, c_idx, raw=True
-    )
+    lv = _scale_contexts(Model(0, 0, 1, 0, 0, dq, None, None, 0), row_s, col_s, walk, raw=True)
     offset = int(np.median(lv[valid])) - n_ctx // 2 if valid.any() else 0
     offset = int(np.clip(offset, -MAX_OFFSET, MAX_OFFSET))
     model = Model(0, 0, n_ctx, offset, beta_index, dq, row_sc, col_sc, 0)
     model = _with_direct(model, first, mmax)
-    ctx = _scale_contexts(model, row_s, col_s, r_idx, c_idx)
+    ctx = _scale_contexts(model, row_s, col_s, walk)
     if dq:
       ctx = 2 * ctx + states
     bits = side + level_bits(model, ctx)
@@ -498,14 +528,15 @@ def encode(
   y = np.asarray(y)
   if y.ndim != 2:
     raise ValueError(f"expected a 2-D walked matrix, got shape {y.shape}")
-  rows, cols, r_idx, c_idx, valid = _geometry(y.shape, geometry, valid)
+  walk = _geometry(y.shape, geometry, valid)
+  valid = walk.valid
   mag = np.abs(y.astype(np.int64))
   mag = np.where(valid, mag, 0)
   if mag.max(initial=0) > MAX_MAGNITUDE:
     raise ValueError(f"levels beyond +-{MAX_MAGNITUDE} cannot be coded")
-  model, row_s, col_s, bits, ctx = _choose(mag, valid, r_idx, c_idx, rows, cols, dq, options)
+  model, row_s, col_s, bits, ctx = _choose(mag, walk, dq, options)
 
-  sym, esc = _symbols(mag, model.direct)
+  sym, esc = _symbols(mag, model.direct, int(mag.max(initial=0)))
   negative = (y < 0).astype(np.int64)
   t_rows, width = y.shape
   bounds = np.arange(t_rows + 1) if dq else schedule(t_rows, width, MIN_BLOCK)
@@ -602,15 +633,15 @@ def decode(
   elif not isinstance(model, Reader):
     reader.expect_end("magnitude model")
   t_rows, width = (int(d) for d in shape)
-  rows, cols, r_idx, c_idx, valid = _geometry((t_rows, width), geometry, valid)
+  walk = _geometry((t_rows, width), geometry, valid)
 
   def run():
     dec = kernel.RangeDecoder(kernel.bytes_to_words(payload))
     scales = []
-    for sc, n in ((info.row_scales, rows), (info.col_scales, cols)):
+    for sc, n in ((info.row_scales, walk.rows), (info.col_scales, walk.cols)):
       scales.append(None if sc is None else sc[0] + _decode_scales(dec, n, sc[1]))
-    ctx = _scale_contexts(info, scales[0], scales[1], r_idx, c_idx)
-    return _decode_levels(dec, info, ctx, valid)
+    ctx = _scale_contexts(info, scales[0], scales[1], walk)
+    return _decode_levels(dec, info, ctx, walk.valid)
 
   try:
     return run()
@@ -649,7 +680,8 @@ def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.n
   state = np.zeros(width, np.int8)
   for r0, r1 in zip(bounds[:-1], bounds[1:]):
     sel = valid[r0:r1]
-    c = ctx[r0:r1][sel]
+    full = bool(sel.all())  # the common case: no boolean indexing
+    c = ctx[r0:r1].reshape(-1) if full else ctx[r0:r1][sel]
     if info.dq:  # one row: the contexts take the chains' states
       c = 2 * c + (state[sel[0]] >= 2).astype(np.uint8)
     table = weights(counts, beta)
@@ -675,9 +707,13 @@ def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.n
     if n_nz:
       model = kernel.Categorical(weights(scounts, SIGN_BETA)[0], perfect=False)
       neg = np.asarray(dec.decode(model, n_nz), np.int32)
-      vals = m.copy()
-      vals[nz] = np.where(neg == 1, -m[nz], m[nz])
-      y[r0:r1][sel] = vals
+      flip = np.zeros(c.size, bool)
+      flip[nz] = neg.astype(bool)
+      vals = np.where(flip, -m, m)
+      if full:
+        y[r0:r1] = vals.reshape(r1 - r0, width)
+      else:
+        y[r0:r1][sel] = vals
     if info.dq:
       row = sel[0]
       state[row] = DQ_NEXT[state[row], m & 1]
