@@ -65,14 +65,16 @@ def test_masked_round_trip(shape):
     np.testing.assert_array_equal(got, np.where(valid, y, 0))
 
 
-def test_walked_geometry_with_segments():
-  """A tall matrix walked in segments: the geometry maps scales to its rows."""
+@pytest.mark.parametrize("dq", [False, True])
+def test_walked_geometry_with_segments(dq):
+  """A tall matrix walked in segments: the geometry maps scales to its rows; dq chains
+  are the walked columns."""
   rows, cols = 5000, 3
   seg_t, s = segment_rows(rows, cols)
   assert s > 1 and (s - 1) * seg_t < rows < s * seg_t  # a ragged last segment
   x = _levels(np.random.default_rng(5), (rows, cols), "weights")
   y, _, _ = walked(x)
-  enc = mg.encode(y, geometry=(rows, cols), scales=(True, True))
+  enc = mg.encode(y, geometry=(rows, cols), dq=dq, scales=(True, True))
   assert mg.parse_model(Reader(enc.model)).row_scales is not None
   got = mg.decode(enc.model, enc.payload, y.shape, geometry=(rows, cols))
   np.testing.assert_array_equal(got, y)
@@ -153,6 +155,8 @@ def test_encoder_input_errors():
     mg.encode(np.zeros((3, 4), np.int64), geometry=(5, 5))
   with pytest.raises(ValueError):
     mg.encode_matrix(np.zeros((3, 4), np.int64), direct=0)
+  with pytest.raises(ValueError, match="matrix of ints"):
+    mg.encode(np.zeros((3, 4), np.float32))
 
 
 def _model_bytes(flags=0x18, direct=8, escapes=3, contexts=16, offset=0, scales=()):

@@ -17,9 +17,10 @@ dependent quantization (``dq``) it also holds the bit ``state >= 2`` of the trel
 of its chain. The scales are chosen by the encoder (an order-0 adaptive code puts them in
 the payload) and cost a few bits per row or column; the encoder leaves either out where it
 does not pay. Contexts taken from the magnitudes of already coded neighbours were measured
-and left out: on pretrained weights they save an order of magnitude less than the scales
-(see ``experiments/COMPRESS.md``), and without them the contexts of a whole group of rows
-are known before it is decoded, so that a group decodes in one call per context.
+and left out: on pretrained weights they save much less than the scales, and on top of
+them cost more in learning than they save (``experiments/COMPRESS.md``); without them the
+contexts of a whole group of rows are known before it is decoded, so that a group decodes
+in one call per context.
 
 Geometry. The levels are a *walked* matrix ``y`` of shape ``(T, W)``
 (:func:`hemp_jax.codec.context_models.walked`): its columns are chains read top to
@@ -177,21 +178,13 @@ def schedule(rows: int, width: int, min_block: int) -> np.ndarray:
 
 
 def weights(counts: np.ndarray, beta: int) -> np.ndarray:
-  """float32 weights ``(K, A)`` of the adaptive tables with counts ``(K, A)`` (int64):
-  each context's counts plus ``beta`` times the prior shared by all contexts."""
-  glob = counts.sum(axis=0)
-  a = counts.shape[1]
+  """float32 weights ``(..., K, A)`` of the adaptive tables with counts ``(..., K, A)``
+  (int64): each context's counts plus ``beta`` times the prior shared by its ``K``
+  contexts (leading axes: independent stacks of tables)."""
+  glob = counts.sum(axis=-2, keepdims=True)
+  a = counts.shape[-1]
   g = ((glob << 1) + 1) << PRIOR_BITS
-  g = np.maximum(g // ((int(glob.sum()) << 1) + a), 1)
-  return kernel.floored((counts << PRIOR_BITS) + beta * g).astype(np.float32)
-
-
-def _cum_weights(counts: np.ndarray, beta: int) -> np.ndarray:
-  """:func:`weights` of a stack of count tables ``(G, K, A)`` at once."""
-  glob = counts.sum(axis=1, keepdims=True)
-  a = counts.shape[2]
-  g = ((glob << 1) + 1) << PRIOR_BITS
-  g = np.maximum(g // ((glob.sum(axis=2, keepdims=True) << 1) + a), 1)
+  g = np.maximum(g // ((glob.sum(axis=-1, keepdims=True) << 1) + a), 1)
   return kernel.floored((counts << PRIOR_BITS) + beta * g).astype(np.float32)
 
 
@@ -366,7 +359,7 @@ def _adaptive_bits(ctx, sym, sel, bounds, k, a, beta) -> float:
     cell = ((block[r0:r1, None] - g0) * k + ctx[r0:r1]) * a + sym[r0:r1]
     per = np.bincount(cell[s], minlength=(g1 - g0) * k * a).reshape(g1 - g0, k, a)
     before = np.cumsum(per, axis=0) - per + counts
-    w = _cum_weights(before, beta).astype(np.float64)
+    w = weights(before, beta).astype(np.float64)
     with np.errstate(divide="ignore"):
       logp = np.log2(w) - np.log2(w.sum(axis=2, keepdims=True))
     total -= float((per * logp).sum())
@@ -526,8 +519,8 @@ def encode(
     ``(model section, payload, estimated payload bits)``.
   """
   y = np.asarray(y)
-  if y.ndim != 2:
-    raise ValueError(f"expected a 2-D walked matrix, got shape {y.shape}")
+  if y.ndim != 2 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+    raise ValueError(f"expected a 2-D walked matrix of ints, got {y.dtype} {y.shape}")
   walk = _geometry(y.shape, geometry, valid)
   valid = walk.valid
   mag = np.abs(y.astype(np.int64))
