@@ -1,0 +1,735 @@
+"""A large-alphabet adaptive model for signed integer levels, conditioned on a scale.
+
+The version-3 coder's context models stop at alphabets of ``MAX_CONTEXT_ALPHABET``
+symbols; beyond that a leaf is coded with order-0 tables. This module codes the signed
+levels ``k`` of a matrix directly, whatever their range (``|k| <= MAX_MAGNITUDE``), as
+
+* a *magnitude symbol*: ``|k|`` itself below ``D`` (the direct symbols), else an escape
+  class ``D + j`` with ``j = floor(log2(|k| - D + 1))`` (Exp-Golomb of order 0), coded
+  with adaptive counts per context;
+* ``j`` raw *remainder bits* for an escape of class ``j`` (uniform);
+* a *sign* for ``k != 0``, coded with one adaptive table.
+
+The context of an entry is the sum of a stored log-scale of its matrix row and of its
+matrix column (a rank-1 model of the local magnitude: weight tensors change scale from
+output unit to output unit and from input to input), clipped to ``C`` contexts; with
+dependent quantization (``dq``) it also holds the bit ``state >= 2`` of the trellis state
+of its chain. The scales are chosen by the encoder (an order-0 adaptive code puts them in
+the payload) and cost a few bits per row or column; the encoder leaves either out where it
+does not pay. Contexts taken from the magnitudes of already coded neighbours were measured
+and left out: on pretrained weights they save much less than the scales, and on top of
+them cost more in learning than they save (``experiments/COMPRESS.md``); without them the
+contexts of a whole group of rows are known before it is decoded, so that a group decodes
+in one call per context.
+
+Geometry. The levels are a *walked* matrix ``y`` of shape ``(T, W)``
+(:func:`hemp_jax.codec.context_models.walked`): its columns are chains read top to
+bottom, and only the entries of a validity mask hold levels. With ``geometry = (rows,
+cols)``, ``y`` is the walk of a ``(rows, cols)`` matrix ``x`` in ``S`` segments
+(:func:`~hemp_jax.codec.context_models.segment_rows`): walked entry ``(t, u)`` is
+``x[(u // cols) * T + t, u % cols]`` and the mask is
+:func:`~hemp_jax.codec.context_models.valid_mask`; without, ``x`` is ``y`` itself
+(``rows, cols = T, W``) and any mask may be given.
+
+Model section (what the decoder reads, bounds checked; ``FormatError`` otherwise)::
+
+  u8      flags: bit 0 row scales, bit 1 column scales, bit 2 dq,
+          bits 3-5 beta index (beta = BETAS[i]), bits 6-7 zero
+  varint  D, the direct symbols (1 .. MAX_DIRECT)
+  varint  E, the escape classes (0 .. MAX_ESCAPES), D + E >= 2
+  varint  C, the scale contexts (1 .. MAX_SCALE_CONTEXTS)
+  varint  zigzag(offset) (|offset| <= MAX_OFFSET)
+  per scale set present (rows, then columns):
+    varint zigzag(low), varint span - 1 (span <= MAX_SCALE_SPAN)
+
+Payload: one ``constriction`` queue range coder stream (words as in
+:func:`hemp_jax.codec.kernel.words_to_bytes`) holding, in this order:
+
+1. the row scales ``low + s`` (``rows`` symbols ``s`` in ``[0, span)``), then the column
+   scales (``cols`` symbols), each set with one adaptive table (no symbol coded if
+   ``span == 1``), refreshed between the groups of :func:`schedule` ``(n, 1,
+   SCALE_MIN_BLOCK)``;
+2. the levels, group by group. A group is a block of walked rows of :func:`schedule`
+   ``(T, W, MIN_BLOCK)``, or a single row with dq. The scale context of entry ``(t, u)`` is
+   ``clip(row_scale + col_scale - offset, 0, C - 1)`` (a missing set counts 0); with dq
+   the context is ``2 * scale context + (state >= 2)``, ``state`` the chain's trellis state
+   (0 at the top of every walked column; after each valid entry ``DQ_NEXT[state, |k| & 1]``).
+   In a group, in this order: the magnitude symbols of its valid entries ordered by
+   context, then row-major; the remainders of its escapes of class ``j >= 1`` row-major,
+   each uniform over ``2**j`` values (``|k| = D + 2**j - 1 + remainder``); the signs (1:
+   negative) of its nonzero entries row-major.
+
+Adaptive tables. Counts ``n[c, a]`` per context start at 0 and take in a group's symbols
+after it is coded. The weights of context ``c`` are ``(n[c, a] << PRIOR_BITS) + beta *
+g[a]`` with the shared prior ``g[a] = max(1, ((2 N[a] + 1) << PRIOR_BITS) // (2 N + A))``
+(``N[a]`` the counts of symbol ``a`` over all contexts, ``N`` their sum, ``A`` the
+alphabet), floored by :func:`hemp_jax.codec.kernel.floored` and given to
+``Categorical(perfect=False)`` as float32; sign tables use ``SIGN_BETA``, scale tables
+``SCALE_BETA``. Every rule is integer arithmetic, so both sides build identical tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Sequence
+
+import constriction
+import numpy as np
+
+from hemp_jax.codec import kernel
+from hemp_jax.codec.context_models import segment_rows, unwalk, valid_mask, walked
+from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
+
+__all__ = [
+  "MAX_DIRECT",
+  "MAX_ESCAPES",
+  "MAX_MAGNITUDE",
+  "MAX_SCALE_CONTEXTS",
+  "MAX_SCALE_SPAN",
+  "MAX_OFFSET",
+  "BETAS",
+  "PRIOR_BITS",
+  "SIGN_BETA",
+  "SCALE_BETA",
+  "MIN_BLOCK",
+  "SCALE_MIN_BLOCK",
+  "SCALE_STEP",
+  "DQ_NEXT",
+  "Encoded",
+  "Model",
+  "schedule",
+  "weights",
+  "dq_states",
+  "write_model",
+  "parse_model",
+  "encode",
+  "decode",
+  "encode_matrix",
+  "decode_matrix",
+]
+
+MAX_DIRECT = 64  # direct magnitude symbols
+MAX_ESCAPES = 24  # escape classes: remainders of up to 23 bits (Uniform: < 2**24)
+MAX_MAGNITUDE = (1 << 23) - 1  # the largest |k| the encoder takes
+MAX_SCALE_CONTEXTS = 64
+MAX_SCALE_SPAN = 64  # scale symbols per set
+MAX_OFFSET = 1 << 12
+BETAS = (2, 4, 8, 16, 32, 64, 128, 256)  # prior strength of the magnitude tables
+PRIOR_BITS = 16
+SIGN_BETA = 2
+SCALE_BETA = 4
+MIN_BLOCK = 256  # entries of the first group of rows (without dq)
+SCALE_MIN_BLOCK = 16  # scale symbols of the first group
+SCALE_STEP = 1 / 3  # the encoder's scale quantum, in octaves
+DEFAULT_CONTEXTS = 16
+DEFAULT_DIRECT = 8
+DIRECT_CHOICES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # the encoder's search of D
+DEFAULT_BETA_INDEX = 3
+DQ_NEXT = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int8)  # state x parity -> state
+
+_ROWS, _COLS, _DQ = 1, 2, 4
+
+
+class Encoded(NamedTuple):
+  """An encoded matrix: model section, payload, and the payload's estimated bits."""
+
+  model: bytes
+  payload: bytes
+  estimated_bits: float
+
+
+@dataclass(frozen=True)
+class Model:
+  """A parsed model section."""
+
+  direct: int  # D
+  escapes: int  # E
+  contexts: int  # C, scale contexts
+  offset: int
+  beta_index: int
+  dq: bool
+  row_scales: tuple[int, int] | None  # (low, span)
+  col_scales: tuple[int, int] | None
+  model_bytes: int
+
+  @property
+  def alphabet(self) -> int:
+    return self.direct + self.escapes
+
+  @property
+  def table_contexts(self) -> int:
+    return self.contexts * (2 if self.dq else 1)
+
+
+# ------------------------------------------------------------------------- shared rules
+
+
+def schedule(rows: int, width: int, min_block: int) -> np.ndarray:
+  """Row bounds of the groups between which adaptive counts are refreshed: the first
+  group holds at least ``min_block`` entries (``width`` per row), then each ends at the
+  larger of one more row and 1.5 times the rows before it (``O(log rows)`` groups)."""
+  first = max(1, -(-min_block // max(width, 1)))
+  out = [0]
+  t = 0
+  while t < rows:
+    t = min(rows, max(t + 1, first, (t * 3) // 2))
+    out.append(t)
+  return np.asarray(out, np.int64)
+
+
+def weights(counts: np.ndarray, beta: int) -> np.ndarray:
+  """float32 weights ``(..., K, A)`` of the adaptive tables with counts ``(..., K, A)``
+  (int64): each context's counts plus ``beta`` times the prior shared by its ``K``
+  contexts (leading axes: independent stacks of tables)."""
+  glob = counts.sum(axis=-2, keepdims=True)
+  a = counts.shape[-1]
+  g = ((glob << 1) + 1) << PRIOR_BITS
+  g = np.maximum(g // ((glob.sum(axis=-1, keepdims=True) << 1) + a), 1)
+  return kernel.floored((counts << PRIOR_BITS) + beta * g).astype(np.float32)
+
+
+def dq_states(mag: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """Trellis state (int8) of every entry of a walked matrix of magnitudes: 0 at the top of
+  each column, then ``DQ_NEXT[state, |k| & 1]`` after every valid entry."""
+  t_rows, width = mag.shape
+  out = np.zeros((t_rows, width), np.int8)
+  state = np.zeros(width, np.int8)
+  for t in range(t_rows):
+    out[t] = state
+    nxt = DQ_NEXT[state, mag[t] & 1]
+    state = np.where(valid[t], nxt, state)
+  return out
+
+
+def _symbols(mag: np.ndarray, direct: int, mmax: int | None = None):
+  """Magnitude symbols and escape classes (-1: not an escape) of magnitudes (int64);
+  through a lookup table where the largest magnitude ``mmax`` is small."""
+  if mmax is not None and mmax < 1 << 16:
+    sym, esc = _symbols(np.arange(mmax + 1), direct)
+    return sym[mag], esc[mag]
+  r = np.maximum(mag.astype(np.int64) - direct, 0) + 1
+  j = _log2(r)
+  esc = mag >= direct
+  return np.where(esc, direct + j, mag), np.where(esc, j, -1)
+
+
+def _log2(v: np.ndarray) -> np.ndarray:
+  """floor(log2(v)) of positive ints (exact: frexp of exact float64 values < 2**53)."""
+  return (np.frexp(v.astype(np.float64))[1] - 1).astype(np.int64)
+
+
+class _Walk(NamedTuple):
+  """Where the entries of a walked matrix ``(T, W)`` come from: walked column ``u`` holds
+  rows ``seg[u] * T + t`` (``t`` its walked row) of column ``col[u]`` of the matrix."""
+
+  rows: int
+  cols: int
+  seg_t: int
+  seg: np.ndarray  # (W,)
+  col: np.ndarray  # (W,)
+  valid: np.ndarray  # (T, W) bool
+
+  def row_index(self) -> np.ndarray:
+    """The matrix row of every walked entry (int64 ``(T, W)``; clipped to the last row)."""
+    t = np.arange(self.seg_t)[:, None]
+    return np.minimum(self.seg[None, :] * self.seg_t + t, self.rows - 1)
+
+  def by_row(self, values: np.ndarray) -> np.ndarray:
+    """``values[row]`` (a vector per matrix row) at every walked entry, ``(T, W)``."""
+    s = int(self.seg.max(initial=0)) + 1
+    pad = np.empty(s * self.seg_t, values.dtype)
+    pad[: self.rows] = values
+    pad[self.rows :] = values[-1] if self.rows else 0
+    per = pad.reshape(s, self.seg_t).T  # (T, S)
+    return per if s == 1 else per[:, self.seg]
+
+
+def _geometry(shape, geometry, valid) -> _Walk:
+  """The :class:`_Walk` of a walked matrix of ``shape`` (module docstring)."""
+  t_rows, width = (int(d) for d in shape)
+  u = np.arange(width)
+  if geometry is None:
+    walk = _Walk(t_rows, width, t_rows, np.zeros(width, np.int64), u, valid)
+    if valid is None:
+      walk = walk._replace(valid=np.ones((t_rows, width), bool))
+  else:
+    rows, cols = (int(d) for d in geometry)
+    seg_t, s = segment_rows(rows, cols)
+    if rows * cols == 0:
+      seg_t, s = rows, 1
+    if (seg_t, s * cols) != (t_rows, width):
+      raise ValueError(f"walked shape {(t_rows, width)} does not match geometry {geometry}")
+    cols1 = max(cols, 1)
+    walk = _Walk(rows, cols, seg_t, u // cols1, u % cols1, valid)
+    if valid is None:
+      walk = walk._replace(valid=valid_mask(rows, cols, seg_t, s))
+  walk = walk._replace(valid=np.asarray(walk.valid, bool))
+  if walk.valid.shape != (t_rows, width):
+    raise ValueError(
+      f"valid mask of shape {walk.valid.shape} for a walked matrix {(t_rows, width)}"
+    )
+  return walk
+
+
+def _scale_contexts(model: Model, row_s, col_s, walk: _Walk, raw=False) -> np.ndarray:
+  """Scale context (uint8, ``(T, W)``) of every entry from the row and column scales
+  (ints of at most ``MAX_OFFSET + MAX_SCALE_SPAN`` in size); ``raw``: the sum less the
+  offset, unclipped (int16)."""
+  lv = np.full(walk.valid.shape, -model.offset, np.int16)
+  if row_s is not None:
+    lv += walk.by_row(row_s.astype(np.int16))
+  if col_s is not None:
+    lv += col_s.astype(np.int16)[walk.col][None, :]
+  if raw:
+    return lv
+  return np.clip(lv, 0, model.contexts - 1).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------ model section
+
+
+def write_model(model: Model) -> bytes:
+  """The model section of ``model``."""
+  flags = (
+    (_ROWS if model.row_scales else 0)
+    | (_COLS if model.col_scales else 0)
+    | (_DQ if model.dq else 0)
+    | model.beta_index << 3
+  )
+  out = bytearray([flags])
+  for v in (model.direct, model.escapes, model.contexts, zigzag(model.offset)):
+    write_varint(out, v)
+  for sc in (model.row_scales, model.col_scales):
+    if sc is not None:
+      write_varint(out, zigzag(sc[0]))
+      write_varint(out, sc[1] - 1)
+  return bytes(out)
+
+
+def parse_model(reader: Reader) -> Model:
+  """Reads and validates a model section (leaves ``reader`` at the payload)."""
+  start = reader.pos
+  flags = reader.u8("magnitude model flags")
+  if flags >> 6:
+    reader.fail(f"magnitude model flags {flags:#04x} have unknown bits")
+  direct = reader.varint("direct symbols", max_value=MAX_DIRECT, min_value=1)
+  escapes = reader.varint("escape classes", max_value=MAX_ESCAPES)
+  if direct + escapes < 2:
+    reader.fail("magnitude alphabet of fewer than 2 symbols")
+  contexts = reader.varint("scale contexts", max_value=MAX_SCALE_CONTEXTS, min_value=1)
+  offset = unzigzag(reader.varint("context offset", max_value=2 * MAX_OFFSET))
+  scales = []
+  for bit in (_ROWS, _COLS):
+    if flags & bit:
+      low = unzigzag(reader.varint("scale low", max_value=2 * MAX_OFFSET))
+      span = reader.varint("scale span", max_value=MAX_SCALE_SPAN - 1) + 1
+      scales.append((low, span))
+    else:
+      scales.append(None)
+  return Model(
+    direct,
+    escapes,
+    contexts,
+    offset,
+    (flags >> 3) & 7,
+    bool(flags & _DQ),
+    scales[0],
+    scales[1],
+    reader.pos - start,
+  )
+
+
+# -------------------------------------------------------------------------- estimates
+
+
+def _adaptive_bits(ctx, sym, sel, bounds, k, a, beta) -> float:
+  """Exact code length (bits, under the float32 weights) of ``sym`` with contexts ``ctx``
+  (both ``(T, W)``, entries ``sel``) and adaptive tables refreshed at the row ``bounds``."""
+  groups = bounds.size - 1
+  if groups <= 0 or not sel.any():
+    return 0.0
+  block = np.repeat(np.arange(groups), np.diff(bounds))
+  total = 0.0
+  counts = np.zeros((k, a), np.int64)
+  step = max(1, (1 << 21) // (k * a))  # groups per chunk: bounded memory
+  for g0 in range(0, groups, step):
+    g1 = min(groups, g0 + step)
+    r0, r1 = bounds[g0], bounds[g1]
+    s = sel[r0:r1]
+    cell = ((block[r0:r1, None] - g0) * k + ctx[r0:r1]) * a + sym[r0:r1]
+    per = np.bincount(cell[s], minlength=(g1 - g0) * k * a).reshape(g1 - g0, k, a)
+    before = np.cumsum(per, axis=0) - per + counts
+    w = weights(before, beta).astype(np.float64)
+    with np.errstate(divide="ignore"):
+      logp = np.log2(w) - np.log2(w.sum(axis=2, keepdims=True))
+    total -= float((per * logp).sum())
+    counts = before[-1] + per[-1]
+  return total
+
+
+def _scale_bits(values: np.ndarray, span: int) -> float:
+  if span <= 1 or values.size == 0:
+    return 0.0
+  v = values[:, None]
+  bounds = schedule(values.size, 1, SCALE_MIN_BLOCK)
+  return _adaptive_bits(np.zeros_like(v), v, np.ones_like(v, bool), bounds, 1, span, SCALE_BETA)
+
+
+def _level_bits(model: Model, ctx, sym, esc, valid, bounds) -> float:
+  """Bits of the magnitude symbols (contexts ``ctx``) and the remainders of the levels."""
+  k, a, beta = model.table_contexts, model.alphabet, BETAS[model.beta_index]
+  bits = _adaptive_bits(ctx, sym, valid, bounds, k, a, beta)
+  return bits + float(np.maximum(esc[valid], 0).sum())
+
+
+def _sign_bits(sym, nz, bounds, negative) -> float:
+  """Bits of the signs ``negative`` of the entries ``nz`` (the same for every model)."""
+  return _adaptive_bits(np.zeros_like(sym), negative, nz, bounds, 1, 2, SIGN_BETA)
+
+
+# -------------------------------------------------------------------------- encoder
+
+
+def _fit_scales(mag, walk: _Walk, use_rows, use_cols, iters=3):
+  """log2 scales ``(a (rows,), b (cols,))`` with ``mean |k| ~ 2**(a[r] + b[c])``."""
+  valid, rows, cols = walk.valid, walk.rows, walk.cols
+  ri, ci = walk.row_index()[valid], np.broadcast_to(walk.col, valid.shape)[valid]
+  mv = mag[valid].astype(np.float64)
+  n_r = np.maximum(np.bincount(ri, minlength=rows), 1)
+  n_c = np.maximum(np.bincount(ci, minlength=cols), 1)
+  a, b = np.zeros(rows), np.zeros(cols)
+  for _ in range(iters if use_rows and use_cols else 1):
+    if use_rows:
+      a = np.log2(np.bincount(ri, mv * np.exp2(-b)[ci], minlength=rows) / n_r + 0.25)
+    if use_cols:
+      b = np.log2(np.bincount(ci, mv * np.exp2(-a)[ri], minlength=cols) / n_c + 0.25)
+  return a, b
+
+
+def _quantized(logs: np.ndarray) -> tuple[np.ndarray, int, int]:
+  """Scale symbols of log2 scales: ``(values, low, span)``."""
+  q = np.rint((logs - np.median(logs)) / SCALE_STEP).astype(np.int64)
+  half = MAX_SCALE_SPAN // 2
+  q = np.clip(q, -half, half - 1)
+  low = int(q.min())
+  return q, low, int(q.max()) - low + 1
+
+
+def _escapes(mmax: int, direct: int) -> int:
+  """Escape classes needed for magnitudes up to ``mmax`` with ``direct`` symbols."""
+  return 0 if mmax < direct else int(_log2(np.array([mmax - direct + 1]))[0]) + 1
+
+
+def _with_direct(model: Model, direct: int, mmax: int) -> Model:
+  escapes = _escapes(mmax, direct)
+  return replace(model, direct=max(direct, 2 - escapes), escapes=escapes)
+
+
+def _choose(mag, walk: _Walk, dq, options):
+  """The model of smallest estimated size among a few: ``(model, row scales, column
+  scales, estimated bits without the signs, contexts)``. The scale sets are chosen with
+  ``DEFAULT_DIRECT`` direct symbols, then D by a local search over ``DIRECT_CHOICES``."""
+  valid, rows, cols = walk.valid, walk.rows, walk.cols
+  mmax = int(mag[valid].max(initial=0))
+  contexts = int(options.get("contexts", DEFAULT_CONTEXTS))
+  beta_index = int(options.get("beta_index", DEFAULT_BETA_INDEX))
+  if not (1 <= contexts <= MAX_SCALE_CONTEXTS and 0 <= beta_index < len(BETAS)):
+    raise ValueError(f"contexts {contexts} or beta index {beta_index} out of range")
+  direct = options.get("direct")
+  if direct is not None and not 1 <= direct <= MAX_DIRECT:
+    raise ValueError(f"direct symbols {direct} not in 1..{MAX_DIRECT}")
+  states = (dq_states(mag, valid) >= 2).astype(np.uint8) if dq else None
+  t_rows, width = mag.shape
+  bounds = np.arange(t_rows + 1) if dq else schedule(t_rows, width, MIN_BLOCK)
+
+  def level_bits(model, ctx):
+    sym, esc = _symbols(mag, model.direct, mmax)
+    return _level_bits(model, ctx, sym, esc, valid, bounds)
+
+  scales = options.get("scales")
+  tried = [(False, False), (True, False), (False, True), (True, True)]
+  if scales is not None:
+    tried = [tuple(bool(f) for f in scales)]
+  elif rows < 2 or cols < 2:  # a scale per entry of a vector pays nothing
+    tried = [f for f in tried if not (f[0] and rows < 2) and not (f[1] and cols < 2)]
+  first = min(DEFAULT_DIRECT, max(mmax, 1)) if direct is None else direct
+  best = None
+  for use_rows, use_cols in tried:
+    a, b = _fit_scales(mag, walk, use_rows, use_cols)
+    side = 0.0
+    sets = []
+    for use, logs in ((use_rows, a), (use_cols, b)):
+      values, sc = None, None
+      if use:
+        values, low, span = _quantized(logs)
+        sc = (low, span)
+        side += _scale_bits(values - low, span)
+      sets += [values, sc]
+    row_s, row_sc, col_s, col_sc = sets
+    n_ctx = contexts if (use_rows or use_cols) else 1
+    lv = _scale_contexts(Model(0, 0, 1, 0, 0, dq, None, None, 0), row_s, col_s, walk, raw=True)
+    offset = int(np.median(lv[valid])) - n_ctx // 2 if valid.any() else 0
+    offset = int(np.clip(offset, -MAX_OFFSET, MAX_OFFSET))
+    model = Model(0, 0, n_ctx, offset, beta_index, dq, row_sc, col_sc, 0)
+    model = _with_direct(model, first, mmax)
+    ctx = _scale_contexts(model, row_s, col_s, walk)
+    if dq:
+      ctx = 2 * ctx + states
+    bits = side + level_bits(model, ctx)
+    if best is None or bits < best[3]:
+      best = [model, row_s, col_s, bits, ctx, side]
+  if direct is None:  # local search of D from DEFAULT_DIRECT, while it pays
+    model, ctx, side = best[0], best[4], best[5]
+    choices = [d for d in DIRECT_CHOICES if d <= max(mmax + 1, 2)]
+    i = choices.index(min(choices, key=lambda d: abs(d - model.direct)))
+    for step in (1, -1):
+      j = i + step
+      while 0 <= j < len(choices):
+        cand = _with_direct(model, choices[j], mmax)
+        bits = side + level_bits(cand, ctx)
+        if bits >= best[3]:
+          break
+        best[0], best[3] = cand, bits
+        j += step
+      if best[0] is not model:
+        break
+  return tuple(best[:5])
+
+
+def encode(
+  y: np.ndarray,
+  valid: np.ndarray | None = None,
+  *,
+  geometry: Sequence[int] | None = None,
+  dq: bool = False,
+  **options,
+) -> Encoded:
+  """Encodes a walked matrix ``y`` ``(T, W)`` of signed integer levels.
+
+  Args:
+    y: the levels, ``|k| <= MAX_MAGNITUDE``; entries outside ``valid`` are ignored.
+    valid: which entries hold levels; None: all of them, or those of ``geometry``.
+    geometry: ``(rows, cols)`` of the matrix ``y`` is the walk of (module docstring);
+      None: ``y`` itself.
+    dq: adds the dependent-quantization state bit of each chain to the contexts.
+    **options: the encoder's choices, to force them (tests): ``direct`` (D),
+      ``contexts`` (C), ``beta_index``, ``scales`` (``(rows?, cols?)`` booleans).
+
+  Returns:
+    ``(model section, payload, estimated payload bits)``.
+  """
+  y = np.asarray(y)
+  if y.ndim != 2 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+    raise ValueError(f"expected a 2-D walked matrix of ints, got {y.dtype} {y.shape}")
+  walk = _geometry(y.shape, geometry, valid)
+  valid = walk.valid
+  mag = np.abs(y.astype(np.int64))
+  mag = np.where(valid, mag, 0)
+  if mag.max(initial=0) > MAX_MAGNITUDE:
+    raise ValueError(f"levels beyond +-{MAX_MAGNITUDE} cannot be coded")
+  model, row_s, col_s, bits, ctx = _choose(mag, walk, dq, options)
+
+  sym, esc = _symbols(mag, model.direct, int(mag.max(initial=0)))
+  negative = (y < 0).astype(np.int64)
+  t_rows, width = y.shape
+  bounds = np.arange(t_rows + 1) if dq else schedule(t_rows, width, MIN_BLOCK)
+  bits += _sign_bits(sym, valid & (sym > 0), bounds, negative)
+  enc = kernel.RangeEncoder()
+  for sc, values in ((model.row_scales, row_s), (model.col_scales, col_s)):
+    if sc is not None:
+      _encode_scales(enc, values - sc[0], sc[1])
+  _encode_levels(enc, model, ctx, sym, esc, mag, negative, valid, bounds)
+  return Encoded(write_model(model), kernel.words_to_bytes(enc.get_compressed()), bits)
+
+
+def _runs(ctx: np.ndarray):
+  """``(order, contexts present, run starts, run ends)`` of a context array (uint8): the
+  stable order that groups its entries by context."""
+  order = np.argsort(ctx, kind="stable")
+  n = np.bincount(ctx, minlength=1)
+  ids = np.flatnonzero(n)
+  ends = np.cumsum(n)[ids]
+  return order, ids, ends - n[ids], ends
+
+
+def _encode_scales(enc, values: np.ndarray, span: int) -> None:
+  if span <= 1 or values.size == 0:
+    return
+  counts = np.zeros((1, span), np.int64)
+  bounds = schedule(values.size, 1, SCALE_MIN_BLOCK)
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    w = weights(counts, SCALE_BETA)[0]
+    v = values[r0:r1]
+    enc.encode(v.astype(np.int32), kernel.Categorical(w, perfect=False))
+    counts[0] += np.bincount(v, minlength=span)
+
+
+def _encode_levels(enc, model, ctx, sym, esc, mag, negative, valid, bounds) -> None:
+  k, a, d = model.table_contexts, model.alphabet, model.direct
+  beta = BETAS[model.beta_index]
+  counts = np.zeros((k, a), np.int64)
+  scounts = np.zeros((1, 2), np.int64)
+  uniform = constriction.stream.model.Uniform()
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    sel = valid[r0:r1]
+    c = ctx[r0:r1][sel]
+    s = sym[r0:r1][sel]
+    table = weights(counts, beta)
+    order, ids, starts, ends = _runs(c)
+    so = s[order].astype(np.int32)
+    for i, lo, hi in zip(ids, starts, ends):
+      enc.encode(so[lo:hi], kernel.Categorical(table[i], perfect=False))
+    j = esc[r0:r1][sel]
+    big = j >= 1
+    if big.any():
+      m = mag[r0:r1][sel][big]
+      rem = m - d + 1 - (np.int64(1) << j[big])
+      enc.encode(rem.astype(np.int32), uniform, (np.int64(1) << j[big]).astype(np.int32))
+    neg = negative[r0:r1][sel][s > 0]
+    if neg.size:
+      enc.encode(
+        neg.astype(np.int32), kernel.Categorical(weights(scounts, SIGN_BETA)[0], perfect=False)
+      )
+    counts += np.bincount(c.astype(np.int64) * a + s, minlength=k * a).reshape(k, a)
+    scounts[0] += np.bincount(neg, minlength=2)
+
+
+# -------------------------------------------------------------------------- decoder
+
+
+def decode(
+  model,
+  payload,
+  shape: Sequence[int],
+  valid: np.ndarray | None = None,
+  *,
+  geometry: Sequence[int] | None = None,
+) -> np.ndarray:
+  """Decodes a walked matrix of levels (int32 ``shape`` ``(T, W)``, 0 outside ``valid``).
+
+  Args:
+    model: the model section (bytes), or a :class:`~hemp_jax.codec.wire.Reader` at it.
+    payload: the payload (bytes); None with a reader: the rest of the reader.
+    shape: ``(T, W)``.
+    valid, geometry: as given to :func:`encode`.
+
+  Raises:
+    FormatError: malformed model section or payload (nothing else, for any bytes).
+  """
+  if isinstance(model, Reader):
+    reader = model
+  else:
+    reader = Reader(model, what="magnitude model")
+  info = parse_model(reader)
+  if payload is None:
+    payload = reader.take(reader.remaining, "payload")
+  elif not isinstance(model, Reader):
+    reader.expect_end("magnitude model")
+  t_rows, width = (int(d) for d in shape)
+  walk = _geometry((t_rows, width), geometry, valid)
+
+  def run():
+    dec = kernel.RangeDecoder(kernel.bytes_to_words(payload))
+    scales = []
+    for sc, n in ((info.row_scales, walk.rows), (info.col_scales, walk.cols)):
+      scales.append(None if sc is None else sc[0] + _decode_scales(dec, n, sc[1]))
+    ctx = _scale_contexts(info, scales[0], scales[1], walk)
+    return _decode_levels(dec, info, ctx, walk.valid)
+
+  try:
+    return run()
+  except FormatError:
+    raise
+  except (KeyboardInterrupt, SystemExit, GeneratorExit):
+    raise
+  except BaseException as e:  # noqa: B036 - constriction raises ValueError, or a pyo3
+    # PanicException (a BaseException), on some malformed payloads.
+    raise FormatError(f"{reader.what}: range decoder failed: {type(e).__name__}: {e}") from None
+
+
+def _decode_scales(dec, n: int, span: int) -> np.ndarray:
+  out = np.zeros(n, np.int64)
+  if span <= 1 or n == 0:
+    return out
+  counts = np.zeros((1, span), np.int64)
+  bounds = schedule(n, 1, SCALE_MIN_BLOCK)
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    w = weights(counts, SCALE_BETA)[0]
+    v = np.asarray(dec.decode(kernel.Categorical(w, perfect=False), int(r1 - r0)), np.int64)
+    out[r0:r1] = v
+    counts[0] += np.bincount(v, minlength=span)
+  return out
+
+
+def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  t_rows, width = ctx.shape
+  k, a, d = info.table_contexts, info.alphabet, info.direct
+  beta = BETAS[info.beta_index]
+  y = np.zeros((t_rows, width), np.int32)
+  counts = np.zeros((k, a), np.int64)
+  scounts = np.zeros((1, 2), np.int64)
+  uniform = constriction.stream.model.Uniform()
+  bounds = np.arange(t_rows + 1) if info.dq else schedule(t_rows, width, MIN_BLOCK)
+  state = np.zeros(width, np.int8)
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    sel = valid[r0:r1]
+    full = bool(sel.all())  # the common case: no boolean indexing
+    c = ctx[r0:r1].reshape(-1) if full else ctx[r0:r1][sel]
+    if info.dq:  # one row: the contexts take the chains' states
+      c = 2 * c + (state[sel[0]] >= 2).astype(np.uint8)
+    table = weights(counts, beta)
+    order, ids, starts, ends = _runs(c)
+    so = np.empty(c.size, np.int32)
+    for i, lo, hi in zip(ids, starts, ends):
+      so[lo:hi] = dec.decode(kernel.Categorical(table[i], perfect=False), int(hi - lo))
+    s = np.empty(c.size, np.int32)
+    s[order] = so
+    m = s
+    esc = s >= d
+    if esc.any():
+      m = s.copy()
+      j = s[esc] - d
+      val = d + (np.int32(1) << j) - 1
+      big = j >= 1
+      if big.any():
+        val[big] += np.asarray(dec.decode(uniform, (np.int32(1) << j[big])), np.int32)
+      m[esc] = val
+    nz = s > 0
+    n_nz = int(np.count_nonzero(nz))
+    neg = np.zeros(0, np.int32)
+    if n_nz:
+      model = kernel.Categorical(weights(scounts, SIGN_BETA)[0], perfect=False)
+      neg = np.asarray(dec.decode(model, n_nz), np.int32)
+      flip = np.zeros(c.size, bool)
+      flip[nz] = neg.astype(bool)
+      vals = np.where(flip, -m, m)
+      if full:
+        y[r0:r1] = vals.reshape(r1 - r0, width)
+      else:
+        y[r0:r1][sel] = vals
+    if info.dq:
+      row = sel[0]
+      state[row] = DQ_NEXT[state[row], m & 1]
+    counts += np.bincount(c.astype(np.int64) * a + s, minlength=k * a).reshape(k, a)
+    scounts[0] += np.bincount(neg, minlength=2)
+  return y
+
+
+# ------------------------------------------------------------------ matrix helpers
+
+
+def encode_matrix(x: np.ndarray, *, dq: bool = False, **options) -> Encoded:
+  """Encodes a ``(rows, cols)`` matrix of levels in the coder's walk (segments of
+  :func:`~hemp_jax.codec.context_models.segment_rows`); see :func:`encode`."""
+  x = np.asarray(x)
+  y, _, _ = walked(x)
+  return encode(y, geometry=x.shape, dq=dq, **options)
+
+
+def decode_matrix(model, payload, rows: int, cols: int) -> np.ndarray:
+  """Inverse of :func:`encode_matrix`: the ``(rows, cols)`` int32 matrix."""
+  seg_t, s = segment_rows(rows, cols)
+  if rows * cols == 0:
+    seg_t, s = rows, 1
+  y = decode(model, payload, (seg_t, s * cols), geometry=(rows, cols))
+  return unwalk(y, rows, cols, s)
