@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hemp_jax.codec import context_models, legacy, records, trellis
+from hemp_jax.codec import context_models, legacy, magnitude, records, trellis
 from hemp_jax.codec.container import (
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_ELEMENTS,
@@ -127,7 +127,7 @@ def quantized_symbols(blob, min_size: int = 0):
     if levels.size < 2:
       continue
     coded = r.remaining
-    symbols = context_models.decode(r, e.shape, levels.size)
+    symbols = records.decode_symbols(r, e.shape, levels, e.version)
     yield leaf_name(e.comps), e.shape, levels, coded, symbols
 
 
@@ -153,6 +153,10 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
   rep.levels, rep.used_levels = k, int(used.sum())
   rep.codebook_bytes = r.pos - e.offset
   if n and levels.size >= 2:
+    if e.version >= 3 and r.remaining and r.buf[r.pos] & 3 == records.CODER_MAGNITUDE:
+      head = r.u8("coder model header")
+      _magnitude_report(r, rep, f"magnitude/L{head >> 4 & 1}")
+      return rep
     if e.version >= 3:
       info = context_models.parse_model(r, e.shape, levels.size)
       rep.model = f"{context_models.KIND_NAMES[info.kind]}/L{info.layout}" + (
@@ -172,12 +176,23 @@ def _dq_report(r, e, rep: LeafReport, n: int) -> LeafReport:
   rep.model = f"dq/L{layout}"
   if levels is not None:
     rep.levels, rep.used_levels = int(levels[-1] - levels[0] + 1), int(levels.size)
-    if levels.size > 1:
+    if levels.size > 1 and r.remaining and r.buf[r.pos] & records.DQ_MAGNITUDE:
+      r.u8("dq coder header")
+      _magnitude_report(r, rep, f"dq-magnitude/L{layout}")
+    elif levels.size > 1:
       start = r.pos
       trellis.parse_tables(r, levels.size)
       rep.order, rep.table_bytes = 0, r.pos - start
       rep.payload_bytes = r.remaining
   return rep
+
+
+def _magnitude_report(r, rep: LeafReport, name: str) -> None:
+  """The model section (its header byte counted) and payload of a magnitude coder section,
+  the reader just past its header byte."""
+  info = magnitude.parse_model(r)
+  rep.model, rep.order = name, 0
+  rep.table_bytes, rep.payload_bytes = 1 + info.model_bytes, r.remaining
 
 
 def inspect(

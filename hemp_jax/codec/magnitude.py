@@ -1,8 +1,9 @@
-"""A large-alphabet adaptive model for signed integer levels, conditioned on a scale.
+"""The magnitude coder: a large-alphabet adaptive model of signed integer levels,
+conditioned on stored row and column scales (and, for dq leaves, the trellis state).
 
-The version-3 coder's context models stop at alphabets of ``MAX_CONTEXT_ALPHABET``
-symbols; beyond that a leaf is coded with order-0 tables. This module codes the signed
-levels ``k`` of a matrix directly, whatever their range (``|k| <= MAX_MAGNITUDE``), as
+The version-3 context models stop at alphabets of ``MAX_CONTEXT_ALPHABET`` symbols and
+store static tables; this coder codes the signed levels ``k`` of a matrix directly,
+whatever their range, as
 
 * a *magnitude symbol*: ``|k|`` itself below ``D`` (the direct symbols), else an escape
   class ``D + j`` with ``j = floor(log2(|k| - D + 1))`` (Exp-Golomb of order 0), coded
@@ -17,10 +18,14 @@ dependent quantization (``dq``) it also holds the bit ``state >= 2`` of the trel
 of its chain. The scales are chosen by the encoder (an order-0 adaptive code puts them in
 the payload) and cost a few bits per row or column; the encoder leaves either out where it
 does not pay. Contexts taken from the magnitudes of already coded neighbours were measured
-and left out: on pretrained weights they save much less than the scales, and on top of
-them cost more in learning than they save (``experiments/COMPRESS.md``); without them the
-contexts of a whole group of rows are known before it is decoded, so that a group decodes
-in one call per context.
+and left out (``experiments/COMPRESS.md``).
+
+The bytes (model section, coding order, adaptive tables) are defined in ``FORMAT.md``
+("Magnitude coder"); this module writes and reads them. In a ``.hemp`` file the coder
+codes a quantized leaf's symbols as offsets from the level nearest zero (coder-section
+kind 3) or a dq leaf's levels (dq coder header bit 6); :func:`encode_leaf` and
+:func:`decode_leaf` are the leaf-level entry points, and the encoder takes this coder
+only where it saves :data:`LEAF_MIN_GAIN` (:mod:`hemp_jax.codec.records`).
 
 Geometry. The levels are a *walked* matrix ``y`` of shape ``(T, W)``
 (:func:`hemp_jax.codec.context_models.walked`): its columns are chains read top to
@@ -30,54 +35,28 @@ cols)``, ``y`` is the walk of a ``(rows, cols)`` matrix ``x`` in ``S`` segments
 ``x[(u // cols) * T + t, u % cols]`` and the mask is
 :func:`~hemp_jax.codec.context_models.valid_mask`; without, ``x`` is ``y`` itself
 (``rows, cols = T, W``) and any mask may be given.
-
-Model section (what the decoder reads, bounds checked; ``FormatError`` otherwise)::
-
-  u8      flags: bit 0 row scales, bit 1 column scales, bit 2 dq,
-          bits 3-5 beta index (beta = BETAS[i]), bits 6-7 zero
-  varint  D, the direct symbols (1 .. MAX_DIRECT)
-  varint  E, the escape classes (0 .. MAX_ESCAPES), D + E >= 2
-  varint  C, the scale contexts (1 .. MAX_SCALE_CONTEXTS)
-  varint  zigzag(offset) (|offset| <= MAX_OFFSET)
-  per scale set present (rows, then columns):
-    varint zigzag(low), varint span - 1 (span <= MAX_SCALE_SPAN)
-
-Payload: one ``constriction`` queue range coder stream (words as in
-:func:`hemp_jax.codec.kernel.words_to_bytes`) holding, in this order:
-
-1. the row scales ``low + s`` (``rows`` symbols ``s`` in ``[0, span)``), then the column
-   scales (``cols`` symbols), each set with one adaptive table (no symbol coded if
-   ``span == 1``), refreshed between the groups of :func:`schedule` ``(n, 1,
-   SCALE_MIN_BLOCK)``;
-2. the levels, group by group. A group is a block of walked rows of :func:`schedule`
-   ``(T, W, MIN_BLOCK)``, or a single row with dq. The scale context of entry ``(t, u)`` is
-   ``clip(row_scale + col_scale - offset, 0, C - 1)`` (a missing set counts 0); with dq
-   the context is ``2 * scale context + (state >= 2)``, ``state`` the chain's trellis state
-   (0 at the top of every walked column; after each valid entry ``DQ_NEXT[state, |k| & 1]``).
-   In a group, in this order: the magnitude symbols of its valid entries ordered by
-   context, then row-major; the remainders of its escapes of class ``j >= 1`` row-major,
-   each uniform over ``2**j`` values (``|k| = D + 2**j - 1 + remainder``); the signs (1:
-   negative) of its nonzero entries row-major.
-
-Adaptive tables. Counts ``n[c, a]`` per context start at 0 and take in a group's symbols
-after it is coded. The weights of context ``c`` are ``(n[c, a] << PRIOR_BITS) + beta *
-g[a]`` with the shared prior ``g[a] = max(1, ((2 N[a] + 1) << PRIOR_BITS) // (2 N + A))``
-(``N[a]`` the counts of symbol ``a`` over all contexts, ``N`` their sum, ``A`` the
-alphabet), floored by :func:`hemp_jax.codec.kernel.floored` and given to
-``Categorical(perfect=False)`` as float32; sign tables use ``SIGN_BETA``, scale tables
-``SCALE_BETA``. Every rule is integer arithmetic, so both sides build identical tables.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
 
 import constriction
 import numpy as np
 
-from hemp_jax.codec import kernel
-from hemp_jax.codec.context_models import segment_rows, unwalk, valid_mask, walked
+from hemp_jax.codec import kernel, trellis
+from hemp_jax.codec.context_models import (
+  CHUNK,
+  layouts,
+  matrix,
+  segment_rows,
+  unmatrix,
+  unwalk,
+  valid_mask,
+  walked,
+)
 from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
 
 __all__ = [
@@ -95,6 +74,8 @@ __all__ = [
   "SCALE_MIN_BLOCK",
   "SCALE_STEP",
   "DQ_NEXT",
+  "EST_ENTRIES",
+  "LEAF_MIN_GAIN",
   "Encoded",
   "Model",
   "schedule",
@@ -106,6 +87,8 @@ __all__ = [
   "decode",
   "encode_matrix",
   "decode_matrix",
+  "encode_leaf",
+  "decode_leaf",
 ]
 
 MAX_DIRECT = 64  # direct magnitude symbols
@@ -118,14 +101,21 @@ BETAS = (2, 4, 8, 16, 32, 64, 128, 256)  # prior strength of the magnitude table
 PRIOR_BITS = 16
 SIGN_BETA = 2
 SCALE_BETA = 4
-MIN_BLOCK = 256  # entries of the first group of rows (without dq)
+MIN_BLOCK = 256  # entries of the first group of rows
 SCALE_MIN_BLOCK = 16  # scale symbols of the first group
 SCALE_STEP = 1 / 3  # the encoder's scale quantum, in octaves
 DEFAULT_CONTEXTS = 16
 DEFAULT_DIRECT = 8
 DIRECT_CHOICES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # the encoder's search of D
 DEFAULT_BETA_INDEX = 3
-DQ_NEXT = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int8)  # state x parity -> state
+DQ_NEXT = trellis.NEXT  # state x parity -> state
+# Leaves of more entries are scored on leading rows of about this many entries, and coded
+# only where that estimate promises the gain below.
+EST_ENTRIES = 1 << 16
+# The magnitude coder decodes 2-5x slower than the static tables it replaces (a table
+# refresh per group of rows, and with dq a decoder call per walked row): a leaf takes it
+# only where it is at least this fraction smaller (experiments/COMPRESS.md).
+LEAF_MIN_GAIN = 0.02
 
 _ROWS, _COLS, _DQ = 1, 2, 4
 
@@ -189,16 +179,9 @@ def weights(counts: np.ndarray, beta: int) -> np.ndarray:
 
 
 def dq_states(mag: np.ndarray, valid: np.ndarray) -> np.ndarray:
-  """Trellis state (int8) of every entry of a walked matrix of magnitudes: 0 at the top of
-  each column, then ``DQ_NEXT[state, |k| & 1]`` after every valid entry."""
-  t_rows, width = mag.shape
-  out = np.zeros((t_rows, width), np.int8)
-  state = np.zeros(width, np.int8)
-  for t in range(t_rows):
-    out[t] = state
-    nxt = DQ_NEXT[state, mag[t] & 1]
-    state = np.where(valid[t], nxt, state)
-  return out
+  """Trellis state (uint8) of every entry of a walked matrix of magnitudes: 0 at the top
+  of each column, then ``DQ_NEXT[state, |k| & 1]`` after every valid entry."""
+  return trellis.states(mag, valid)
 
 
 def _symbols(mag: np.ndarray, direct: int, mmax: int | None = None):
@@ -254,9 +237,7 @@ def _geometry(shape, geometry, valid) -> _Walk:
       walk = walk._replace(valid=np.ones((t_rows, width), bool))
   else:
     rows, cols = (int(d) for d in geometry)
-    seg_t, s = segment_rows(rows, cols)
-    if rows * cols == 0:
-      seg_t, s = rows, 1
+    seg_t, s = _segments(rows, cols)
     if (seg_t, s * cols) != (t_rows, width):
       raise ValueError(f"walked shape {(t_rows, width)} does not match geometry {geometry}")
     cols1 = max(cols, 1)
@@ -269,6 +250,11 @@ def _geometry(shape, geometry, valid) -> _Walk:
       f"valid mask of shape {walk.valid.shape} for a walked matrix {(t_rows, width)}"
     )
   return walk
+
+
+def _segments(rows: int, cols: int) -> tuple[int, int]:
+  """:func:`segment_rows`, with ``(rows, 1)`` for an empty matrix."""
+  return (rows, 1) if rows * cols == 0 else segment_rows(rows, cols)
 
 
 def _scale_contexts(model: Model, row_s, col_s, walk: _Walk, raw=False) -> np.ndarray:
@@ -425,11 +411,13 @@ def _with_direct(model: Model, direct: int, mmax: int) -> Model:
   return replace(model, direct=max(direct, 2 - escapes), escapes=escapes)
 
 
-def _choose(mag, walk: _Walk, dq, options):
+def _choose(mag, walk: _Walk, states, options):
   """The model of smallest estimated size among a few: ``(model, row scales, column
-  scales, estimated bits without the signs, contexts)``. The scale sets are chosen with
+  scales, estimated bits without the signs, contexts)``. ``states``: the dq state bit
+  (uint8 ``(T, W)``) of every entry, or None. The scale sets are chosen with
   ``DEFAULT_DIRECT`` direct symbols, then D by a local search over ``DIRECT_CHOICES``."""
   valid, rows, cols = walk.valid, walk.rows, walk.cols
+  dq = states is not None
   mmax = int(mag[valid].max(initial=0))
   contexts = int(options.get("contexts", DEFAULT_CONTEXTS))
   beta_index = int(options.get("beta_index", DEFAULT_BETA_INDEX))
@@ -438,9 +426,7 @@ def _choose(mag, walk: _Walk, dq, options):
   direct = options.get("direct")
   if direct is not None and not 1 <= direct <= MAX_DIRECT:
     raise ValueError(f"direct symbols {direct} not in 1..{MAX_DIRECT}")
-  states = (dq_states(mag, valid) >= 2).astype(np.uint8) if dq else None
-  t_rows, width = mag.shape
-  bounds = np.arange(t_rows + 1) if dq else schedule(t_rows, width, MIN_BLOCK)
+  bounds = schedule(*mag.shape, MIN_BLOCK)
 
   def level_bits(model, ctx):
     sym, esc = _symbols(mag, model.direct, mmax)
@@ -496,6 +482,20 @@ def _choose(mag, walk: _Walk, dq, options):
   return tuple(best[:5])
 
 
+def _prepared(y, valid, geometry, dq):
+  """``(walk, magnitudes, dq state bits or None)`` of a walked matrix of levels."""
+  y = np.asarray(y)
+  if y.ndim != 2 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+    raise ValueError(f"expected a 2-D walked matrix of ints, got {y.dtype} {y.shape}")
+  walk = _geometry(y.shape, geometry, valid)
+  mag = np.abs(y.astype(np.int64))
+  mag = np.where(walk.valid, mag, 0)
+  if mag.max(initial=0) > MAX_MAGNITUDE:
+    raise ValueError(f"levels beyond +-{MAX_MAGNITUDE} cannot be coded")
+  states = (dq_states(mag, walk.valid) >> 1).astype(np.uint8) if dq else None
+  return walk, mag, states
+
+
 def encode(
   y: np.ndarray,
   valid: np.ndarray | None = None,
@@ -512,27 +512,18 @@ def encode(
     geometry: ``(rows, cols)`` of the matrix ``y`` is the walk of (module docstring);
       None: ``y`` itself.
     dq: adds the dependent-quantization state bit of each chain to the contexts.
-    **options: the encoder's choices, to force them (tests): ``direct`` (D),
-      ``contexts`` (C), ``beta_index``, ``scales`` (``(rows?, cols?)`` booleans).
+    **options: the encoder's choices, to force them: ``direct`` (D), ``contexts`` (C),
+      ``beta_index``, ``scales`` (``(rows?, cols?)`` booleans).
 
   Returns:
     ``(model section, payload, estimated payload bits)``.
   """
-  y = np.asarray(y)
-  if y.ndim != 2 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
-    raise ValueError(f"expected a 2-D walked matrix of ints, got {y.dtype} {y.shape}")
-  walk = _geometry(y.shape, geometry, valid)
+  walk, mag, states = _prepared(y, valid, geometry, dq)
   valid = walk.valid
-  mag = np.abs(y.astype(np.int64))
-  mag = np.where(valid, mag, 0)
-  if mag.max(initial=0) > MAX_MAGNITUDE:
-    raise ValueError(f"levels beyond +-{MAX_MAGNITUDE} cannot be coded")
-  model, row_s, col_s, bits, ctx = _choose(mag, walk, dq, options)
-
+  model, row_s, col_s, bits, ctx = _choose(mag, walk, states, options)
   sym, esc = _symbols(mag, model.direct, int(mag.max(initial=0)))
-  negative = (y < 0).astype(np.int64)
-  t_rows, width = y.shape
-  bounds = np.arange(t_rows + 1) if dq else schedule(t_rows, width, MIN_BLOCK)
+  negative = (np.asarray(y) < 0).astype(np.int64)
+  bounds = schedule(*mag.shape, MIN_BLOCK)
   bits += _sign_bits(sym, valid & (sym > 0), bounds, negative)
   enc = kernel.RangeEncoder()
   for sc, values in ((model.row_scales, row_s), (model.col_scales, col_s)):
@@ -540,6 +531,19 @@ def encode(
       _encode_scales(enc, values - sc[0], sc[1])
   _encode_levels(enc, model, ctx, sym, esc, mag, negative, valid, bounds)
   return Encoded(write_model(model), kernel.words_to_bytes(enc.get_compressed()), bits)
+
+
+def _estimate(y, valid, dq, options) -> tuple[float, dict]:
+  """``(estimated bits of model section and payload, the options chosen)`` of a walked
+  matrix (no geometry: rows and walked columns get the scales)."""
+  walk, mag, states = _prepared(y, valid, None, dq)
+  model, _, _, bits, _ = _choose(mag, walk, states, options)
+  sym, _ = _symbols(mag, model.direct, int(mag.max(initial=0)))
+  neg = (np.asarray(y) < 0).astype(np.int64)
+  bits += _sign_bits(sym, walk.valid & (sym > 0), schedule(*mag.shape, MIN_BLOCK), neg)
+  chosen = dict(options, direct=model.direct)
+  chosen["scales"] = (model.row_scales is not None, model.col_scales is not None)
+  return bits + 8 * len(write_model(model)), chosen
 
 
 def _runs(ctx: np.ndarray):
@@ -564,27 +568,37 @@ def _encode_scales(enc, values: np.ndarray, span: int) -> None:
     counts[0] += np.bincount(v, minlength=span)
 
 
+def _remainders(mag: np.ndarray, j: np.ndarray, d: int):
+  """``(remainders, sizes)`` (int32) of escapes of classes ``j >= 1`` with magnitudes
+  ``mag`` (``|k| = D + 2**j - 1 + remainder``)."""
+  size = np.int64(1) << j
+  return (mag - d + 1 - size).astype(np.int32), size.astype(np.int32)
+
+
 def _encode_levels(enc, model, ctx, sym, esc, mag, negative, valid, bounds) -> None:
   k, a, d = model.table_contexts, model.alphabet, model.direct
   beta = BETAS[model.beta_index]
   counts = np.zeros((k, a), np.int64)
   scounts = np.zeros((1, 2), np.int64)
   uniform = constriction.stream.model.Uniform()
+  family = kernel.Categorical(perfect=False)
   for r0, r1 in zip(bounds[:-1], bounds[1:]):
     sel = valid[r0:r1]
     c = ctx[r0:r1][sel]
     s = sym[r0:r1][sel]
     table = weights(counts, beta)
-    order, ids, starts, ends = _runs(c)
-    so = s[order].astype(np.int32)
-    for i, lo, hi in zip(ids, starts, ends):
-      enc.encode(so[lo:hi], kernel.Categorical(table[i], perfect=False))
-    j = esc[r0:r1][sel]
-    big = j >= 1
-    if big.any():
-      m = mag[r0:r1][sel][big]
-      rem = m - d + 1 - (np.int64(1) << j[big])
-      enc.encode(rem.astype(np.int32), uniform, (np.int64(1) << j[big]).astype(np.int32))
+    if model.dq:  # row by row, each row's symbols row-major, then its remainders
+      _encode_dq_rows(enc, family, uniform, table, d, ctx, sym, esc, mag, valid, r0, r1)
+    else:  # the group's symbols by context, then its remainders
+      order, ids, starts, ends = _runs(c)
+      so = s[order].astype(np.int32)
+      for i, lo, hi in zip(ids, starts, ends):
+        enc.encode(so[lo:hi], kernel.Categorical(table[i], perfect=False))
+      j = esc[r0:r1][sel]
+      big = j >= 1
+      if big.any():
+        rem, size = _remainders(mag[r0:r1][sel][big], j[big], d)
+        enc.encode(rem, uniform, size)
     neg = negative[r0:r1][sel][s > 0]
     if neg.size:
       enc.encode(
@@ -592,6 +606,29 @@ def _encode_levels(enc, model, ctx, sym, esc, mag, negative, valid, bounds) -> N
       )
     counts += np.bincount(c.astype(np.int64) * a + s, minlength=k * a).reshape(k, a)
     scounts[0] += np.bincount(neg, minlength=2)
+
+
+def _encode_dq_rows(enc, family, uniform, table, d, ctx, sym, esc, mag, valid, r0, r1):
+  """The symbols and remainders of the walked rows ``r0 .. r1-1`` in the order the dq
+  decoder reads them: each row's symbols (row-major, the table of each one's context),
+  then that row's remainders. Rows without remainders run together in one call."""
+  big = (esc[r0:r1] >= 1) & valid[r0:r1]
+  cuts = list(np.flatnonzero(big.any(axis=1)) + r0) + [r1 - 1]
+  start = r0
+  for t in cuts:
+    if t < start:
+      continue
+    sel = valid[start : t + 1]
+    s = sym[start : t + 1][sel].astype(np.int32)
+    c = ctx[start : t + 1][sel]
+    step = max(1, CHUNK // table.shape[1])
+    for i in range(0, s.size, step):
+      enc.encode(s[i : i + step], family, table[c[i : i + step]])
+    row_big = big[t - r0]
+    if row_big.any():
+      rem, size = _remainders(mag[t][row_big], esc[t][row_big], d)
+      enc.encode(rem, uniform, size)
+    start = t + 1
 
 
 # -------------------------------------------------------------------------- decoder
@@ -625,8 +662,11 @@ def decode(
     payload = reader.take(reader.remaining, "payload")
   elif not isinstance(model, Reader):
     reader.expect_end("magnitude model")
-  t_rows, width = (int(d) for d in shape)
-  walk = _geometry((t_rows, width), geometry, valid)
+  return _decoded(reader, info, payload, _geometry(shape, geometry, valid))
+
+
+def _decoded(reader: Reader, info: Model, payload, walk: _Walk) -> np.ndarray:
+  """The levels of a parsed model section and its payload (FormatError on failure)."""
 
   def run():
     dec = kernel.RangeDecoder(kernel.bytes_to_words(payload))
@@ -634,6 +674,8 @@ def decode(
     for sc, n in ((info.row_scales, walk.rows), (info.col_scales, walk.cols)):
       scales.append(None if sc is None else sc[0] + _decode_scales(dec, n, sc[1]))
     ctx = _scale_contexts(info, scales[0], scales[1], walk)
+    if info.dq:
+      return _decode_dq_levels(dec, info, ctx, walk.valid)
     return _decode_levels(dec, info, ctx, walk.valid)
 
   try:
@@ -661,6 +703,35 @@ def _decode_scales(dec, n: int, span: int) -> np.ndarray:
   return out
 
 
+def _magnitudes(dec, uniform, s: np.ndarray, d: int) -> np.ndarray:
+  """The magnitudes of decoded symbols ``s`` (int32), escape remainders decoded."""
+  esc = s >= d
+  if not esc.any():
+    return s
+  m = s.copy()
+  j = s[esc] - d
+  val = d + (np.int32(1) << j) - 1
+  big = j >= 1
+  if big.any():
+    val[big] += np.asarray(dec.decode(uniform, (np.int32(1) << j[big])), np.int32)
+  m[esc] = val
+  return m
+
+
+def _decode_signs(dec, scounts, m: np.ndarray) -> np.ndarray:
+  """``m`` with the decoded signs of its nonzero entries applied (row-major)."""
+  nz = m > 0
+  n_nz = int(np.count_nonzero(nz))
+  if not n_nz:
+    return m
+  model = kernel.Categorical(weights(scounts, SIGN_BETA)[0], perfect=False)
+  neg = np.asarray(dec.decode(model, n_nz), np.int32)
+  scounts[0] += np.bincount(neg, minlength=2)
+  flip = np.zeros(m.shape, bool)
+  flip[nz] = neg.astype(bool)
+  return np.where(flip, -m, m)
+
+
 def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.ndarray:
   t_rows, width = ctx.shape
   k, a, d = info.table_contexts, info.alphabet, info.direct
@@ -669,14 +740,11 @@ def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.n
   counts = np.zeros((k, a), np.int64)
   scounts = np.zeros((1, 2), np.int64)
   uniform = constriction.stream.model.Uniform()
-  bounds = np.arange(t_rows + 1) if info.dq else schedule(t_rows, width, MIN_BLOCK)
-  state = np.zeros(width, np.int8)
+  bounds = schedule(t_rows, width, MIN_BLOCK)
   for r0, r1 in zip(bounds[:-1], bounds[1:]):
     sel = valid[r0:r1]
     full = bool(sel.all())  # the common case: no boolean indexing
     c = ctx[r0:r1].reshape(-1) if full else ctx[r0:r1][sel]
-    if info.dq:  # one row: the contexts take the chains' states
-      c = 2 * c + (state[sel[0]] >= 2).astype(np.uint8)
     table = weights(counts, beta)
     order, ids, starts, ends = _runs(c)
     so = np.empty(c.size, np.int32)
@@ -684,34 +752,59 @@ def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.n
       so[lo:hi] = dec.decode(kernel.Categorical(table[i], perfect=False), int(hi - lo))
     s = np.empty(c.size, np.int32)
     s[order] = so
-    m = s
-    esc = s >= d
-    if esc.any():
-      m = s.copy()
-      j = s[esc] - d
-      val = d + (np.int32(1) << j) - 1
-      big = j >= 1
-      if big.any():
-        val[big] += np.asarray(dec.decode(uniform, (np.int32(1) << j[big])), np.int32)
-      m[esc] = val
-    nz = s > 0
-    n_nz = int(np.count_nonzero(nz))
-    neg = np.zeros(0, np.int32)
-    if n_nz:
-      model = kernel.Categorical(weights(scounts, SIGN_BETA)[0], perfect=False)
-      neg = np.asarray(dec.decode(model, n_nz), np.int32)
-      flip = np.zeros(c.size, bool)
-      flip[nz] = neg.astype(bool)
-      vals = np.where(flip, -m, m)
-      if full:
-        y[r0:r1] = vals.reshape(r1 - r0, width)
-      else:
-        y[r0:r1][sel] = vals
-    if info.dq:
-      row = sel[0]
-      state[row] = DQ_NEXT[state[row], m & 1]
+    vals = _decode_signs(dec, scounts, _magnitudes(dec, uniform, s, d))
+    if full:
+      y[r0:r1] = vals.reshape(r1 - r0, width)
+    else:
+      y[r0:r1][sel] = vals
     counts += np.bincount(c.astype(np.int64) * a + s, minlength=k * a).reshape(k, a)
-    scounts[0] += np.bincount(neg, minlength=2)
+  return y
+
+
+_DQ_STEP = DQ_NEXT.reshape(-1)  # next state by state * 2 + parity
+
+
+def _decode_dq_levels(dec, info: Model, base: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """The levels of a dq model: row by row (the states of a row follow from the rows
+  above), each row's symbols in one call with the table of each one's context."""
+  t_rows, width = base.shape
+  k, a, d = info.table_contexts, info.alphabet, info.direct
+  beta = BETAS[info.beta_index]
+  y = np.zeros((t_rows, width), np.int32)
+  counts = np.zeros((k, a), np.int64)
+  scounts = np.zeros((1, 2), np.int64)
+  uniform = constriction.stream.model.Uniform()
+  family = kernel.Categorical(perfect=False)
+  base = base << 1  # 2 * scale context; + the state bit
+  state = np.zeros(width, np.uint8)
+  full = valid.all(axis=1)
+  bounds = schedule(t_rows, width, MIN_BLOCK)
+  for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    table = weights(counts, beta)
+    sym = np.zeros((r1 - r0, width), np.int32)
+    ctx = np.zeros((r1 - r0, width), np.uint8)
+    for t in range(r0, r1):
+      if full[t]:
+        c = ctx[t - r0]
+        np.add(base[t], state >> 1, out=c)
+        s = sym[t - r0]
+        s[:] = dec.decode(family, table[c])
+        m = y[t]
+        m[:] = _magnitudes(dec, uniform, s, d)
+        state = _DQ_STEP.take((state << 1) | (m & 1).astype(np.uint8))
+      else:
+        sel = valid[t]
+        c = base[t][sel] + (state[sel] >> 1)
+        ctx[t - r0][sel] = c
+        s = np.asarray(dec.decode(family, table[c]), np.int32)
+        sym[t - r0][sel] = s
+        m = _magnitudes(dec, uniform, s, d)
+        y[t][sel] = m
+        state[sel] = _DQ_STEP.take((state[sel] << 1) | (m & 1).astype(np.uint8))
+    sel = valid[r0:r1]
+    y[r0:r1][sel] = _decode_signs(dec, scounts, y[r0:r1][sel])
+    cell = ctx[sel].astype(np.int64) * a + sym[sel]
+    counts += np.bincount(cell, minlength=k * a).reshape(k, a)
   return y
 
 
@@ -728,8 +821,83 @@ def encode_matrix(x: np.ndarray, *, dq: bool = False, **options) -> Encoded:
 
 def decode_matrix(model, payload, rows: int, cols: int) -> np.ndarray:
   """Inverse of :func:`encode_matrix`: the ``(rows, cols)`` int32 matrix."""
-  seg_t, s = segment_rows(rows, cols)
-  if rows * cols == 0:
-    seg_t, s = rows, 1
+  seg_t, s = _segments(rows, cols)
   y = decode(model, payload, (seg_t, s * cols), geometry=(rows, cols))
   return unwalk(y, rows, cols, s)
+
+
+# -------------------------------------------------------------------- leaf coder
+
+
+def _sample(x: np.ndarray, dq: bool) -> tuple[np.ndarray, float]:
+  """Leading rows of a leaf's matrix ``x`` holding about :data:`EST_ENTRIES` entries, and
+  the factor from their size to the leaf's. With ``dq`` they stay within the first
+  walked segment, so that their columns are the leading parts of the chains."""
+  rows, cols = x.shape
+  r0 = max(2, -(-EST_ENTRIES // max(cols, 1)))
+  if dq:
+    r0 = min(r0, _segments(rows, cols)[0])
+  r0 = min(r0, rows)
+  return x[:r0], x.size / max(1, r0 * cols)
+
+
+def encode_leaf(
+  levels: np.ndarray, candidates: Sequence[int], *, dq: bool, limit_bits: float
+) -> tuple[int, bytes] | None:
+  """Codes a leaf's signed levels with the magnitude coder, if that fits a budget.
+
+  Args:
+    levels: the levels (ints, the leaf's shape; a dq leaf's ``k``).
+    candidates: the layouts (:func:`~hemp_jax.codec.context_models.layouts`) to try;
+      with ``dq`` one, the layout of the chains.
+    dq: a dq leaf (its contexts take the trellis state).
+    limit_bits: the largest size (bits, model section + payload) worth coding.
+
+  Returns:
+    ``(layout, model section + payload)``, or None where no layout fits ``limit_bits``.
+    Leaves of more than :data:`EST_ENTRIES` entries are scored on leading rows
+    (:func:`_sample`, scaled to the leaf) and coded in the best layout only if that
+    estimate fits; every returned section fits ``limit_bits``.
+  """
+  levels = np.asarray(levels)
+  flat = levels.reshape(-1)
+  shape = levels.shape
+  scored = []
+  for lay in candidates:
+    rows, cols = layouts(shape)[lay]
+    x = matrix(flat, rows, cols, lay)
+    if flat.size <= EST_ENTRIES:
+      enc = encode_matrix(x, dq=dq)
+      section = enc.model + enc.payload
+      scored.append((8 * len(section), lay, section, None))
+      continue
+    sample, scale = _sample(x, dq)
+    bits, chosen = _estimate(sample, None, dq, {})
+    scored.append((bits * scale, lay, None, chosen))
+  if not scored:
+    return None
+  bits, lay, section, chosen = min(scored, key=lambda c: c[0])
+  if bits > limit_bits:
+    return None
+  if section is None:
+    rows, cols = layouts(shape)[lay]
+    enc = encode_matrix(matrix(flat, rows, cols, lay), dq=dq, **chosen)
+    section = enc.model + enc.payload
+    if 8 * len(section) > limit_bits:
+      return None
+  return lay, section
+
+
+def decode_leaf(reader: Reader, shape: Sequence[int], layout: int, dq: bool) -> np.ndarray:
+  """The signed levels (int32, ``shape``) of a magnitude coder section (model section and
+  payload, to ``reader.end``) over ``layout``. FormatError where the model's dq flag is
+  not ``dq``, or on any malformed byte."""
+  shape = tuple(int(d) for d in shape)
+  info = parse_model(reader)
+  if info.dq != dq:
+    reader.fail(f"magnitude model with dq flag {int(info.dq)} in a {'dq' if dq else 'quantized'} record")
+  payload = reader.take(reader.remaining, "payload")
+  rows, cols = layouts(shape)[layout]
+  seg_t, s = _segments(rows, cols)
+  y = _decoded(reader, info, payload, _geometry((seg_t, s * cols), (rows, cols), None))
+  return unmatrix(unwalk(y, rows, cols, s), layout).reshape(shape)

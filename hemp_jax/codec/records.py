@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hemp_jax import quantization as q
-from hemp_jax.codec import context_models, legacy, model_selection, trellis
+from hemp_jax.codec import context_models, legacy, magnitude, model_selection, trellis
 from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
 
 __all__ = [
@@ -35,6 +35,9 @@ __all__ = [
   "FLOAT_PLANES",
   "FLOAT_MODES",
   "MAX_LEVELS",
+  "CODER_MAGNITUDE",
+  "DQ_MAGNITUDE",
+  "zero_level",
   "dtype_code",
   "is_floating",
   "to_le_bytes",
@@ -45,6 +48,7 @@ __all__ = [
   "quantized_body",
   "quantized_record",
   "parse_quantized_head",
+  "decode_symbols",
   "decode_quantized_parts",
   "decode_quantized",
   "dq_body",
@@ -82,6 +86,11 @@ FLOAT_MODES = {
   FLOAT_PLANES: "planes",
 }
 MAX_LEVELS = 1 << 16
+# A version-3 coder section whose first byte has kind bits (0-1) 3 is the magnitude
+# coder's (FORMAT.md, "Magnitude coder"); so is a dq coder section whose header has
+# bit 6 set.
+CODER_MAGNITUDE = 3
+DQ_MAGNITUDE = 0x40
 # A byte plane longer than this is zlib-compressed only if its first _PLANE_PROBE bytes
 # shrink by _PLANE_MIN_GAIN at zlib level 1 (a random mantissa byte does not).
 _PLANE_PROBE = 1 << 16
@@ -334,9 +343,30 @@ def quantized_record(k, used, levels, compact, max_order: int) -> bytes:
   if a < 2:
     return bytes(out)
   coded = model_selection.encode(compact, a, max_order=max_order)
-  out += coded.model
-  out += coded.payload
-  return bytes(out)
+  section = coded.model + coded.payload
+  signed = compact.astype(np.int64) - zero_level(levels)
+  candidates = model_selection.scored_layouts(compact.shape)
+  mag = _magnitude_section(signed, candidates, False, len(section))
+  if mag is not None:
+    section = bytes([CODER_MAGNITUDE | mag[0] << 4]) + mag[1]
+  return bytes(out) + section
+
+
+def zero_level(levels: np.ndarray) -> int:
+  """The index of the level nearest zero (the first of equals; NaN counts as infinite):
+  the magnitude coder codes symbol ``s`` as the signed level ``s - zero_level``."""
+  a = np.abs(np.asarray(levels).astype(np.float64))
+  return int(np.argmin(np.where(np.isnan(a), np.inf, a)))
+
+
+def _magnitude_section(levels, candidates, dq: bool, today_bytes: int):
+  """``(layout, model section + payload)`` of the magnitude coder for signed ``levels``,
+  or None unless it saves :data:`magnitude.LEAF_MIN_GAIN` of ``today_bytes`` (the bytes
+  it would replace) with its header byte counted."""
+  limit = 8 * ((1 - magnitude.LEAF_MIN_GAIN) * today_bytes - 1)
+  if limit <= 0:
+    return None
+  return magnitude.encode_leaf(levels, candidates, dq=dq, limit_bits=limit)
 
 
 def _level_steps(levels: np.ndarray) -> bytes | None:
@@ -415,10 +445,24 @@ def parse_quantized_head(r: Reader, dtype, n: int, version: int):
   return k, used, levels
 
 
-def _decode_symbols(r: Reader, shape, alphabet: int, version: int) -> np.ndarray:
-  if version >= 3:
-    return context_models.decode(r, shape, alphabet)
-  return legacy.decode_symbols(r, shape, alphabet)
+def decode_symbols(r: Reader, shape, levels: np.ndarray, version: int) -> np.ndarray:
+  """The compact symbols (int32, ``shape``) of a quantized record's coder section (to
+  ``r.end``), ``levels`` its used levels."""
+  a = levels.size
+  if version < 3:
+    return legacy.decode_symbols(r, shape, a)
+  if not (r.remaining and r.buf[r.pos] & 3 == CODER_MAGNITUDE):
+    return context_models.decode(r, shape, a)
+  head = r.u8("coder model header")
+  layout = head >> 4 & 1
+  if head & ~0x13:
+    r.fail(f"magnitude coder header {head:#04x} has unknown bits")
+  if layout >= len(context_models.layouts(shape)):
+    r.fail(f"magnitude coder layout {layout} does not exist for shape {tuple(shape)}")
+  s = magnitude.decode_leaf(r, shape, layout, dq=False).astype(np.int64) + zero_level(levels)
+  if s.size and (s.min() < 0 or s.max() >= a):
+    r.fail("magnitude coder level beyond the used levels")
+  return s.astype(np.int32)
 
 
 def decode_quantized_parts(r: Reader, dtype, shape, n: int, version: int):
@@ -429,7 +473,7 @@ def decode_quantized_parts(r: Reader, dtype, shape, n: int, version: int):
   if levels.size == 1:
     r.expect_end("constant quantized record")
     return k, used, levels, np.zeros(shape, np.int32)
-  return k, used, levels, _decode_symbols(r, shape, levels.size, version)
+  return k, used, levels, decode_symbols(r, shape, levels, version)
 
 
 def decode_quantized(r: Reader, dtype, shape, n: int, version: int) -> np.ndarray:
@@ -464,14 +508,17 @@ def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
   used = np.bincount(k - lo, minlength=hi - lo + 1) > 0
   partial = not used.all()
   write_varint(out, zigzag(lo))
-  write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))
-  if partial:
-    out += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
+  bitmap = np.packbits(used.astype(np.uint8), bitorder="little").tobytes() if partial else b""
   levels = np.flatnonzero(used) + lo
+  section = b""
   if levels.size > 1:
     compact = (np.cumsum(used) - 1).astype(np.int32)[k - lo].reshape(x.shape)
-    out += trellis.encode_levels(compact, levels, spec.layout)
-  return bytes(out)
+    section = trellis.encode_levels(compact, levels, spec.layout)
+    mag = _magnitude_section(k.reshape(x.shape), [spec.layout], True, len(bitmap + section))
+    if mag is not None:  # levels checked against the range alone: no bitmap
+      partial, bitmap, section = False, b"", bytes([DQ_MAGNITUDE]) + mag[1]
+  write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))
+  return bytes(out) + bitmap + section
 
 
 def parse_dq_head(r: Reader, shape, n: int):
@@ -512,8 +559,28 @@ def decode_dq_parts(r: Reader, shape, n: int):
   if levels.size == 1:
     r.expect_end("dq record of one level")
     return step, layout, np.full(shape, levels[0], np.int64)
+  if _dq_magnitude(r):
+    return step, layout, _dq_magnitude_levels(r, shape, levels, layout)
   symbols, _ = trellis.decode_levels(r, shape, levels, layout)
   return step, layout, levels[symbols]
+
+
+def _dq_magnitude(r: Reader) -> bool:
+  """Whether a dq coder section is the magnitude coder's (header bit 6)."""
+  return bool(r.remaining and r.buf[r.pos] & DQ_MAGNITUDE)
+
+
+def _dq_magnitude_levels(r: Reader, shape, levels: np.ndarray, layout: int) -> np.ndarray:
+  """The levels ``k`` (int64, ``shape``) of a dq coder section of the magnitude coder,
+  each checked to be one of the used ``levels``."""
+  head = r.u8("dq coder header")
+  if head != DQ_MAGNITUDE:
+    r.fail(f"dq coder header {head:#04x} has unknown bits")
+  k = magnitude.decode_leaf(r, shape, layout, dq=True).astype(np.int64)
+  pos = np.minimum(np.searchsorted(levels, k), levels.size - 1)
+  if not np.array_equal(levels[pos], k):
+    r.fail("dq level outside the record's levels")
+  return k
 
 
 def decode_dq(r: Reader, dtype, shape, n: int) -> np.ndarray:
@@ -524,5 +591,8 @@ def decode_dq(r: Reader, dtype, shape, n: int) -> np.ndarray:
   if levels.size == 1:
     r.expect_end("dq record of one level")
     return trellis.values(trellis.grid(np.full(shape, levels[0]), layout), step, dtype)
+  if _dq_magnitude(r):
+    k = _dq_magnitude_levels(r, shape, levels, layout)
+    return trellis.values(trellis.grid(k, layout), step, dtype)
   symbols, quant = trellis.decode_levels(r, shape, levels, layout)
   return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]
