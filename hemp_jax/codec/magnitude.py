@@ -482,8 +482,9 @@ def _choose(mag, walk: _Walk, states, options):
   return tuple(best[:5])
 
 
-def _prepared(y, valid, geometry, dq):
-  """``(walk, magnitudes, dq state bits or None)`` of a walked matrix of levels."""
+def _prepared(y, valid, geometry, dq, states=None):
+  """``(walk, magnitudes, dq state bits or None)`` of a walked matrix of levels; the
+  state bits computed here with ``dq``, or given (``states``, uint8 ``(T, W)``)."""
   y = np.asarray(y)
   if y.ndim != 2 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
     raise ValueError(f"expected a 2-D walked matrix of ints, got {y.dtype} {y.shape}")
@@ -492,7 +493,8 @@ def _prepared(y, valid, geometry, dq):
   mag = np.where(walk.valid, mag, 0)
   if mag.max(initial=0) > MAX_MAGNITUDE:
     raise ValueError(f"levels beyond +-{MAX_MAGNITUDE} cannot be coded")
-  states = (dq_states(mag, walk.valid) >> 1).astype(np.uint8) if dq else None
+  if dq and states is None:
+    states = (dq_states(mag, walk.valid) >> 1).astype(np.uint8)
   return walk, mag, states
 
 
@@ -533,13 +535,14 @@ def encode(
   return Encoded(write_model(model), kernel.words_to_bytes(enc.get_compressed()), bits)
 
 
-def _estimate(y, valid, dq, options) -> tuple[float, dict]:
-  """``(estimated bits of model section and payload, the options chosen)`` of a walked
-  matrix (no geometry: rows and walked columns get the scales)."""
-  walk, mag, states = _prepared(y, valid, None, dq)
+def _estimate(x, states, options) -> tuple[float, dict]:
+  """``(estimated bits of model section and payload, the options chosen)`` of a matrix of
+  levels ``x`` coded as it is (its rows and columns get the scales; ``states``: the dq
+  state bit of each entry, or None without dq)."""
+  walk, mag, states = _prepared(x, None, None, False, states)
   model, _, _, bits, _ = _choose(mag, walk, states, options)
   sym, _ = _symbols(mag, model.direct, int(mag.max(initial=0)))
-  neg = (np.asarray(y) < 0).astype(np.int64)
+  neg = (np.asarray(x) < 0).astype(np.int64)
   bits += _sign_bits(sym, walk.valid & (sym > 0), schedule(*mag.shape, MIN_BLOCK), neg)
   chosen = dict(options, direct=model.direct)
   chosen["scales"] = (model.row_scales is not None, model.col_scales is not None)
@@ -829,16 +832,19 @@ def decode_matrix(model, payload, rows: int, cols: int) -> np.ndarray:
 # -------------------------------------------------------------------- leaf coder
 
 
-def _sample(x: np.ndarray, dq: bool) -> tuple[np.ndarray, float]:
-  """Leading rows of a leaf's matrix ``x`` holding about :data:`EST_ENTRIES` entries, and
-  the factor from their size to the leaf's. With ``dq`` they stay within the first
-  walked segment, so that their columns are the leading parts of the chains."""
+def _sample(x: np.ndarray, dq: bool):
+  """Rows of a leaf's matrix ``x`` spread evenly over it, holding about
+  :data:`EST_ENTRIES` entries, with their dq state bits (None without ``dq``: from the
+  states of the whole walk) and the factor from their size to the leaf's."""
   rows, cols = x.shape
-  r0 = max(2, -(-EST_ENTRIES // max(cols, 1)))
+  count = min(rows, max(2, -(-EST_ENTRIES // max(cols, 1))))
+  pick = np.unique(np.linspace(0, rows - 1, count).round().astype(np.int64))
+  states = None
   if dq:
-    r0 = min(r0, _segments(rows, cols)[0])
-  r0 = min(r0, rows)
-  return x[:r0], x.size / max(1, r0 * cols)
+    y, seg_t, s = walked(x)
+    st = dq_states(y, valid_mask(rows, cols, seg_t, s)) >> 1
+    states = unwalk(st, rows, cols, s)[pick].astype(np.uint8)
+  return x[pick], states, x.size / (pick.size * cols)
 
 
 def encode_leaf(
@@ -871,8 +877,8 @@ def encode_leaf(
       section = enc.model + enc.payload
       scored.append((8 * len(section), lay, section, None))
       continue
-    sample, scale = _sample(x, dq)
-    bits, chosen = _estimate(sample, None, dq, {})
+    sample, states, scale = _sample(x, dq)
+    bits, chosen = _estimate(sample, states, {})
     scored.append((bits * scale, lay, None, chosen))
   if not scored:
     return None

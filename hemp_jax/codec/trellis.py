@@ -46,6 +46,7 @@ __all__ = [
   "MAX_SPAN",
   "DQ",
   "DQFit",
+  "chain_layout",
   "chains",
   "unchain",
   "states",
@@ -95,7 +96,9 @@ _SAMPLE = 1 << 16  # weights of the step search of fit_error, and of the first r
 _SEARCH_ROWS = 64  # length of the chains of the step search
 _ERROR_ROUNDS = 6  # secant steps of fit_error
 _ERROR_SLACK = 0.995  # fit_error stops at an error within this fraction of the target
-_FINAL_FITS = 3  # fits of the whole tensor in fit_error (before halving the step)
+_FINAL_FITS = 3  # secant fits of the whole tensor in fit_error
+_BRACKET_FITS = 4  # then bisection fits, while the best is under _BRACKET_SLACK x the bound
+_BRACKET_SLACK = 0.98
 _BOUND_MARGIN = 1 - 1e-9  # the bound fit_error meets: sums in another order stay within it
 
 
@@ -144,6 +147,22 @@ class DQFit(NamedTuple):
 
 
 # ------------------------------------------------------------------------ geometry
+
+
+def chain_layout(shape) -> int:
+  """The layout whose walk gives a leaf of ``shape`` its chains: for a kernel of three or
+  more axes, layout 1 where the first axis is longer than the last (PyTorch/ONNX ``(out,
+  in, kh, kw)``: the output units first, so that a matrix row of the layout is one input
+  position across the output units), else layout 0 (Flax ``(kh, kw, in, out)``); for a
+  matrix, the layout of fewer walked columns (longer chains: each starts in state 0)."""
+  shape = tuple(int(d) for d in shape)
+  lays = context_models.layouts(shape)
+  if len(lays) < 2:
+    return 0
+  if len(shape) >= 3:
+    return int(shape[0] > shape[-1])
+  width = [context_models.segment_rows(rows, cols)[1] * cols for rows, cols in lays]
+  return int(width[1] < width[0])
 
 
 def chains(x: np.ndarray, layout: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -576,22 +595,40 @@ def fit_error(
   ls, _, rate = max(good, key=lambda t: t[0]) if good else min(tried, key=lambda t: t[1])
   # the whole tensor: secant steps from the sample's step, the best fit within the bound
   best, full = None, []
-  for i in range(_FINAL_FITS):
+  bound = target * _BOUND_MARGIN
+  for i in range(_FINAL_FITS + _BRACKET_FITS):
     delta = float(np.float32(math.exp(ls)))
     iters = _ITERS - 1 if i == 0 else None
     fit = fit_step(x, delta, lam=slope * delta * delta, layout=layout, rate=rate, iters=iters)
     err = _rel(fit, energy)
     full.append((math.log(fit.step), math.log(max(err, 1e-300)), fit.rate))
-    if err <= target * _BOUND_MARGIN and (best is None or fit.step > best.step):
+    if err <= bound and (best is None or fit.step > best.step):
       best = fit
     if best is not None and _rel(best, energy) >= target * _ERROR_SLACK:
       break
-    near = sorted(full, key=lambda t: abs(t[1] - goal))[:2]
-    ls, rate = _secant(near, goal + math.log((1 + _ERROR_SLACK) / 2)), near[0][2]
+    if i + 1 < _FINAL_FITS:
+      near = sorted(full, key=lambda t: abs(t[1] - goal))[:2]
+      ls, rate = _secant(near, goal + math.log((1 + _ERROR_SLACK) / 2)), near[0][2]
+      continue
+    # the secant steps did not land near the bound (the error of small tensors moves in
+    # jumps): bisect between the best fit within it and the nearest step above
+    if best is not None and _rel(best, energy) >= target * _BRACKET_SLACK:
+      break
+    aim = goal + math.log((1 + _ERROR_SLACK) / 2)
+    if best is None:  # every step tried is above the bound: down from the smallest, by
+      # the slope 1 of high rate, aiming a little lower each time
+      low = min(full, key=lambda t: t[0])
+      ls = low[0] + aim - low[1] - 0.01 * (i + 2 - _FINAL_FITS)
+    else:
+      lo = math.log(best.step)
+      above = [t[0] for t in full if t[1] > math.log(bound) and t[0] > lo]
+      # between the best and the nearest step above, or up from the best (slope 1)
+      ls = (lo + min(above)) / 2 if above else lo + aim - math.log(_rel(best, energy))
+    rate = min(full, key=lambda t: abs(t[0] - ls))[2]
   while best is None:  # halve the step until the bound holds
     delta = fit.step / 2
     fit = fit_step(x, delta, lam=slope * delta * delta, layout=layout, rate=fit.rate)
-    best = fit if _rel(fit, energy) <= target * _BOUND_MARGIN else None
+    best = fit if _rel(fit, energy) <= bound else None
   return best
 
 
