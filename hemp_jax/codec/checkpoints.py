@@ -311,11 +311,10 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   buf = container.as_buffer(blob)
   dq = {}
   for e in container.parse_header(buf, container.DEFAULT_MAX_ELEMENTS)[0]:
-    if e.kind == records.KIND_DQ:
+    if e.kind in records.DQ_KINDS:
       r = container.record_reader(buf, e)
-      step, layout, k = records.decode_dq_parts(r, e.shape, math.prod(e.shape))
-      k = np.zeros(e.shape, np.int64) if k is None else k
-      dq[container.leaf_name(e.comps)] = trellis.DQ(step, k, layout)
+      spec = records.decode_dq_parts(r, e.shape, math.prod(e.shape), e.kind)
+      dq[container.leaf_name(e.comps)] = spec
 
   def codebook(path, x):
     name = pytrees.path_name(path)

@@ -22,7 +22,7 @@ from hemp_jax.codec.container import (
   parse_header,
   record_reader,
 )
-from hemp_jax.codec.records import KIND_DQ, KIND_FLOAT, KIND_QUANTIZED
+from hemp_jax.codec.records import DQ_KINDS, KIND_FLOAT, KIND_QUANTIZED
 
 __all__ = ["LeafReport", "Report", "inspect", "format_inspection", "quantized_symbols"]
 
@@ -138,7 +138,7 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
     path=leaf_name(e.comps),
     shape=e.shape,
     dtype=str(e.dtype),
-    kind={KIND_QUANTIZED: "quantized", KIND_DQ: "dq"}.get(e.kind, "float"),
+    kind="quantized" if e.kind == KIND_QUANTIZED else "dq" if e.kind in DQ_KINDS else "float",
     num_params=n,
     record_bytes=e.length + (4 if e.version < 3 else 0),
   )
@@ -147,7 +147,7 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
     rep.storage = records.FLOAT_MODES.get(mode, f"mode {mode}")
     rep.payload_bytes = r.remaining
     return rep
-  if e.kind == KIND_DQ:
+  if e.kind in DQ_KINDS:
     return _dq_report(r, e, rep, n)
   k, used, levels = records.parse_quantized_head(r, e.dtype, n, e.version)
   rep.levels, rep.used_levels = k, int(used.sum())
@@ -171,14 +171,15 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
 
 def _dq_report(r, e, rep: LeafReport, n: int) -> LeafReport:
   """The parts of a dq record: step and level range, coder header and tables, payload."""
-  _, layout, levels = records.parse_dq_head(r, e.shape, n)
+  _, layout, levels, nu = records.parse_dq_head(r, e.shape, n, e.kind)
   rep.codebook_bytes = r.pos - e.offset
-  rep.model = f"dq/L{layout}"
+  name = "dq" if nu == 2 else f"dq{1 << nu}"  # dq16: a trellis of 16 states
+  rep.model = f"{name}/L{layout}"
   if levels is not None:
     rep.levels, rep.used_levels = int(levels[-1] - levels[0] + 1), int(levels.size)
     if levels.size > 1 and r.remaining and r.buf[r.pos] & records.DQ_MAGNITUDE:
       r.u8("dq coder header")
-      _magnitude_report(r, rep, f"dq-magnitude/L{layout}")
+      _magnitude_report(r, rep, f"{name}-magnitude/L{layout}")
     elif levels.size > 1:
       start = r.pos
       trellis.parse_tables(r, levels.size)

@@ -87,6 +87,7 @@ __all__ = [
   "decode",
   "encode_matrix",
   "decode_matrix",
+  "scale_contexts",
   "encode_leaf",
   "decode_leaf",
 ]
@@ -178,10 +179,17 @@ def weights(counts: np.ndarray, beta: int) -> np.ndarray:
   return kernel.floored((counts << PRIOR_BITS) + beta * g).astype(np.float32)
 
 
-def dq_states(mag: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def dq_states(mag: np.ndarray, valid: np.ndarray, nu: int = 2) -> np.ndarray:
   """Trellis state (uint8) of every entry of a walked matrix of magnitudes: 0 at the top
-  of each column, then ``DQ_NEXT[state, |k| & 1]`` after every valid entry."""
-  return trellis.states(mag, valid)
+  of each column, then the next state by ``|k| & 1`` (the machine of ``nu`` state bits;
+  2: ``DQ_NEXT``) after every valid entry."""
+  return trellis.states(mag, valid, nu)
+
+
+def _state_bits(dq) -> int:
+  """The state bits of a ``dq`` argument: True for the 4-state machine, else the bits
+  themselves (0 or False: no dq)."""
+  return 2 if dq is True else int(dq)
 
 
 def _symbols(mag: np.ndarray, direct: int, mmax: int | None = None):
@@ -411,6 +419,26 @@ def _with_direct(model: Model, direct: int, mmax: int) -> Model:
   return replace(model, direct=max(direct, 2 - escapes), escapes=escapes)
 
 
+def _offset(row_s, col_s, walk: _Walk, n_ctx: int) -> int:
+  """The context offset that centres the scale sums of the valid entries on the middle
+  of ``n_ctx`` contexts."""
+  lv = _scale_contexts(Model(0, 0, 1, 0, 0, False, None, None, 0), row_s, col_s, walk, raw=True)
+  offset = int(np.median(lv[walk.valid])) - n_ctx // 2 if walk.valid.any() else 0
+  return int(np.clip(offset, -MAX_OFFSET, MAX_OFFSET))
+
+
+def scale_contexts(mag: np.ndarray, geometry, contexts: int = DEFAULT_CONTEXTS) -> np.ndarray:
+  """The scale contexts (uint8 ``(T, W)``) the encoder gives, with both scale sets, to a
+  walked matrix of magnitudes ``mag`` (any non-negative numbers: e.g. weights over the
+  step) of a ``geometry = (rows, cols)`` matrix."""
+  mag = np.asarray(mag, np.float64)
+  walk = _geometry(mag.shape, geometry, None)
+  a, b = _fit_scales(mag, walk, True, True)
+  row_s, col_s = _quantized(a)[0], _quantized(b)[0]
+  model = Model(0, 0, contexts, _offset(row_s, col_s, walk, contexts), 0, False, None, None, 0)
+  return _scale_contexts(model, row_s, col_s, walk)
+
+
 def _choose(mag, walk: _Walk, states, options):
   """The model of smallest estimated size among a few: ``(model, row scales, column
   scales, estimated bits without the signs, contexts)``. ``states``: the dq state bit
@@ -453,9 +481,7 @@ def _choose(mag, walk: _Walk, states, options):
       sets += [values, sc]
     row_s, row_sc, col_s, col_sc = sets
     n_ctx = contexts if (use_rows or use_cols) else 1
-    lv = _scale_contexts(Model(0, 0, 1, 0, 0, dq, None, None, 0), row_s, col_s, walk, raw=True)
-    offset = int(np.median(lv[valid])) - n_ctx // 2 if valid.any() else 0
-    offset = int(np.clip(offset, -MAX_OFFSET, MAX_OFFSET))
+    offset = _offset(row_s, col_s, walk, n_ctx)
     model = Model(0, 0, n_ctx, offset, beta_index, dq, row_sc, col_sc, 0)
     model = _with_direct(model, first, mmax)
     ctx = _scale_contexts(model, row_s, col_s, walk)
@@ -483,8 +509,9 @@ def _choose(mag, walk: _Walk, states, options):
 
 
 def _prepared(y, valid, geometry, dq, states=None):
-  """``(walk, magnitudes, dq state bits or None)`` of a walked matrix of levels; the
-  state bits computed here with ``dq``, or given (``states``, uint8 ``(T, W)``)."""
+  """``(walk, magnitudes, dq quantizer bits or None)`` of a walked matrix of levels; the
+  quantizer of each entry's state computed here with ``dq`` (:func:`_state_bits`), or
+  given (``states``, uint8 ``(T, W)``)."""
   y = np.asarray(y)
   if y.ndim != 2 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
     raise ValueError(f"expected a 2-D walked matrix of ints, got {y.dtype} {y.shape}")
@@ -493,8 +520,9 @@ def _prepared(y, valid, geometry, dq, states=None):
   mag = np.where(walk.valid, mag, 0)
   if mag.max(initial=0) > MAX_MAGNITUDE:
     raise ValueError(f"levels beyond +-{MAX_MAGNITUDE} cannot be coded")
-  if dq and states is None:
-    states = (dq_states(mag, walk.valid) >> 1).astype(np.uint8)
+  nu = _state_bits(dq)
+  if nu and states is None:
+    states = (dq_states(mag, walk.valid, nu) >> (nu - 1)).astype(np.uint8)
   return walk, mag, states
 
 
@@ -503,7 +531,7 @@ def encode(
   valid: np.ndarray | None = None,
   *,
   geometry: Sequence[int] | None = None,
-  dq: bool = False,
+  dq: bool | int = False,
   **options,
 ) -> Encoded:
   """Encodes a walked matrix ``y`` ``(T, W)`` of signed integer levels.
@@ -513,7 +541,8 @@ def encode(
     valid: which entries hold levels; None: all of them, or those of ``geometry``.
     geometry: ``(rows, cols)`` of the matrix ``y`` is the walk of (module docstring);
       None: ``y`` itself.
-    dq: adds the dependent-quantization state bit of each chain to the contexts.
+    dq: adds the quantizer of each entry's trellis state to the contexts: True for the
+      4-state machine, or its state bits (:data:`hemp_jax.codec.trellis.STATE_BITS`).
     **options: the encoder's choices, to force them: ``direct`` (D), ``contexts`` (C),
       ``beta_index``, ``scales`` (``(rows?, cols?)`` booleans).
 
@@ -644,6 +673,7 @@ def decode(
   valid: np.ndarray | None = None,
   *,
   geometry: Sequence[int] | None = None,
+  nu: int = 2,
 ) -> np.ndarray:
   """Decodes a walked matrix of levels (int32 ``shape`` ``(T, W)``, 0 outside ``valid``).
 
@@ -652,6 +682,7 @@ def decode(
     payload: the payload (bytes); None with a reader: the rest of the reader.
     shape: ``(T, W)``.
     valid, geometry: as given to :func:`encode`.
+    nu: the state bits of the trellis of a model with the dq flag.
 
   Raises:
     FormatError: malformed model section or payload (nothing else, for any bytes).
@@ -665,10 +696,10 @@ def decode(
     payload = reader.take(reader.remaining, "payload")
   elif not isinstance(model, Reader):
     reader.expect_end("magnitude model")
-  return _decoded(reader, info, payload, _geometry(shape, geometry, valid))
+  return _decoded(reader, info, payload, _geometry(shape, geometry, valid), nu)
 
 
-def _decoded(reader: Reader, info: Model, payload, walk: _Walk) -> np.ndarray:
+def _decoded(reader: Reader, info: Model, payload, walk: _Walk, nu: int) -> np.ndarray:
   """The levels of a parsed model section and its payload (FormatError on failure)."""
 
   def run():
@@ -678,7 +709,7 @@ def _decoded(reader: Reader, info: Model, payload, walk: _Walk) -> np.ndarray:
       scales.append(None if sc is None else sc[0] + _decode_scales(dec, n, sc[1]))
     ctx = _scale_contexts(info, scales[0], scales[1], walk)
     if info.dq:
-      return _decode_dq_levels(dec, info, ctx, walk.valid)
+      return _decode_dq_levels(dec, info, ctx, walk.valid, nu)
     return _decode_levels(dec, info, ctx, walk.valid)
 
   try:
@@ -764,10 +795,7 @@ def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.n
   return y
 
 
-_DQ_STEP = DQ_NEXT.reshape(-1)  # next state by state * 2 + parity
-
-
-def _decode_dq_levels(dec, info: Model, base: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _decode_dq_levels(dec, info: Model, base: np.ndarray, valid: np.ndarray, nu: int):
   """The levels of a dq model: row by row (the states of a row follow from the rows
   above), each row's symbols in one call with the table of each one's context."""
   t_rows, width = base.shape
@@ -778,7 +806,9 @@ def _decode_dq_levels(dec, info: Model, base: np.ndarray, valid: np.ndarray) -> 
   scounts = np.zeros((1, 2), np.int64)
   uniform = constriction.stream.model.Uniform()
   family = kernel.Categorical(perfect=False)
-  base = base << 1  # 2 * scale context; + the state bit
+  base = base << 1  # 2 * scale context; + the quantizer
+  step = trellis.MACHINES[nu].next.reshape(-1)  # next state by state * 2 + parity
+  shift = nu - 1  # the quantizer of a state
   state = np.zeros(width, np.uint8)
   full = valid.all(axis=1)
   bounds = schedule(t_rows, width, MIN_BLOCK)
@@ -789,21 +819,21 @@ def _decode_dq_levels(dec, info: Model, base: np.ndarray, valid: np.ndarray) -> 
     for t in range(r0, r1):
       if full[t]:
         c = ctx[t - r0]
-        np.add(base[t], state >> 1, out=c)
+        np.add(base[t], state >> shift, out=c)
         s = sym[t - r0]
         s[:] = dec.decode(family, table[c])
         m = y[t]
         m[:] = _magnitudes(dec, uniform, s, d)
-        state = _DQ_STEP.take((state << 1) | (m & 1).astype(np.uint8))
+        state = step.take((state << 1) | (m & 1).astype(np.uint8))
       else:
         sel = valid[t]
-        c = base[t][sel] + (state[sel] >> 1)
+        c = base[t][sel] + (state[sel] >> shift)
         ctx[t - r0][sel] = c
         s = np.asarray(dec.decode(family, table[c]), np.int32)
         sym[t - r0][sel] = s
         m = _magnitudes(dec, uniform, s, d)
         y[t][sel] = m
-        state[sel] = _DQ_STEP.take((state[sel] << 1) | (m & 1).astype(np.uint8))
+        state[sel] = step.take((state[sel] << 1) | (m & 1).astype(np.uint8))
     sel = valid[r0:r1]
     y[r0:r1][sel] = _decode_signs(dec, scounts, y[r0:r1][sel])
     cell = ctx[sel].astype(np.int64) * a + sym[sel]
@@ -814,7 +844,7 @@ def _decode_dq_levels(dec, info: Model, base: np.ndarray, valid: np.ndarray) -> 
 # ------------------------------------------------------------------ matrix helpers
 
 
-def encode_matrix(x: np.ndarray, *, dq: bool = False, **options) -> Encoded:
+def encode_matrix(x: np.ndarray, *, dq: bool | int = False, **options) -> Encoded:
   """Encodes a ``(rows, cols)`` matrix of levels in the coder's walk (segments of
   :func:`~hemp_jax.codec.context_models.segment_rows`); see :func:`encode`."""
   x = np.asarray(x)
@@ -822,17 +852,17 @@ def encode_matrix(x: np.ndarray, *, dq: bool = False, **options) -> Encoded:
   return encode(y, geometry=x.shape, dq=dq, **options)
 
 
-def decode_matrix(model, payload, rows: int, cols: int) -> np.ndarray:
+def decode_matrix(model, payload, rows: int, cols: int, nu: int = 2) -> np.ndarray:
   """Inverse of :func:`encode_matrix`: the ``(rows, cols)`` int32 matrix."""
   seg_t, s = _segments(rows, cols)
-  y = decode(model, payload, (seg_t, s * cols), geometry=(rows, cols))
+  y = decode(model, payload, (seg_t, s * cols), geometry=(rows, cols), nu=nu)
   return unwalk(y, rows, cols, s)
 
 
 # -------------------------------------------------------------------- leaf coder
 
 
-def _sample(x: np.ndarray, dq: bool):
+def _sample(x: np.ndarray, dq: int):
   """Rows of a leaf's matrix ``x`` spread evenly over it, holding about
   :data:`EST_ENTRIES` entries, with their dq state bits (None without ``dq``: from the
   states of the whole walk) and the factor from their size to the leaf's."""
@@ -842,13 +872,13 @@ def _sample(x: np.ndarray, dq: bool):
   states = None
   if dq:
     y, seg_t, s = walked(x)
-    st = dq_states(y, valid_mask(rows, cols, seg_t, s)) >> 1
+    st = dq_states(y, valid_mask(rows, cols, seg_t, s), dq) >> (dq - 1)
     states = unwalk(st, rows, cols, s)[pick].astype(np.uint8)
   return x[pick], states, x.size / (pick.size * cols)
 
 
 def encode_leaf(
-  levels: np.ndarray, candidates: Sequence[int], *, dq: bool, limit_bits: float
+  levels: np.ndarray, candidates: Sequence[int], *, dq: int, limit_bits: float
 ) -> tuple[int, bytes] | None:
   """Codes a leaf's signed levels with the magnitude coder, if that fits a budget.
 
@@ -856,7 +886,8 @@ def encode_leaf(
     levels: the levels (ints, the leaf's shape; a dq leaf's ``k``).
     candidates: the layouts (:func:`~hemp_jax.codec.context_models.layouts`) to try;
       with ``dq`` one, the layout of the chains.
-    dq: a dq leaf (its contexts take the trellis state).
+    dq: the state bits of a dq leaf's trellis (its contexts take the quantizer of each
+      entry's state), or 0.
     limit_bits: the largest size (bits, model section + payload) worth coding.
 
   Returns:
@@ -868,6 +899,7 @@ def encode_leaf(
   levels = np.asarray(levels)
   flat = levels.reshape(-1)
   shape = levels.shape
+  dq = _state_bits(dq)
   scored = []
   for lay in candidates:
     rows, cols = layouts(shape)[lay]
@@ -894,16 +926,17 @@ def encode_leaf(
   return lay, section
 
 
-def decode_leaf(reader: Reader, shape: Sequence[int], layout: int, dq: bool) -> np.ndarray:
+def decode_leaf(reader: Reader, shape: Sequence[int], layout: int, dq: int) -> np.ndarray:
   """The signed levels (int32, ``shape``) of a magnitude coder section (model section and
-  payload, to ``reader.end``) over ``layout``. FormatError where the model's dq flag is
-  not ``dq``, or on any malformed byte."""
+  payload, to ``reader.end``) over ``layout``; ``dq``: the state bits of a dq leaf's
+  trellis, or 0. FormatError where the model's dq flag disagrees, or on any malformed
+  byte."""
   shape = tuple(int(d) for d in shape)
   info = parse_model(reader)
-  if info.dq != dq:
+  if info.dq != bool(dq):
     reader.fail(f"magnitude model with dq flag {int(info.dq)} in a {'dq' if dq else 'quantized'} record")
   payload = reader.take(reader.remaining, "payload")
   rows, cols = layouts(shape)[layout]
   seg_t, s = _segments(rows, cols)
-  y = _decoded(reader, info, payload, _geometry((seg_t, s * cols), (rows, cols), None))
+  y = _decoded(reader, info, payload, _geometry((seg_t, s * cols), (rows, cols), None), dq)
   return unmatrix(unwalk(y, rows, cols, s), layout).reshape(shape)

@@ -29,6 +29,9 @@ __all__ = [
   "KIND_FLOAT",
   "KIND_QUANTIZED",
   "KIND_DQ",
+  "KIND_TRELLIS",
+  "DQ_KINDS",
+  "dq_kind",
   "FLOAT_RAW",
   "FLOAT_CONSTANT",
   "FLOAT_ZLIB",
@@ -77,7 +80,8 @@ DTYPES = [
   )
 ]
 _DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
-KIND_FLOAT, KIND_QUANTIZED, KIND_DQ = 0, 1, 2
+KIND_FLOAT, KIND_QUANTIZED, KIND_DQ, KIND_TRELLIS = 0, 1, 2, 3
+DQ_KINDS = (KIND_DQ, KIND_TRELLIS)  # kind 3: a dq record of a trellis of 2**nu states
 FLOAT_RAW, FLOAT_CONSTANT, FLOAT_ZLIB, FLOAT_PLANES = 0, 1, 2, 3
 FLOAT_MODES = {
   FLOAT_RAW: "raw",
@@ -346,7 +350,7 @@ def quantized_record(k, used, levels, compact, max_order: int) -> bytes:
   section = coded.model + coded.payload
   signed = compact.astype(np.int64) - zero_level(levels)
   candidates = model_selection.scored_layouts(compact.shape)
-  mag = _magnitude_section(signed, candidates, False, len(section))
+  mag = _magnitude_section(signed, candidates, 0, len(section))
   if mag is not None:
     section = bytes([CODER_MAGNITUDE | mag[0] << 4]) + mag[1]
   return bytes(out) + section
@@ -359,10 +363,11 @@ def zero_level(levels: np.ndarray) -> int:
   return int(np.argmin(np.where(np.isnan(a), np.inf, a)))
 
 
-def _magnitude_section(levels, candidates, dq: bool, today_bytes: int):
-  """``(layout, model section + payload)`` of the magnitude coder for signed ``levels``,
-  or None unless it saves :data:`magnitude.LEAF_MIN_GAIN` of ``today_bytes`` (the bytes
-  it would replace) with its header byte counted."""
+def _magnitude_section(levels, candidates, dq: int, today_bytes: int):
+  """``(layout, model section + payload)`` of the magnitude coder for signed ``levels``
+  (``dq``: the state bits of a dq leaf's trellis, or 0), or None unless it saves
+  :data:`magnitude.LEAF_MIN_GAIN` of ``today_bytes`` (the bytes it would replace) with
+  its header byte counted."""
   limit = 8 * ((1 - magnitude.LEAF_MIN_GAIN) * today_bytes - 1)
   if limit <= 0:
     return None
@@ -459,7 +464,7 @@ def decode_symbols(r: Reader, shape, levels: np.ndarray, version: int) -> np.nda
     r.fail(f"magnitude coder header {head:#04x} has unknown bits")
   if layout >= len(context_models.layouts(shape)):
     r.fail(f"magnitude coder layout {layout} does not exist for shape {tuple(shape)}")
-  s = magnitude.decode_leaf(r, shape, layout, dq=False).astype(np.int64) + zero_level(levels)
+  s = magnitude.decode_leaf(r, shape, layout, dq=0).astype(np.int64) + zero_level(levels)
   if s.size and (s.min() < 0 or s.max() >= a):
     r.fail("magnitude coder level beyond the used levels")
   return s.astype(np.int32)
@@ -489,13 +494,20 @@ def decode_quantized(r: Reader, dtype, shape, n: int, version: int) -> np.ndarra
 # ------------------------------------------------------------------------- dq bodies
 
 
+def dq_kind(spec: trellis.DQ) -> int:
+  """The leaf kind of a dq leaf: 2 for the 4-state trellis, 3 for a larger one."""
+  return KIND_DQ if spec.nu == 2 else KIND_TRELLIS
+
+
 def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
   """Body of a dependent-quantized leaf ``x`` (its dtype and shape) with the levels and
-  step of ``spec``: it decodes to :func:`trellis.values` of their reconstruction."""
+  step of ``spec``: it decodes to :func:`trellis.values` of their reconstruction. A leaf
+  of kind 3 (:func:`dq_kind`) starts with the state bits of its trellis."""
   k = np.asarray(spec.levels)
   if k.shape != x.shape:
     raise ValueError(f"leaf {name!r}: dq levels of shape {k.shape} for a leaf of shape {x.shape}")
-  out = bytearray(np.float32(spec.step).astype("<f4").tobytes())
+  out = bytearray([spec.nu] if spec.nu != 2 else [])
+  out += np.float32(spec.step).astype("<f4").tobytes()
   if x.size == 0:
     return bytes(out)
   k = k.astype(np.int64).reshape(-1)
@@ -513,22 +525,34 @@ def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
   section = b""
   if levels.size > 1:
     compact = (np.cumsum(used) - 1).astype(np.int32)[k - lo].reshape(x.shape)
-    section = trellis.encode_levels(compact, levels, spec.layout)
-    mag = _magnitude_section(k.reshape(x.shape), [spec.layout], True, len(bitmap + section))
+    section = trellis.encode_levels(compact, levels, spec.layout, spec.nu)
+    mag = _magnitude_section(k.reshape(x.shape), [spec.layout], spec.nu, len(bitmap + section))
     if mag is not None:  # levels checked against the range alone: no bitmap
       partial, bitmap, section = False, b"", bytes([DQ_MAGNITUDE]) + mag[1]
   write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))
   return bytes(out) + bitmap + section
 
 
-def parse_dq_head(r: Reader, shape, n: int):
-  """(step, layout, used levels) of a dq body (levels None for an empty leaf)."""
+def _state_bits(r: Reader, kind: int) -> int:
+  """The state bits of a dq body's trellis: 2 for kind 2, read for kind 3."""
+  if kind == KIND_DQ:
+    return 2
+  nu = r.u8("trellis state bits")
+  if nu not in trellis.STATE_BITS or nu == 2:
+    r.fail(f"trellis of {nu} state bits (kind 3 has {trellis.STATE_BITS[1:]})")
+  return nu
+
+
+def parse_dq_head(r: Reader, shape, n: int, kind: int = KIND_DQ):
+  """(step, layout, used levels, state bits) of a dq body of leaf ``kind`` (levels None
+  for an empty leaf)."""
+  nu = _state_bits(r, kind)
   step = float(np.frombuffer(bytes(r.take(4, "dq step")), "<f4")[0])
   if not (math.isfinite(step) and step > 0):
     r.fail(f"dq step {step} is not a positive finite number")
   if n == 0:
     r.expect_end("empty dq record")
-    return step, 0, None
+    return step, 0, None, nu
   lo = unzigzag(r.varint("lowest dq level", max_value=2 * trellis.MAX_LEVEL))
   h = r.varint("dq level range", max_value=((trellis.MAX_SPAN - 1) << 2) | 3)
   span, layout, partial = (h >> 2) + 1, (h >> 1) & 1, h & 1
@@ -548,21 +572,22 @@ def parse_dq_head(r: Reader, shape, n: int):
       r.fail("dq record without any used level")
   else:
     levels = np.arange(lo, lo + span)
-  return step, layout, levels.astype(np.int64)
+  return step, layout, levels.astype(np.int64), nu
 
 
-def decode_dq_parts(r: Reader, shape, n: int):
-  """(step, layout, levels ``k`` (int64, ``shape``) or None for an empty leaf) of a dq body."""
-  step, layout, levels = parse_dq_head(r, shape, n)
+def decode_dq_parts(r: Reader, shape, n: int, kind: int = KIND_DQ):
+  """The :class:`trellis.DQ` of a dq body of leaf ``kind`` (levels ``k`` int64, zeros for
+  an empty leaf)."""
+  step, layout, levels, nu = parse_dq_head(r, shape, n, kind)
   if levels is None:
-    return step, layout, None
+    return trellis.DQ(step, np.zeros(shape, np.int64), layout, nu)
   if levels.size == 1:
     r.expect_end("dq record of one level")
-    return step, layout, np.full(shape, levels[0], np.int64)
+    return trellis.DQ(step, np.full(shape, levels[0], np.int64), layout, nu)
   if _dq_magnitude(r):
-    return step, layout, _dq_magnitude_levels(r, shape, levels, layout)
-  symbols, _ = trellis.decode_levels(r, shape, levels, layout)
-  return step, layout, levels[symbols]
+    return trellis.DQ(step, _dq_magnitude_levels(r, shape, levels, layout, nu), layout, nu)
+  symbols, _ = trellis.decode_levels(r, shape, levels, layout, nu)
+  return trellis.DQ(step, levels[symbols], layout, nu)
 
 
 def _dq_magnitude(r: Reader) -> bool:
@@ -570,29 +595,30 @@ def _dq_magnitude(r: Reader) -> bool:
   return bool(r.remaining and r.buf[r.pos] & DQ_MAGNITUDE)
 
 
-def _dq_magnitude_levels(r: Reader, shape, levels: np.ndarray, layout: int) -> np.ndarray:
+def _dq_magnitude_levels(r: Reader, shape, levels: np.ndarray, layout: int, nu: int):
   """The levels ``k`` (int64, ``shape``) of a dq coder section of the magnitude coder,
   each checked to be one of the used ``levels``."""
   head = r.u8("dq coder header")
   if head != DQ_MAGNITUDE:
     r.fail(f"dq coder header {head:#04x} has unknown bits")
-  k = magnitude.decode_leaf(r, shape, layout, dq=True).astype(np.int64)
+  k = magnitude.decode_leaf(r, shape, layout, dq=nu).astype(np.int64)
   pos = np.minimum(np.searchsorted(levels, k), levels.size - 1)
   if not np.array_equal(levels[pos], k):
     r.fail("dq level outside the record's levels")
   return k
 
 
-def decode_dq(r: Reader, dtype, shape, n: int) -> np.ndarray:
-  """The values (leaf dtype) of a dq body."""
-  step, layout, levels = parse_dq_head(r, shape, n)
+def decode_dq(r: Reader, dtype, shape, n: int, kind: int = KIND_DQ) -> np.ndarray:
+  """The values (leaf dtype) of a dq body of leaf ``kind``."""
+  step, layout, levels, nu = parse_dq_head(r, shape, n, kind)
   if levels is None:
     return np.zeros(shape, dtype)
   if levels.size == 1:
     r.expect_end("dq record of one level")
-    return trellis.values(trellis.grid(np.full(shape, levels[0]), layout), step, dtype)
-  if _dq_magnitude(r):
-    k = _dq_magnitude_levels(r, shape, levels, layout)
-    return trellis.values(trellis.grid(k, layout), step, dtype)
-  symbols, quant = trellis.decode_levels(r, shape, levels, layout)
-  return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]
+    k = np.full(shape, levels[0])
+  elif _dq_magnitude(r):
+    k = _dq_magnitude_levels(r, shape, levels, layout, nu)
+  else:
+    symbols, quant = trellis.decode_levels(r, shape, levels, layout, nu)
+    return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]
+  return trellis.values(trellis.grid(k, layout, nu), step, dtype)
