@@ -14,8 +14,8 @@ whatever their range, as
 The context of an entry is the sum of a stored log-scale of its matrix row and of its
 matrix column (a rank-1 model of the local magnitude: weight tensors change scale from
 output unit to output unit and from input to input), clipped to ``C`` contexts; with
-dependent quantization (``dq``) it also holds the bit ``state >= 2`` of the trellis state
-of its chain. The scales are chosen by the encoder (an order-0 adaptive code puts them in
+dependent quantization (``dq``) it also holds the quantizer of the trellis state of its
+chain. The scales are chosen by the encoder (an order-0 adaptive code puts them in
 the payload) and cost a few bits per row or column; the encoder leaves either out where it
 does not pay. Contexts taken from the magnitudes of already coded neighbours were measured
 and left out (``experiments/COMPRESS.md``).

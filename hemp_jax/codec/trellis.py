@@ -2,28 +2,35 @@
 
 Two scalar quantizers share a grid of step ``delta``: ``Q0`` reconstructs ``2k * delta``
 and ``Q1`` reconstructs ``(2k - sgn(k)) * delta`` (``k`` the coded integer level; both
-have a zero). A 4-state machine picks the quantizer of each entry: states 0 and 1 use
-``Q0``, states 2 and 3 ``Q1``, and ``next = NEXT[state][k & 1]``, from state 0 at the
-start of every chain. Together the two quantizers cover the grid ``j * delta`` twice as
-finely as either alone, while each ``k`` is coded in the alphabet of one of them.
+have a zero). A state machine picks the quantizer of each entry: in VVC's 4 states,
+states 0 and 1 use ``Q0``, states 2 and 3 ``Q1``, and ``next = NEXT[state][k & 1]``, from
+state 0 at the start of every chain. Together the two quantizers cover the grid
+``j * delta`` twice as finely as either alone, while each ``k`` is coded in the alphabet
+of one of them. Larger machines (:data:`MACHINES`, ``2**nu`` states from Ungerboeck's
+one-dimensional trellis codes, as in trellis-coded quantization) get closer to the
+granular gain of a lattice at the same rate; the 4-state one is ``nu = 2``.
 
 The chains are the columns of the coder's walked matrix (:func:`chains`: the geometry of
 :func:`hemp_jax.codec.context_models.walked` and ``valid_mask``), read top to bottom, so
 the decoder knows the state of walked row ``t`` from the rows above it. Entries outside
 the mask are skipped (they do not advance the state).
 
-The state machine is a shift register over two bits: with ``state = 2h + l``, the next
+The 4-state machine is a shift register over two bits: with ``state = 2h + l``, the next
 state has ``h' = l xor (k & 1)`` and ``l' = h``, so the quantizer ``h`` of an entry is the
-xor of the parities one, three, five, ... entries back in its chain.
+xor of the parities one, three, five, ... entries back in its chain; the larger ones are
+the feedback shift registers of their parity-check polynomials (:func:`_machine`).
 
 The encoder chooses the levels by a Viterbi search (:func:`quantize`) minimizing
 ``sum (w - recon)**2 + lam * R(k | quantizer)``, vectorized across the chains (a loop
 over the walked rows). The rate model ``R`` is a table of bits per signed level and
-quantizer (:func:`rate_table`), estimated from the previous assignment and iterated
+quantizer, and per scale context of the magnitude coder where the fit has the leaf's
+geometry (:func:`rate_table`, :func:`weight_contexts`), estimated from the previous
+assignment and iterated
 (:func:`fit_step`), as :func:`hemp_jax.codec.scalar.fit_ecsq` does for one quantizer.
 :func:`fit_error` finds the coarsest step that meets a relative-error target. The coder
 section of a dq record (:func:`encode_levels`, :func:`decode_levels`) codes each level
-with a static table of its quantizer (``FORMAT.md``, "Dq record", "Coder of dq records").
+with a static table of its quantizer (``FORMAT.md``, "Dq record", "Coder of dq records"),
+or the magnitude coder does (:mod:`hemp_jax.codec.magnitude`).
 """
 
 from __future__ import annotations
