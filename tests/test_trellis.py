@@ -15,7 +15,6 @@ from hemp_jax.codec import (
   container,
   context_models,
   ptq,
-  records,
   trellis,
 )
 from hemp_jax.codec.wire import Reader

@@ -304,7 +304,7 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   """
   import jax
 
-  from hemp_jax.codec import container, inspection, records, trellis
+  from hemp_jax.codec import container, inspection, records
 
   kinds = {leaf.path: leaf.kind for leaf in inspection.inspect(blob).leaves}
   tree = container.decompress(blob)

@@ -39,7 +39,6 @@ cols)``, ``y`` is the walk of a ``(rows, cols)`` matrix ``x`` in ``S`` segments
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
 
@@ -934,7 +933,9 @@ def decode_leaf(reader: Reader, shape: Sequence[int], layout: int, dq: int) -> n
   shape = tuple(int(d) for d in shape)
   info = parse_model(reader)
   if info.dq != bool(dq):
-    reader.fail(f"magnitude model with dq flag {int(info.dq)} in a {'dq' if dq else 'quantized'} record")
+    reader.fail(
+      f"magnitude model with dq flag {int(info.dq)} in a {'dq' if dq else 'quantized'} record"
+    )
   payload = reader.take(reader.remaining, "payload")
   rows, cols = layouts(shape)[layout]
   seg_t, s = _segments(rows, cols)

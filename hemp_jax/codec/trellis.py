@@ -182,9 +182,7 @@ class DQ:
       raise ValueError(f"dq layout must be 0 or 1, got {layout}")
 
   def __repr__(self) -> str:
-    return (
-      f"DQ(step={self.step!r}, levels={self.levels.shape}, layout={self.layout}, nu={self.nu})"
-    )
+    return f"DQ(step={self.step!r}, levels={self.levels.shape}, layout={self.layout}, nu={self.nu})"
 
 
 class DQFit(NamedTuple):
