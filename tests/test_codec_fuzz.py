@@ -64,8 +64,9 @@ def _base_params():
   tuples = np.where(live[:, None], rng.integers(0, 2, (live.size, 3)) * 4 + 1, 3)
   tuples[:, 0] = 3
   tuple_idx = tuples.reshape(-1)[: 61 * 20].reshape(20, 61).T
-  spread = np.exp(rng.normal(0, 0.8, (48, 1)) + rng.normal(0, 0.8, (1, 40)))
-  scaled = (rng.laplace(0, 0.05, (48, 40)) * spread).astype(np.float32)
+  srng = np.random.default_rng(77)
+  spread = np.exp(srng.normal(0, 1.0, (48, 1)) + srng.normal(0, 0.5, (1, 40)))
+  scaled = (srng.laplace(0, 0.05, (48, 40)) * spread).astype(np.float32)
   params = {
     "conv": {
       "kernel": cb6[_markov(rng, 75, 16, 6)].reshape(5, 5, 3, 16),
@@ -101,7 +102,7 @@ def _base_params():
   cbs["dq"] = trellis.fit_step(params["dq"], 0.02).spec
   params["dq8"] = params["dq"]
   cbs["dq8"] = trellis.fit_step(params["dq"], 0.02, nu=3).spec  # leaf kind 3
-  cbs["scaled"] = np.linspace(-3, 3, 121).astype(np.float32) * float(np.abs(scaled).max()) / 3
+  cbs["scaled"] = np.linspace(-3, 3, 255).astype(np.float32) * float(np.abs(scaled).max()) / 3
   cbs["dqmag"] = trellis.fit_step(scaled, 0.004, nu=5).spec
   return params, cbs
 
