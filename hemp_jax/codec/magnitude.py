@@ -420,10 +420,15 @@ def _with_direct(model: Model, direct: int, mmax: int) -> Model:
 
 def _offset(row_s, col_s, walk: _Walk, n_ctx: int) -> int:
   """The context offset that centres the scale sums of the valid entries on the middle
-  of ``n_ctx`` contexts."""
+  of ``n_ctx`` contexts (their lower median, from a histogram)."""
+  if not walk.valid.any():
+    return 0
   lv = _scale_contexts(Model(0, 0, 1, 0, 0, False, None, None, 0), row_s, col_s, walk, raw=True)
-  offset = int(np.median(lv[walk.valid])) - n_ctx // 2 if walk.valid.any() else 0
-  return int(np.clip(offset, -MAX_OFFSET, MAX_OFFSET))
+  lv = lv[walk.valid] if not walk.valid.all() else lv.reshape(-1)
+  low = int(lv.min())
+  cum = np.cumsum(np.bincount((lv - low).astype(np.intp)))
+  median = low + int(np.searchsorted(cum, (lv.size + 1) // 2))
+  return int(np.clip(median - n_ctx // 2, -MAX_OFFSET, MAX_OFFSET))
 
 
 def scale_contexts(mag: np.ndarray, geometry, contexts: int = DEFAULT_CONTEXTS) -> np.ndarray:
@@ -575,6 +580,31 @@ def _estimate(x, states, options) -> tuple[float, dict]:
   chosen = dict(options, direct=model.direct)
   chosen["scales"] = (model.row_scales is not None, model.col_scales is not None)
   return bits + 8 * len(write_model(model)), chosen
+
+
+def _bound(x, states) -> float:
+  """About the least size (bits) any model could give the matrix ``x`` (``states`` as for
+  :func:`_estimate`): the conditional entropy of the magnitudes (``D = MAX_DIRECT``) given
+  the contexts of both scale sets, no table or learning counted, plus the remainders and
+  the entropy of the signs; each scale set costs at least a bit per scale."""
+  walk, mag, states = _prepared(x, None, None, False, states)
+  valid = walk.valid
+  rows, cols = walk.rows, walk.cols
+  a, b = _fit_scales(mag, walk, rows > 1, cols > 1)
+  model = Model(0, 0, DEFAULT_CONTEXTS, 0, 0, states is not None, None, None, 0)
+  row_s, col_s = _quantized(a)[0], _quantized(b)[0]
+  model = replace(model, offset=_offset(row_s, col_s, walk, DEFAULT_CONTEXTS))
+  ctx = _scale_contexts(model, row_s, col_s, walk).astype(np.int64)
+  if states is not None:
+    ctx = 2 * ctx + states
+  sym, esc = _symbols(mag, MAX_DIRECT, int(mag.max(initial=0)))
+  alphabet = MAX_DIRECT + MAX_ESCAPES
+  cell = (ctx * alphabet + sym)[valid]
+  counts = np.bincount(cell, minlength=2 * DEFAULT_CONTEXTS * alphabet).reshape(-1, alphabet)
+  neg = np.count_nonzero(np.asarray(x)[valid] < 0)
+  signs = kernel.cond_bits(np.array([[int(np.count_nonzero(mag[valid])) - neg, neg]]))
+  side = (rows if rows > 1 else 0) + (cols if cols > 1 else 0)
+  return kernel.cond_bits(counts) + float(np.maximum(esc[valid], 0).sum()) + signs + side
 
 
 def _runs(ctx: np.ndarray):
@@ -863,8 +893,9 @@ def decode_matrix(model, payload, rows: int, cols: int, nu: int = 2) -> np.ndarr
 
 def _sample(x: np.ndarray, dq: int):
   """Rows of a leaf's matrix ``x`` spread evenly over it, holding about
-  :data:`EST_ENTRIES` entries, with their dq state bits (None without ``dq``: from the
-  states of the whole walk) and the factor from their size to the leaf's."""
+  :data:`EST_ENTRIES` entries (every row of a smaller leaf), with their dq quantizer
+  bits (None without ``dq``: from the states of the whole walk) and the factor from their
+  size to the leaf's."""
   rows, cols = x.shape
   count = min(rows, max(2, -(-EST_ENTRIES // max(cols, 1))))
   pick = np.unique(np.linspace(0, rows - 1, count).round().astype(np.int64))
@@ -890,39 +921,35 @@ def encode_leaf(
     limit_bits: the largest size (bits, model section + payload) worth coding.
 
   Returns:
-    ``(layout, model section + payload)``, or None where no layout fits ``limit_bits``.
-    Leaves of more than :data:`EST_ENTRIES` entries are scored on leading rows
-    (:func:`_sample`, scaled to the leaf) and coded in the best layout only if that
-    estimate fits; every returned section fits ``limit_bits``.
+    ``(layout, model section + payload)``, or None where it does not fit
+    ``limit_bits``. Each layout is scored by the estimate of its matrix coded as it is
+    (rows and columns scaled, without the walk), on rows spread over the leaf where it
+    has more than :data:`EST_ENTRIES` entries (:func:`_sample`, scaled to the leaf); the
+    best is coded, with the options chosen there, if its estimate fits.
   """
   levels = np.asarray(levels)
   flat = levels.reshape(-1)
   shape = levels.shape
   dq = _state_bits(dq)
-  scored = []
+  if len([d for d in shape if d != 1]) <= 2:
+    candidates = list(candidates)[:1]  # the other layout is the transpose: the same scales
+  samples = {}
   for lay in candidates:
     rows, cols = layouts(shape)[lay]
-    x = matrix(flat, rows, cols, lay)
-    if flat.size <= EST_ENTRIES:
-      enc = encode_matrix(x, dq=dq)
-      section = enc.model + enc.payload
-      scored.append((8 * len(section), lay, section, None))
-      continue
-    sample, states, scale = _sample(x, dq)
+    samples[lay] = _sample(matrix(flat, rows, cols, lay), dq)
+  if not samples or min(_bound(x, st) * f for x, st, f in samples.values()) > limit_bits:
+    return None  # no model of this coder can fit: the leaf is not worth scoring
+  scored = []
+  for lay, (sample, states, scale) in samples.items():
     bits, chosen = _estimate(sample, states, {})
-    scored.append((bits * scale, lay, None, chosen))
-  if not scored:
-    return None
-  bits, lay, section, chosen = min(scored, key=lambda c: c[0])
+    scored.append((bits * scale, lay, chosen))
+  bits, lay, chosen = min(scored, key=lambda c: c[0])
   if bits > limit_bits:
     return None
-  if section is None:
-    rows, cols = layouts(shape)[lay]
-    enc = encode_matrix(matrix(flat, rows, cols, lay), dq=dq, **chosen)
-    section = enc.model + enc.payload
-    if 8 * len(section) > limit_bits:
-      return None
-  return lay, section
+  rows, cols = layouts(shape)[lay]
+  enc = encode_matrix(matrix(flat, rows, cols, lay), dq=dq, **chosen)
+  section = enc.model + enc.payload
+  return (lay, section) if 8 * len(section) <= limit_bits else None
 
 
 def decode_leaf(reader: Reader, shape: Sequence[int], layout: int, dq: int) -> np.ndarray:
