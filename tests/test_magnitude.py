@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hemp_jax.codec import magnitude as mg
+from hemp_jax.codec import records
 from hemp_jax.codec.context_models import segment_rows, walked
 from hemp_jax.codec.wire import FormatError, Reader, write_varint, zigzag
 
@@ -235,3 +236,48 @@ def test_fuzzed_bytes_raise_format_error_only(dq):
       outcomes["ok"] += 1
     assert time.perf_counter() - t0 < PER_CASE_SECONDS
   assert outcomes["error"] > 50  # the model section's checks catch most damage
+
+
+# ------------------------------------------------------------------- in .hemp files
+
+
+def _scaled_levels(rng, shape, spread=1.0):
+  rows, cols = shape
+  scale = np.exp(rng.normal(0, spread, (rows, 1)) + rng.normal(0, spread / 2, (1, cols)))
+  return rng.laplace(0, 1, shape) * scale
+
+
+@pytest.mark.parametrize("levels", [16, 64, 65, 4096, 1 << 16])
+def test_quantized_leaves_of_up_to_65536_levels_round_trip(levels):
+  """The magnitude coder in quantized records (coder kind 3): symbols coded as offsets
+  from the level nearest zero, at any codebook size the format allows."""
+  from hemp_jax import codec
+
+  rng = np.random.default_rng(levels)
+  half = levels // 2
+  k = np.clip(np.rint(_scaled_levels(rng, (120, 90)) * max(2, half / 16)), 1 - half, half - 1)
+  cb = (np.arange(levels) - half).astype(np.float32) * np.float32(0.01)
+  x = cb[k.astype(np.int64) + half]  # on the grid: the decoded leaf is x itself
+  blob = codec.compress({"w": x}, {"w": cb})
+  leaf = codec.inspect(blob).leaves[0]
+  assert leaf.model.startswith("magnitude/") and leaf.levels == levels
+  np.testing.assert_array_equal(codec.decompress(blob)["w"], x)
+  assert codec.reencode(blob) == blob
+
+
+def test_zero_level_is_the_level_nearest_zero():
+  assert records.zero_level(np.array([-3.0, -1.0, 1.0, 2.0])) == 1  # the first of equals
+  assert records.zero_level(np.array([0.5, 1.0, 2.0])) == 0  # no zero level
+  assert records.zero_level(np.array([np.nan, 4.0, -np.inf])) == 1  # NaN counts as inf
+  assert records.zero_level(np.array([np.nan, np.nan])) == 0
+
+
+def test_magnitude_sections_are_taken_only_where_they_save():
+  """The record keeps today's coder unless the magnitude coder saves LEAF_MIN_GAIN."""
+  from hemp_jax import codec
+
+  rng = np.random.default_rng(3)
+  flat = rng.laplace(0, 1, (200, 60)).astype(np.float32)  # no scale structure
+  cb = np.linspace(-6, 6, 25).astype(np.float32)
+  blob = codec.compress({"w": flat}, {"w": cb})
+  assert not codec.inspect(blob).leaves[0].model.startswith("magnitude")

@@ -295,8 +295,8 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   A quantized leaf's codebook is the sorted set of its decoded values (its used levels;
   unused levels of the original codebook are dropped, they decode nowhere), as float32
   (the coder's level precision), plus one spare level when only one value is used
-  (codebooks need two); a dq leaf gets its :class:`~hemp_jax.codec.trellis.DQ` (step and
-  levels). Float leaves get ``None``.
+  (codebooks need two); a dq leaf gets its :class:`~hemp_jax.codec.trellis.DQ` (step,
+  levels, layout and trellis). Float leaves get ``None``.
 
   Returns:
     ``(tree, codebooks)`` ready for :func:`hemp_jax.codec.compress` (a bare array and its

@@ -363,15 +363,15 @@ def zero_level(levels: np.ndarray) -> int:
   return int(np.argmin(np.where(np.isnan(a), np.inf, a)))
 
 
-def _magnitude_section(levels, candidates, dq: int, today_bytes: int):
+def _magnitude_section(levels, candidates, dq: int, today_bytes: int, states=None):
   """``(layout, model section + payload)`` of the magnitude coder for signed ``levels``
-  (``dq``: the state bits of a dq leaf's trellis, or 0), or None unless it saves
-  :data:`magnitude.LEAF_MIN_GAIN` of ``today_bytes`` (the bytes it would replace) with
-  its header byte counted."""
+  (``dq``: the state bits of a dq leaf's trellis, or 0; ``states``: those of its walk),
+  or None unless it saves :data:`magnitude.LEAF_MIN_GAIN` of ``today_bytes`` (the bytes
+  it would replace) with its header byte counted."""
   limit = 8 * ((1 - magnitude.LEAF_MIN_GAIN) * today_bytes - 1)
   if limit <= 0:
     return None
-  return magnitude.encode_leaf(levels, candidates, dq=dq, limit_bits=limit)
+  return magnitude.encode_leaf(levels, candidates, dq=dq, limit_bits=limit, states=states)
 
 
 def _level_steps(levels: np.ndarray) -> bytes | None:
@@ -525,8 +525,11 @@ def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
   section = b""
   if levels.size > 1:
     compact = (np.cumsum(used) - 1).astype(np.int32)[k - lo].reshape(x.shape)
-    section = trellis.encode_levels(compact, levels, spec.layout, spec.nu)
-    mag = _magnitude_section(k.reshape(x.shape), [spec.layout], spec.nu, len(bitmap + section))
+    y, valid = trellis.chains(k.reshape(x.shape), spec.layout)
+    st = trellis.states(y, valid, spec.nu)  # the states of the walk, for both coders
+    section = trellis.encode_levels(compact, levels, spec.layout, spec.nu, st)
+    size = len(bitmap + section)
+    mag = _magnitude_section(k.reshape(x.shape), [spec.layout], spec.nu, size, st)
     if mag is not None:  # levels checked against the range alone: no bitmap
       partial, bitmap, section = False, b"", bytes([DQ_MAGNITUDE]) + mag[1]
   write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))

@@ -804,15 +804,18 @@ def _row_order(h: np.ndarray, valid: np.ndarray):
   return pos[valid], np.stack([n0, n1], axis=1)
 
 
-def encode_levels(symbols: np.ndarray, levels: np.ndarray, layout: int, nu: int = 2) -> bytes:
+def encode_levels(
+  symbols: np.ndarray, levels: np.ndarray, layout: int, nu: int = 2, st=None
+) -> bytes:
   """The coder section of a dq record (``FORMAT.md``): a leaf's compact symbols (its
   shape; symbol ``s`` is the level ``levels[s]``) coded row by row over the walk of
-  ``layout``, each with the static table of its quantizer (machine of ``nu`` bits)."""
+  ``layout``, each with the static table of its quantizer (machine of ``nu`` bits;
+  ``st``: the states of the walk, if known)."""
   from hemp_jax.codec import model_selection  # the table fit of the version-3 coder
 
   a = int(levels.size)
   y, valid = chains(np.asarray(symbols, np.int32), layout)
-  st = states(levels[y], valid, nu)
+  st = states(levels[y], valid, nu) if st is None else st
   h = (st >> (nu - 1)).astype(np.int64)
   counts = np.bincount(h[valid] * a + y[valid], minlength=2 * a).reshape(2, a)
   _, s_index, b, codes = model_selection.best_codes(counts)
