@@ -118,6 +118,7 @@ EST_ENTRIES = 1 << 16
 LEAF_MIN_GAIN = 0.02
 
 _ROWS, _COLS, _DQ = 1, 2, 4
+_UNIFORM = constriction.stream.model.Uniform()  # the remainders' model (size per symbol)
 
 
 class Encoded(NamedTuple):
@@ -649,7 +650,7 @@ def _encode_levels(enc, model, ctx, sym, esc, mag, negative, valid, bounds) -> N
   beta = BETAS[model.beta_index]
   counts = np.zeros((k, a), np.int64)
   scounts = np.zeros((1, 2), np.int64)
-  uniform = constriction.stream.model.Uniform()
+  uniform = _UNIFORM
   family = kernel.Categorical(perfect=False)
   for r0, r1 in zip(bounds[:-1], bounds[1:]):
     sel = valid[r0:r1]
@@ -803,14 +804,18 @@ def _decode_signs(dec, scounts, m: np.ndarray) -> np.ndarray:
   return np.where(flip, -m, m)
 
 
+def _decoder(info: Model, shape):
+  """What a level decoder starts from: ``(levels (int32, 0), magnitude counts, sign
+  counts, beta)``."""
+  counts = np.zeros((info.table_contexts, info.alphabet), np.int64)
+  return np.zeros(shape, np.int32), counts, np.zeros((1, 2), np.int64), BETAS[info.beta_index]
+
+
 def _decode_levels(dec, info: Model, ctx: np.ndarray, valid: np.ndarray) -> np.ndarray:
   t_rows, width = ctx.shape
   k, a, d = info.table_contexts, info.alphabet, info.direct
-  beta = BETAS[info.beta_index]
-  y = np.zeros((t_rows, width), np.int32)
-  counts = np.zeros((k, a), np.int64)
-  scounts = np.zeros((1, 2), np.int64)
-  uniform = constriction.stream.model.Uniform()
+  y, counts, scounts, beta = _decoder(info, ctx.shape)
+  uniform = _UNIFORM
   bounds = schedule(t_rows, width, MIN_BLOCK)
   for r0, r1 in zip(bounds[:-1], bounds[1:]):
     sel = valid[r0:r1]
@@ -837,11 +842,8 @@ def _decode_dq_levels(dec, info: Model, base: np.ndarray, valid: np.ndarray, nu:
   above), each row's symbols in one call with the table of each one's context."""
   t_rows, width = base.shape
   k, a, d = info.table_contexts, info.alphabet, info.direct
-  beta = BETAS[info.beta_index]
-  y = np.zeros((t_rows, width), np.int32)
-  counts = np.zeros((k, a), np.int64)
-  scounts = np.zeros((1, 2), np.int64)
-  uniform = constriction.stream.model.Uniform()
+  y, counts, scounts, beta = _decoder(info, base.shape)
+  uniform = _UNIFORM
   family = kernel.Categorical(perfect=False)
   base = base << 1  # 2 * scale context; + the quantizer
   step = trellis.MACHINES[nu].next.reshape(-1)  # next state by state * 2 + parity
