@@ -31,6 +31,7 @@ from hemp_jax.codec import (
   decompress,
   inspect,
   legacy,
+  magnitude,
   model_selection,
   records,
   trellis,
@@ -63,6 +64,9 @@ def _base_params():
   tuples = np.where(live[:, None], rng.integers(0, 2, (live.size, 3)) * 4 + 1, 3)
   tuples[:, 0] = 3
   tuple_idx = tuples.reshape(-1)[: 61 * 20].reshape(20, 61).T
+  srng = np.random.default_rng(77)
+  spread = np.exp(srng.normal(0, 1.0, (48, 1)) + srng.normal(0, 0.5, (1, 40)))
+  scaled = (srng.laplace(0, 0.05, (48, 40)) * spread).astype(np.float32)
   params = {
     "conv": {
       "kernel": cb6[_markov(rng, 75, 16, 6)].reshape(5, 5, 3, 16),
@@ -81,6 +85,9 @@ def _base_params():
     "flat": np.full((10, 10), 0.1, np.float32),
     "list": [np.ones(3, np.int8), np.zeros(2, np.uint16)],
     "dq": rng.laplace(0, 0.05, (40, 24)).astype(np.float32),
+    # scales changing by row and column: the magnitude coder's leaves
+    "scaled": scaled,
+    "dqmag": scaled,
   }
   cbs = {k: None for k in params}
   cbs["conv"] = {"kernel": cb6, "bias": None}
@@ -93,6 +100,10 @@ def _base_params():
   cbs["empty"] = cb6
   cbs["list"] = [None, None]
   cbs["dq"] = trellis.fit_step(params["dq"], 0.02).spec
+  params["dq8"] = params["dq"]
+  cbs["dq8"] = trellis.fit_step(params["dq"], 0.02, nu=3).spec  # leaf kind 3
+  cbs["scaled"] = np.linspace(-3, 3, 255).astype(np.float32) * float(np.abs(scaled).max()) / 3
+  cbs["dqmag"] = trellis.fit_step(scaled, 0.004, nu=5).spec
   return params, cbs
 
 
@@ -161,7 +172,9 @@ def blob():
   b = compress(params, cbs)
   kinds = {l.path: l.model for l in inspect(b).leaves}
   assert kinds["conv/kernel"].startswith("static") and kinds["units"].startswith("unit")
-  assert kinds["adaptive"].startswith("polya") and kinds["dq"].startswith("dq")
+  assert kinds["adaptive"].startswith("polya") and kinds["dq"] == "dq/L0"
+  assert kinds["dq8"] == "dq8/L0" and kinds["scaled"] == "magnitude/L0"
+  assert kinds["dqmag"] == "dq32-magnitude/L0"
   return b
 
 
@@ -414,3 +427,29 @@ def test_garbage_payload_behind_valid_models_is_bounded():
       assert y.shape == x.shape and y.min() >= 0 and y.max() < 6
     except FormatError:
       pass
+
+
+@pytest.mark.parametrize("nu", [0, 2, 5])
+def test_garbage_payload_behind_a_magnitude_model_is_bounded(nu):
+  """The magnitude coder's decoder (quantized: nu = 0; dq trellises) on random payloads
+  behind a valid model section: int32 levels of the leaf's shape, or FormatError."""
+  rng = np.random.default_rng(11 + nu)
+  shape = (30, 1, 24)
+  spread = np.exp(rng.normal(0, 0.8, (30, 1, 1)) + rng.normal(0, 0.8, (1, 1, 24)))
+  k = np.rint(rng.laplace(0, 4, shape) * spread).astype(np.int64)
+  coded = magnitude.encode_leaf(k, [0, 1], dq=nu, limit_bits=float("inf"))
+  assert coded is not None
+  layout, section = coded
+  r = Reader(section)
+  magnitude.parse_model(r)
+  model = section[: r.pos]
+  for _ in range(50):
+    garbage = rng.bytes(int(rng.integers(0, 64)))
+    t = time.perf_counter()
+    try:
+      y = magnitude.decode_leaf(Reader(model + garbage), shape, layout, nu)
+      assert y.shape == shape and y.dtype == np.int32
+    except FormatError:
+      pass
+    assert time.perf_counter() - t < PER_CASE_SECONDS
+  np.testing.assert_array_equal(magnitude.decode_leaf(Reader(section), shape, layout, nu), k)

@@ -23,7 +23,16 @@ from hemp_jax.codec.wire import Reader
 BF16 = np.dtype(jnp.bfloat16)
 
 
-def _sequential_states(k, valid):
+def _next_state(s: int, parity: int, nu: int) -> int:
+  """The machine of nu state bits, bit by bit from its polynomials (FORMAT.md): the
+  reference of trellis.MACHINES."""
+  h0, h1 = trellis.POLYNOMIALS[nu]
+  bits = [(s >> (nu - i)) & 1 for i in range(1, nu + 1)] + [0]
+  new = [bits[i] ^ ((h0 >> i) & 1 & bits[0]) ^ ((h1 >> i) & 1 & parity) for i in range(1, nu + 1)]
+  return sum(b << (nu - i) for i, b in enumerate(new, 1))
+
+
+def _sequential_states(k, valid, nu=2):
   """The state machine entry by entry (the reference of trellis.states)."""
   rows, width = k.shape
   out = np.empty((rows, width), np.uint8)
@@ -32,17 +41,30 @@ def _sequential_states(k, valid):
     for t in range(rows):
       out[t, c] = s
       if valid[t, c]:
-        s = int(trellis.NEXT[s][int(k[t, c]) & 1])
+        s = _next_state(s, int(k[t, c]) & 1, nu)
   return out
 
 
-def _objective(w, valid, k, delta, lam, rate):
+def _objective(w, valid, k, delta, lam, rate, nu=2):
   """sum (w - j * delta)**2 + lam * rate[quantizer, k] over the valid entries (float64)."""
-  st = _sequential_states(k, valid)
-  j = 2 * k.astype(np.int64) - np.sign(k) * (st >> 1)
+  q = _sequential_states(k, valid, nu) >> (nu - 1)
+  j = 2 * k.astype(np.int64) - np.sign(k) * q
   cap = (rate.shape[1] - 1) // 2
-  bits = rate.astype(np.float64)[st >> 1, np.clip(k, -cap, cap) + cap]
+  bits = rate.astype(np.float64)[q, np.clip(k, -cap, cap) + cap]
   return float((((w - j * delta) ** 2 + lam * bits) * valid).sum())
+
+
+@pytest.mark.parametrize("nu", trellis.STATE_BITS)
+def test_machines_follow_their_polynomials(nu):
+  """Every state has two successors and two predecessors, both of the same quantizer; the
+  4-state machine is VVC's."""
+  m = trellis.MACHINES[nu]
+  for s in range(1 << nu):
+    assert [int(m.next[s, p]) for p in (0, 1)] == [_next_state(s, p, nu) for p in (0, 1)]
+  for n in range(1 << nu):
+    assert [int(m.next[m.pred[n, p], p]) for p in (0, 1)] == [n, n]
+    assert m.pred[n, 0] >> (nu - 1) == m.pred[n, 1] >> (nu - 1)
+  np.testing.assert_array_equal(trellis.MACHINES[2].next, [[0, 2], [2, 0], [1, 3], [3, 1]])
 
 
 def _candidates(x, delta, q):
@@ -80,19 +102,20 @@ def test_state_scan_on_the_walk_of_a_leaf(shape):
     np.testing.assert_array_equal(trellis.unchain(y, shape, layout), k)
 
 
-def test_viterbi_is_optimal_over_its_candidates():
+@pytest.mark.parametrize("nu", [2, 3, 5])
+def test_viterbi_is_optimal_over_its_candidates(nu):
   """Exhaustive search over every path whose levels are candidates in their states'
   quantizers, on short chains with masks and random rate tables."""
-  rng = np.random.default_rng(1)
+  rng = np.random.default_rng(nu)
   delta, cap = 0.7, 6
-  for _ in range(120):
+  for _ in range(120 if nu == 2 else 40):
     rows = int(rng.integers(1, 6))
     w = rng.normal(0, 1.5, (rows, 2))
     valid = rng.random((rows, 2)) < 0.8
     lam = float(rng.uniform(0, 1))
     rate = rng.uniform(0.5, 6, (2, 2 * cap + 1)).astype(np.float32)
-    k, st = trellis.viterbi(w, valid, delta, lam, rate)
-    np.testing.assert_array_equal(st, _sequential_states(k, valid))
+    k, st = trellis.viterbi(w, valid, delta, lam, rate, nu=nu)
+    np.testing.assert_array_equal(st, _sequential_states(k, valid, nu))
     assert (k[~valid] == 0).all()
     best = 0.0
     for c in range(2):
@@ -106,17 +129,17 @@ def test_viterbi_is_optimal_over_its_candidates():
       col_best = math.inf
       for path in itertools.product(*opts):
         kk = np.array(path).reshape(rows, 1)
-        s = _sequential_states(kk, vc)
+        s = _sequential_states(kk, vc, nu)
         if all(
-          not vc[t, 0] or kk[t, 0] in _candidates(wc[t, 0], delta, s[t, 0] >> 1)
+          not vc[t, 0] or kk[t, 0] in _candidates(wc[t, 0], delta, s[t, 0] >> (nu - 1))
           for t in range(rows)
         ):
-          col_best = min(col_best, _objective(wc, vc, kk, delta, lam, rate))
+          col_best = min(col_best, _objective(wc, vc, kk, delta, lam, rate, nu))
       best += col_best
-    assert _objective(w, valid, k, delta, lam, rate) <= best + 1e-4
+    assert _objective(w, valid, k, delta, lam, rate, nu) <= best + 1e-4
 
 
-def _greedy(w, valid, delta):
+def _greedy(w, valid, delta, nu=2):
   """Each weight to its nearest reconstruction in its current state's quantizer (rows in
   a loop, chains across)."""
   rows, width = w.shape
@@ -125,29 +148,32 @@ def _greedy(w, valid, delta):
   for t in range(rows):
     a = np.abs(w[t]) / delta
     sign = np.where(w[t] < 0, -1, 1)
-    q = s >> 1
+    q = s >> (nu - 1)
     k0 = np.floor(a / 2 + 0.5)  # Q0: the nearest of 0, 2, 4, ...
     k1 = np.where(a < 0.5, 0, np.floor((a + 1) / 2 + 0.5))  # Q1: of 0, 1, 3, 5, ...
     kt = (sign * np.where(q == 0, k0, k1)).astype(np.int64) * valid[t]
     k[t] = kt
-    s = np.where(valid[t], trellis.NEXT[s, kt & 1], s)
+    s = np.where(valid[t], trellis.MACHINES[nu].next[s, kt & 1], s)
   return k
 
 
+@pytest.mark.parametrize("nu", [2, 5])
 @pytest.mark.parametrize("shape", [(300, 200), (3, 3, 16, 32), (4000,), (9, 700)])
-def test_trellis_never_worse_than_greedy_or_zero(shape):
+def test_trellis_never_worse_than_greedy_or_zero(shape, nu):
+  """Never worse than rounding in each state's quantizer, nor than all zeros."""
   x = _laplace(shape, seed=len(shape))
   y, valid = trellis.chains(x)
   w = y.astype(np.float64)
   for delta in (0.004, 0.02, 0.08):
     lam = trellis.DQ_SLOPE * delta * delta
     cap = int(np.abs(w).max() / delta) // 2 + 3
-    k0, st0 = trellis.viterbi(w, valid, delta, 0.0, np.zeros((2, 2 * cap + 1), np.float32))
-    rate = trellis.rate_table(trellis.level_counts(k0, st0, valid, cap))
-    k = trellis.quantize(w, valid, delta, lam, rate)
-    ours = _objective(w, valid, k, delta, lam, rate)
-    greedy = _objective(w, valid, _greedy(w, valid, delta), delta, lam, rate)
-    zero = _objective(w, valid, np.zeros(w.shape, np.int64), delta, lam, rate)
+    zeros = np.zeros((2, 2 * cap + 1), np.float32)
+    k0, st0 = trellis.viterbi(w, valid, delta, 0.0, zeros, nu=nu)
+    rate = trellis.rate_table(trellis.level_counts(k0, st0, valid, cap, nu=nu))
+    k, st = trellis.viterbi(w, valid, delta, lam, rate, nu=nu)
+    ours = _objective(w, valid, k, delta, lam, rate, nu)
+    greedy = _objective(w, valid, _greedy(w, valid, delta, nu), delta, lam, rate, nu)
+    zero = _objective(w, valid, np.zeros(w.shape, np.int64), delta, lam, rate, nu)
     assert ours <= greedy * (1 + 1e-6) and ours <= zero * (1 + 1e-6)
     assert ours < greedy  # strictly better on such tensors
 
@@ -178,22 +204,43 @@ def _roundtrip(tree, specs, tmp_path):
 SHAPES = [(5000,), (3,), (2000, 3), (3, 2000), (3, 3, 16, 32), (5, 5, 1, 7), (1, 7, 1), (4, 4)]
 
 
+@pytest.mark.parametrize("nu", [2, 5])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, BF16, np.float64])
-def test_dq_decode_is_bit_exact(shape, dtype, tmp_path):
+def test_dq_decode_is_bit_exact(shape, dtype, nu, tmp_path):
   x = _laplace(shape, seed=len(shape)).astype(dtype)
-  fit = trellis.fit_step(x, 0.01)
-  assert fit.values.dtype == x.dtype
+  fit = trellis.fit_step(x, 0.01, nu=nu)
+  assert fit.values.dtype == x.dtype and fit.nu == nu
   blob, out = _roundtrip(
     {"w": x, "b": np.ones(3, np.float32)}, {"w": fit.spec, "b": None}, tmp_path
   )
   np.testing.assert_array_equal(out["w"].view(np.uint8), fit.values.view(np.uint8))
   # the decoded values are j * step of the trellis states
   k = fit.levels
-  j = trellis.grid(k, 0)
+  j = trellis.grid(k, 0, nu)
   np.testing.assert_array_equal(out["w"], trellis.values(j, fit.step, dtype))
   leaf = codec.inspect(blob).leaves[1]
-  assert leaf.kind == "dq" and leaf.model == "dq/L0"
+  assert leaf.kind == "dq" and leaf.model.startswith("dq/L0" if nu == 2 else "dq32")
+
+
+@pytest.mark.parametrize("nu", [2, 3, 5])
+@pytest.mark.parametrize("shape", [(60, 50), (300, 40), (24, 16, 1, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, BF16])
+def test_dq_magnitude_decode_is_bit_exact(shape, dtype, nu, tmp_path):
+  """Scales changing by row and column: the magnitude coder codes the levels."""
+  rng = np.random.default_rng(len(shape) + nu)
+  spread = np.exp(rng.normal(0, 1.0, (shape[0],) + (1,) * (len(shape) - 1)))
+  spread = spread * np.exp(rng.normal(0, 0.5, shape[-1]))
+  x = (_laplace(shape, seed=nu) * spread).astype(dtype)
+  layout = trellis.chain_layout(shape)
+  fit = trellis.fit_step(x, 0.002, nu=nu, layout=layout)
+  blob, out = _roundtrip({"w": x}, {"w": fit.spec}, tmp_path)
+  np.testing.assert_array_equal(out["w"].view(np.uint8), fit.values.view(np.uint8))
+  leaf = codec.inspect(blob).leaves[0]
+  assert leaf.model.endswith(f"magnitude/L{layout}")
+  spec = checkpoints.hemp_codebooks(blob)[1]["w"]
+  assert (spec.nu, spec.layout) == (nu, layout)
+  np.testing.assert_array_equal(spec.levels, fit.levels)
 
 
 @pytest.mark.parametrize("layout", [0, 1])
@@ -341,17 +388,25 @@ def test_cli_compress_method_dq(tmp_path, capsys):
 def _dq_blob():
   rng = np.random.default_rng(21)
   x = rng.laplace(0, 0.05, (40, 24)).astype(np.float32)
+  scaled = x * np.exp(rng.normal(0, 1.0, (40, 1)) + rng.normal(0, 0.5, 24)).astype(np.float32)
   tree = {
     "dq": x,
     "narrow": rng.laplace(0, 0.05, (300, 3)).astype(np.float32),
     "one": np.zeros((5, 6), np.float32),
+    "dq32": x,
+    "magnitude": scaled,
   }
   specs = {
     "dq": trellis.fit_step(x, 0.02).spec,
     "narrow": trellis.fit_step(tree["narrow"], 0.01).spec,
     "one": trellis.DQ(0.25, np.full((5, 6), 1), 1),
+    "dq32": trellis.fit_step(x, 0.02, nu=5).spec,
+    "magnitude": trellis.fit_step(scaled, 0.004, nu=3).spec,
   }
-  return codec.compress(tree, specs)
+  blob = codec.compress(tree, specs)
+  models = {leaf.path: leaf.model for leaf in codec.inspect(blob).leaves}
+  assert models["dq32"] == "dq32/L0" and models["magnitude"] == "dq8-magnitude/L0"
+  return blob
 
 
 def _with_crc(body: bytes) -> bytes:
@@ -409,24 +464,37 @@ def test_dq_kind_is_refused_by_files_of_versions_1_2():
   """A dq kind in a version-2 leaf table is an unknown type."""
   blob = _dq_blob()
   parsed, _ = container.parse_header(blob, container.DEFAULT_MAX_ELEMENTS)
-  assert parsed[0].kind == 2
-  v2 = bytearray(b"HEMP\x02")
-  table = container.leaf_table([(("w",), 2 << 4, (3,), b"")])
-  v2 += table + zlib.crc32(bytes(v2) + table).to_bytes(4, "little")
-  with pytest.raises(FormatError, match="unknown type"):
-    codec.decompress(bytes(v2))
+  assert parsed[0].kind == 2 and parsed[1].kind == 3
+  for kind in (2, 3):
+    v2 = bytearray(b"HEMP\x02")
+    table = container.leaf_table([(("w",), kind << 4, (3,), b"")])
+    v2 += table + zlib.crc32(bytes(v2) + table).to_bytes(4, "little")
+    with pytest.raises(FormatError, match="unknown type"):
+      codec.decompress(bytes(v2))
+
+
+@pytest.mark.parametrize("nu", [0, 1, 2, 7, 255])
+def test_kind_3_records_name_a_larger_trellis(nu):
+  """The state bits of a kind-3 record are 3 .. 6; anything else is a FormatError."""
+  x = _laplace((20, 8))
+  body = records.dq_body(x, trellis.fit_step(x, 0.01, nu=3).spec)
+  assert body[0] == 3
+  records.decode_dq(Reader(body), x.dtype, x.shape, x.size, records.KIND_TRELLIS)
+  with pytest.raises(FormatError, match="state bits"):
+    records.decode_dq(Reader(bytes([nu]) + body[1:]), x.dtype, x.shape, x.size, 3)
 
 
 def test_garbage_payload_behind_a_valid_dq_header_is_bounded():
   """The row-by-row decoder on random payloads: levels in range, or FormatError."""
   rng = np.random.default_rng(8)
   x = rng.laplace(0, 0.05, (64, 20)).astype(np.float32)
-  body = records.dq_body(x, trellis.fit_step(x, 0.01).spec)
-  r = Reader(body)
-  _, layout, levels = records.parse_dq_head(r, x.shape, x.size)
-  head = body[: r.pos]
+  spec = trellis.fit_step(x, 0.01).spec
+  levels, compact = np.unique(spec.levels, return_inverse=True)
+  layout = spec.layout
+  section = trellis.encode_levels(compact.reshape(x.shape), levels, layout)
+  r = Reader(section)
   trellis.parse_tables(r, levels.size)
-  tables = body[len(head) : r.pos]
+  tables = section[: r.pos]
   for _ in range(200):
     garbage = rng.bytes(int(rng.integers(0, 64)))
     try:

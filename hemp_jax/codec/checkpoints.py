@@ -295,8 +295,8 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   A quantized leaf's codebook is the sorted set of its decoded values (its used levels;
   unused levels of the original codebook are dropped, they decode nowhere), as float32
   (the coder's level precision), plus one spare level when only one value is used
-  (codebooks need two); a dq leaf gets its :class:`~hemp_jax.codec.trellis.DQ` (step and
-  levels). Float leaves get ``None``.
+  (codebooks need two); a dq leaf gets its :class:`~hemp_jax.codec.trellis.DQ` (step,
+  levels, layout and trellis). Float leaves get ``None``.
 
   Returns:
     ``(tree, codebooks)`` ready for :func:`hemp_jax.codec.compress` (a bare array and its
@@ -304,18 +304,17 @@ def hemp_codebooks(blob) -> tuple[Any, Any]:
   """
   import jax
 
-  from hemp_jax.codec import container, inspection, records, trellis
+  from hemp_jax.codec import container, inspection, records
 
   kinds = {leaf.path: leaf.kind for leaf in inspection.inspect(blob).leaves}
   tree = container.decompress(blob)
   buf = container.as_buffer(blob)
   dq = {}
   for e in container.parse_header(buf, container.DEFAULT_MAX_ELEMENTS)[0]:
-    if e.kind == records.KIND_DQ:
+    if e.kind in records.DQ_KINDS:
       r = container.record_reader(buf, e)
-      step, layout, k = records.decode_dq_parts(r, e.shape, math.prod(e.shape))
-      k = np.zeros(e.shape, np.int64) if k is None else k
-      dq[container.leaf_name(e.comps)] = trellis.DQ(step, k, layout)
+      spec = records.decode_dq_parts(r, e.shape, math.prod(e.shape), e.kind)
+      dq[container.leaf_name(e.comps)] = spec
 
   def codebook(path, x):
     name = pytrees.path_name(path)

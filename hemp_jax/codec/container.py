@@ -28,7 +28,7 @@ import numpy as np
 from hemp_jax import fileio, pytrees
 from hemp_jax.codec import records, trellis
 from hemp_jax.codec.kernel import MAX_ORDER
-from hemp_jax.codec.records import KIND_DQ, KIND_FLOAT, KIND_QUANTIZED
+from hemp_jax.codec.records import DQ_KINDS, KIND_FLOAT, KIND_TRELLIS
 from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
 
 __all__ = [
@@ -268,10 +268,10 @@ def compress(params, codebooks=None, *, max_order: int = MAX_ORDER, **quantizer_
     if cb is None:
       kind, body = KIND_FLOAT, records.float_body(arr)
     elif isinstance(cb, trellis.DQ):
-      kind, body = KIND_DQ, records.dq_body(arr, cb, leaf_name(comps))
+      kind, body = records.dq_kind(cb), records.dq_body(arr, cb, leaf_name(comps))
     else:
       name = leaf_name(comps)
-      kind, body = KIND_QUANTIZED, records.quantized_body(arr, cb, int(max_order), name)
+      kind, body = records.KIND_QUANTIZED, records.quantized_body(arr, cb, int(max_order), name)
     entries.append((comps, records.dtype_code(arr.dtype) | (kind << 4), arr.shape, body))
   return _write_file(entries)
 
@@ -454,7 +454,7 @@ def _parse_leaves(r: Reader, count, max_elements, max_bytes, version, file_size=
     comps = prev[:keep] + tuple(read_component(r) for _ in range(new))
     typ = r.u8(f"leaf {i} type")
     code, kind = typ & 15, typ >> 4
-    if code >= len(records.DTYPES) or kind > KIND_DQ or (kind == KIND_DQ and version < 3):
+    if code >= len(records.DTYPES) or kind > KIND_TRELLIS or (kind in DQ_KINDS and version < 3):
       r.fail(f"leaf {leaf_name(comps)!r}: unknown type byte {typ:#04x}")
     dtype = records.DTYPES[code]
     if kind != KIND_FLOAT and not records.is_floating(dtype):
@@ -530,8 +530,8 @@ def decompress(
       n = math.prod(e.shape)
       if e.kind == KIND_FLOAT:
         value = records.decode_float(r, e.dtype, e.shape, n)
-      elif e.kind == KIND_DQ:
-        value = records.decode_dq(r, e.dtype, e.shape, n)
+      elif e.kind in DQ_KINDS:
+        value = records.decode_dq(r, e.dtype, e.shape, n, e.kind)
       else:
         value = records.decode_quantized(r, e.dtype, e.shape, n, e.version)
       if not e.comps:
@@ -567,10 +567,9 @@ def reencode(
       typ = records.dtype_code(e.dtype) | (e.kind << 4)
       if e.kind == KIND_FLOAT:
         body = records.float_body(records.decode_float(r, e.dtype, e.shape, n))
-      elif e.kind == KIND_DQ:
-        step, layout, k = records.decode_dq_parts(r, e.shape, n)
-        k = np.zeros(e.shape, np.int64) if k is None else k
-        body = records.dq_body(np.zeros(e.shape, e.dtype), trellis.DQ(step, k, layout))
+      elif e.kind in DQ_KINDS:
+        spec = records.decode_dq_parts(r, e.shape, n, e.kind)
+        body = records.dq_body(np.zeros(e.shape, e.dtype), spec)
       else:
         parts = records.decode_quantized_parts(r, e.dtype, e.shape, n, e.version)
         body = records.quantized_record(*parts, int(max_order))

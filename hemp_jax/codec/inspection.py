@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hemp_jax.codec import context_models, legacy, records, trellis
+from hemp_jax.codec import context_models, legacy, magnitude, records, trellis
 from hemp_jax.codec.container import (
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_ELEMENTS,
@@ -22,7 +22,7 @@ from hemp_jax.codec.container import (
   parse_header,
   record_reader,
 )
-from hemp_jax.codec.records import KIND_DQ, KIND_FLOAT, KIND_QUANTIZED
+from hemp_jax.codec.records import DQ_KINDS, KIND_FLOAT, KIND_QUANTIZED
 
 __all__ = ["LeafReport", "Report", "inspect", "format_inspection", "quantized_symbols"]
 
@@ -127,7 +127,7 @@ def quantized_symbols(blob, min_size: int = 0):
     if levels.size < 2:
       continue
     coded = r.remaining
-    symbols = context_models.decode(r, e.shape, levels.size)
+    symbols = records.decode_symbols(r, e.shape, levels, e.version)
     yield leaf_name(e.comps), e.shape, levels, coded, symbols
 
 
@@ -138,7 +138,7 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
     path=leaf_name(e.comps),
     shape=e.shape,
     dtype=str(e.dtype),
-    kind={KIND_QUANTIZED: "quantized", KIND_DQ: "dq"}.get(e.kind, "float"),
+    kind="quantized" if e.kind == KIND_QUANTIZED else "dq" if e.kind in DQ_KINDS else "float",
     num_params=n,
     record_bytes=e.length + (4 if e.version < 3 else 0),
   )
@@ -147,12 +147,16 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
     rep.storage = records.FLOAT_MODES.get(mode, f"mode {mode}")
     rep.payload_bytes = r.remaining
     return rep
-  if e.kind == KIND_DQ:
+  if e.kind in DQ_KINDS:
     return _dq_report(r, e, rep, n)
   k, used, levels = records.parse_quantized_head(r, e.dtype, n, e.version)
   rep.levels, rep.used_levels = k, int(used.sum())
   rep.codebook_bytes = r.pos - e.offset
   if n and levels.size >= 2:
+    if e.version >= 3 and r.remaining and r.buf[r.pos] & 3 == records.CODER_MAGNITUDE:
+      head = r.u8("coder model header")
+      _magnitude_report(r, rep, f"magnitude/L{head >> 4 & 1}")
+      return rep
     if e.version >= 3:
       info = context_models.parse_model(r, e.shape, levels.size)
       rep.model = f"{context_models.KIND_NAMES[info.kind]}/L{info.layout}" + (
@@ -167,17 +171,29 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
 
 def _dq_report(r, e, rep: LeafReport, n: int) -> LeafReport:
   """The parts of a dq record: step and level range, coder header and tables, payload."""
-  _, layout, levels = records.parse_dq_head(r, e.shape, n)
+  _, layout, levels, nu = records.parse_dq_head(r, e.shape, n, e.kind)
   rep.codebook_bytes = r.pos - e.offset
-  rep.model = f"dq/L{layout}"
+  name = "dq" if nu == 2 else f"dq{1 << nu}"  # dq16: a trellis of 16 states
+  rep.model = f"{name}/L{layout}"
   if levels is not None:
     rep.levels, rep.used_levels = int(levels[-1] - levels[0] + 1), int(levels.size)
-    if levels.size > 1:
+    if levels.size > 1 and r.remaining and r.buf[r.pos] & records.DQ_MAGNITUDE:
+      r.u8("dq coder header")
+      _magnitude_report(r, rep, f"{name}-magnitude/L{layout}")
+    elif levels.size > 1:
       start = r.pos
       trellis.parse_tables(r, levels.size)
       rep.order, rep.table_bytes = 0, r.pos - start
       rep.payload_bytes = r.remaining
   return rep
+
+
+def _magnitude_report(r, rep: LeafReport, name: str) -> None:
+  """The model section (its header byte counted) and payload of a magnitude coder section,
+  the reader just past its header byte."""
+  info = magnitude.parse_model(r)
+  rep.model, rep.order = name, 0
+  rep.table_bytes, rep.payload_bytes = 1 + info.model_bytes, r.remaining
 
 
 def inspect(

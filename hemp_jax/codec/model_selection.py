@@ -58,6 +58,7 @@ __all__ = [
   "EST_SYMBOLS",
   "ADAPTIVE_MIN_GAIN",
   "Candidate",
+  "scored_layouts",
   "best_codes",
   "candidates",
   "best_period",
@@ -372,16 +373,25 @@ class _Scores:
       self.best_flat = (cand, lay)
 
 
+def scored_layouts(shape) -> list[int]:
+  """The layouts the encoder scores for a leaf of ``shape``: every one, except layout 1
+  of a leaf of more than :data:`LAYOUT_FREE_SYMBOLS` values shaped like ``(kh, kw, in,
+  out)`` (three or more axes of size > 1, the first not larger than the last: it is
+  not the output units)."""
+  dims = [int(d) for d in shape if d != 1]
+  out = list(range(len(layouts(shape))))
+  if len(dims) > 2 and dims[0] <= dims[-1] and math.prod(dims) > LAYOUT_FREE_SYMBOLS:
+    out = out[:1]
+  return out
+
+
 def _score_layouts(flat, shape, a, max_order, allow, force, fperiod) -> _Scores:
   """Static and unit candidates of every layout (or of the model ``force`` names)."""
   scores = _Scores()
-  dims = [d for d in shape if d != 1]
+  scored = [force[0]] if force is not None else scored_layouts(shape)
   for lay, (rows, cols) in enumerate(layouts(shape)):
-    if force is not None and lay != force[0]:
+    if lay not in scored:
       continue
-    if force is None and lay == 1 and len(dims) > 2 and dims[0] <= dims[-1]:
-      if flat.size > LAYOUT_FREE_SYMBOLS:
-        continue  # (kh, kw, in, out)-like: the first axis is not the output units
     x = matrix(flat, rows, cols, lay)
     sample = x
     if x.size > EST_SYMBOLS:  # score on a block of leading rows, scaled to the leaf

@@ -345,10 +345,11 @@ def _quantize_dq(flat, selection, step, bits_per_param, max_rel_error, progress)
     targets = {p: target if max_rel_error is None else min(target, max_rel_error) for p in varying}
   for p in varying:
     x = np.asarray(flat[p])
+    layout, nu = trellis.chain_layout(x.shape), trellis.DQ_STATE_BITS
     if step is not None:
-      fits[p] = trellis.fit_step(x, step)
+      fits[p] = trellis.fit_step(x, step, layout=layout, nu=nu)
     else:
-      fits[p] = trellis.fit_error(x, targets[p])
+      fits[p] = trellis.fit_error(x, targets[p], layout=layout, nu=nu)
     results[p].param = fits[p].step
     if progress is not None:
       progress(x.size)
@@ -388,7 +389,9 @@ def _dq_error_target(flat: dict, bits_per_param: float) -> float:
   first = _equal_error_target(curves, stats, bits_per_param)
   for p, x in flat.items():
     s_u = step_at_error(curves[p], first)
-    pts = trellis.sample_curve(x, s_u * trellis.DQ_STEP_RATIO * trellis.DQ_WINDOW)
+    steps = s_u * trellis.DQ_STEP_RATIO * trellis.DQ_WINDOW
+    layout = trellis.chain_layout(np.shape(x))
+    pts = trellis.sample_curve(x, steps, layout=layout, nu=trellis.DQ_STATE_BITS)
     curves[p] = [(step, _Bits(bits), err) for step, err, bits in pts]
   return _equal_error_target(curves, stats, bits_per_param)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hemp_jax import quantization as q
-from hemp_jax.codec import context_models, legacy, model_selection, trellis
+from hemp_jax.codec import context_models, legacy, magnitude, model_selection, trellis
 from hemp_jax.codec.wire import FormatError, Reader, unzigzag, write_varint, zigzag
 
 __all__ = [
@@ -29,12 +29,18 @@ __all__ = [
   "KIND_FLOAT",
   "KIND_QUANTIZED",
   "KIND_DQ",
+  "KIND_TRELLIS",
+  "DQ_KINDS",
+  "dq_kind",
   "FLOAT_RAW",
   "FLOAT_CONSTANT",
   "FLOAT_ZLIB",
   "FLOAT_PLANES",
   "FLOAT_MODES",
   "MAX_LEVELS",
+  "CODER_MAGNITUDE",
+  "DQ_MAGNITUDE",
+  "zero_level",
   "dtype_code",
   "is_floating",
   "to_le_bytes",
@@ -45,6 +51,7 @@ __all__ = [
   "quantized_body",
   "quantized_record",
   "parse_quantized_head",
+  "decode_symbols",
   "decode_quantized_parts",
   "decode_quantized",
   "dq_body",
@@ -73,7 +80,8 @@ DTYPES = [
   )
 ]
 _DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
-KIND_FLOAT, KIND_QUANTIZED, KIND_DQ = 0, 1, 2
+KIND_FLOAT, KIND_QUANTIZED, KIND_DQ, KIND_TRELLIS = 0, 1, 2, 3
+DQ_KINDS = (KIND_DQ, KIND_TRELLIS)  # kind 3: a dq record of a trellis of 2**nu states
 FLOAT_RAW, FLOAT_CONSTANT, FLOAT_ZLIB, FLOAT_PLANES = 0, 1, 2, 3
 FLOAT_MODES = {
   FLOAT_RAW: "raw",
@@ -82,6 +90,11 @@ FLOAT_MODES = {
   FLOAT_PLANES: "planes",
 }
 MAX_LEVELS = 1 << 16
+# A version-3 coder section whose first byte has kind bits (0-1) 3 is the magnitude
+# coder's (FORMAT.md, "Magnitude coder"); so is a dq coder section whose header has
+# bit 6 set.
+CODER_MAGNITUDE = 3
+DQ_MAGNITUDE = 0x40
 # A byte plane longer than this is zlib-compressed only if its first _PLANE_PROBE bytes
 # shrink by _PLANE_MIN_GAIN at zlib level 1 (a random mantissa byte does not).
 _PLANE_PROBE = 1 << 16
@@ -334,9 +347,31 @@ def quantized_record(k, used, levels, compact, max_order: int) -> bytes:
   if a < 2:
     return bytes(out)
   coded = model_selection.encode(compact, a, max_order=max_order)
-  out += coded.model
-  out += coded.payload
-  return bytes(out)
+  section = coded.model + coded.payload
+  signed = compact.astype(np.int64) - zero_level(levels)
+  candidates = model_selection.scored_layouts(compact.shape)
+  mag = _magnitude_section(signed, candidates, 0, len(section))
+  if mag is not None:
+    section = bytes([CODER_MAGNITUDE | mag[0] << 4]) + mag[1]
+  return bytes(out) + section
+
+
+def zero_level(levels: np.ndarray) -> int:
+  """The index of the level nearest zero (the first of equals; NaN counts as infinite):
+  the magnitude coder codes symbol ``s`` as the signed level ``s - zero_level``."""
+  a = np.abs(np.asarray(levels).astype(np.float64))
+  return int(np.argmin(np.where(np.isnan(a), np.inf, a)))
+
+
+def _magnitude_section(levels, candidates, dq: int, today_bytes: int, states=None):
+  """``(layout, model section + payload)`` of the magnitude coder for signed ``levels``
+  (``dq``: the state bits of a dq leaf's trellis, or 0; ``states``: those of its walk),
+  or None unless it saves :data:`magnitude.LEAF_MIN_GAIN` of ``today_bytes`` (the bytes
+  it would replace) with its header byte counted."""
+  limit = 8 * ((1 - magnitude.LEAF_MIN_GAIN) * today_bytes - 1)
+  if limit <= 0:
+    return None
+  return magnitude.encode_leaf(levels, candidates, dq=dq, limit_bits=limit, states=states)
 
 
 def _level_steps(levels: np.ndarray) -> bytes | None:
@@ -415,10 +450,24 @@ def parse_quantized_head(r: Reader, dtype, n: int, version: int):
   return k, used, levels
 
 
-def _decode_symbols(r: Reader, shape, alphabet: int, version: int) -> np.ndarray:
-  if version >= 3:
-    return context_models.decode(r, shape, alphabet)
-  return legacy.decode_symbols(r, shape, alphabet)
+def decode_symbols(r: Reader, shape, levels: np.ndarray, version: int) -> np.ndarray:
+  """The compact symbols (int32, ``shape``) of a quantized record's coder section (to
+  ``r.end``), ``levels`` its used levels."""
+  a = levels.size
+  if version < 3:
+    return legacy.decode_symbols(r, shape, a)
+  if not (r.remaining and r.buf[r.pos] & 3 == CODER_MAGNITUDE):
+    return context_models.decode(r, shape, a)
+  head = r.u8("coder model header")
+  layout = head >> 4 & 1
+  if head & ~0x13:
+    r.fail(f"magnitude coder header {head:#04x} has unknown bits")
+  if layout >= len(context_models.layouts(shape)):
+    r.fail(f"magnitude coder layout {layout} does not exist for shape {tuple(shape)}")
+  s = magnitude.decode_leaf(r, shape, layout, dq=0).astype(np.int64) + zero_level(levels)
+  if s.size and (s.min() < 0 or s.max() >= a):
+    r.fail("magnitude coder level beyond the used levels")
+  return s.astype(np.int32)
 
 
 def decode_quantized_parts(r: Reader, dtype, shape, n: int, version: int):
@@ -429,7 +478,7 @@ def decode_quantized_parts(r: Reader, dtype, shape, n: int, version: int):
   if levels.size == 1:
     r.expect_end("constant quantized record")
     return k, used, levels, np.zeros(shape, np.int32)
-  return k, used, levels, _decode_symbols(r, shape, levels.size, version)
+  return k, used, levels, decode_symbols(r, shape, levels, version)
 
 
 def decode_quantized(r: Reader, dtype, shape, n: int, version: int) -> np.ndarray:
@@ -445,13 +494,20 @@ def decode_quantized(r: Reader, dtype, shape, n: int, version: int) -> np.ndarra
 # ------------------------------------------------------------------------- dq bodies
 
 
+def dq_kind(spec: trellis.DQ) -> int:
+  """The leaf kind of a dq leaf: 2 for the 4-state trellis, 3 for a larger one."""
+  return KIND_DQ if spec.nu == 2 else KIND_TRELLIS
+
+
 def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
   """Body of a dependent-quantized leaf ``x`` (its dtype and shape) with the levels and
-  step of ``spec``: it decodes to :func:`trellis.values` of their reconstruction."""
+  step of ``spec``: it decodes to :func:`trellis.values` of their reconstruction. A leaf
+  of kind 3 (:func:`dq_kind`) starts with the state bits of its trellis."""
   k = np.asarray(spec.levels)
   if k.shape != x.shape:
     raise ValueError(f"leaf {name!r}: dq levels of shape {k.shape} for a leaf of shape {x.shape}")
-  out = bytearray(np.float32(spec.step).astype("<f4").tobytes())
+  out = bytearray([spec.nu] if spec.nu != 2 else [])
+  out += np.float32(spec.step).astype("<f4").tobytes()
   if x.size == 0:
     return bytes(out)
   k = k.astype(np.int64).reshape(-1)
@@ -464,24 +520,42 @@ def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
   used = np.bincount(k - lo, minlength=hi - lo + 1) > 0
   partial = not used.all()
   write_varint(out, zigzag(lo))
-  write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))
-  if partial:
-    out += np.packbits(used.astype(np.uint8), bitorder="little").tobytes()
+  bitmap = np.packbits(used.astype(np.uint8), bitorder="little").tobytes() if partial else b""
   levels = np.flatnonzero(used) + lo
+  section = b""
   if levels.size > 1:
     compact = (np.cumsum(used) - 1).astype(np.int32)[k - lo].reshape(x.shape)
-    out += trellis.encode_levels(compact, levels, spec.layout)
-  return bytes(out)
+    y, valid = trellis.chains(k.reshape(x.shape), spec.layout)
+    st = trellis.states(y, valid, spec.nu)  # the states of the walk, for both coders
+    section = trellis.encode_levels(compact, levels, spec.layout, spec.nu, st)
+    size = len(bitmap + section)
+    mag = _magnitude_section(k.reshape(x.shape), [spec.layout], spec.nu, size, st)
+    if mag is not None:  # levels checked against the range alone: no bitmap
+      partial, bitmap, section = False, b"", bytes([DQ_MAGNITUDE]) + mag[1]
+  write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))
+  return bytes(out) + bitmap + section
 
 
-def parse_dq_head(r: Reader, shape, n: int):
-  """(step, layout, used levels) of a dq body (levels None for an empty leaf)."""
+def _state_bits(r: Reader, kind: int) -> int:
+  """The state bits of a dq body's trellis: 2 for kind 2, read for kind 3."""
+  if kind == KIND_DQ:
+    return 2
+  nu = r.u8("trellis state bits")
+  if nu not in trellis.STATE_BITS or nu == 2:
+    r.fail(f"trellis of {nu} state bits (kind 3 has {trellis.STATE_BITS[1:]})")
+  return nu
+
+
+def parse_dq_head(r: Reader, shape, n: int, kind: int = KIND_DQ):
+  """(step, layout, used levels, state bits) of a dq body of leaf ``kind`` (levels None
+  for an empty leaf)."""
+  nu = _state_bits(r, kind)
   step = float(np.frombuffer(bytes(r.take(4, "dq step")), "<f4")[0])
   if not (math.isfinite(step) and step > 0):
     r.fail(f"dq step {step} is not a positive finite number")
   if n == 0:
     r.expect_end("empty dq record")
-    return step, 0, None
+    return step, 0, None, nu
   lo = unzigzag(r.varint("lowest dq level", max_value=2 * trellis.MAX_LEVEL))
   h = r.varint("dq level range", max_value=((trellis.MAX_SPAN - 1) << 2) | 3)
   span, layout, partial = (h >> 2) + 1, (h >> 1) & 1, h & 1
@@ -501,28 +575,53 @@ def parse_dq_head(r: Reader, shape, n: int):
       r.fail("dq record without any used level")
   else:
     levels = np.arange(lo, lo + span)
-  return step, layout, levels.astype(np.int64)
+  return step, layout, levels.astype(np.int64), nu
 
 
-def decode_dq_parts(r: Reader, shape, n: int):
-  """(step, layout, levels ``k`` (int64, ``shape``) or None for an empty leaf) of a dq body."""
-  step, layout, levels = parse_dq_head(r, shape, n)
+def decode_dq_parts(r: Reader, shape, n: int, kind: int = KIND_DQ):
+  """The :class:`trellis.DQ` of a dq body of leaf ``kind`` (levels ``k`` int64, zeros for
+  an empty leaf)."""
+  step, layout, levels, nu = parse_dq_head(r, shape, n, kind)
   if levels is None:
-    return step, layout, None
+    return trellis.DQ(step, np.zeros(shape, np.int64), layout, nu)
   if levels.size == 1:
     r.expect_end("dq record of one level")
-    return step, layout, np.full(shape, levels[0], np.int64)
-  symbols, _ = trellis.decode_levels(r, shape, levels, layout)
-  return step, layout, levels[symbols]
+    return trellis.DQ(step, np.full(shape, levels[0], np.int64), layout, nu)
+  if _dq_magnitude(r):
+    return trellis.DQ(step, _dq_magnitude_levels(r, shape, levels, layout, nu), layout, nu)
+  symbols, _ = trellis.decode_levels(r, shape, levels, layout, nu)
+  return trellis.DQ(step, levels[symbols], layout, nu)
 
 
-def decode_dq(r: Reader, dtype, shape, n: int) -> np.ndarray:
-  """The values (leaf dtype) of a dq body."""
-  step, layout, levels = parse_dq_head(r, shape, n)
+def _dq_magnitude(r: Reader) -> bool:
+  """Whether a dq coder section is the magnitude coder's (header bit 6)."""
+  return bool(r.remaining and r.buf[r.pos] & DQ_MAGNITUDE)
+
+
+def _dq_magnitude_levels(r: Reader, shape, levels: np.ndarray, layout: int, nu: int):
+  """The levels ``k`` (int64, ``shape``) of a dq coder section of the magnitude coder,
+  each checked to be one of the used ``levels``."""
+  head = r.u8("dq coder header")
+  if head != DQ_MAGNITUDE:
+    r.fail(f"dq coder header {head:#04x} has unknown bits")
+  k = magnitude.decode_leaf(r, shape, layout, dq=nu).astype(np.int64)
+  pos = np.minimum(np.searchsorted(levels, k), levels.size - 1)
+  if not np.array_equal(levels[pos], k):
+    r.fail("dq level outside the record's levels")
+  return k
+
+
+def decode_dq(r: Reader, dtype, shape, n: int, kind: int = KIND_DQ) -> np.ndarray:
+  """The values (leaf dtype) of a dq body of leaf ``kind``."""
+  step, layout, levels, nu = parse_dq_head(r, shape, n, kind)
   if levels is None:
     return np.zeros(shape, dtype)
   if levels.size == 1:
     r.expect_end("dq record of one level")
-    return trellis.values(trellis.grid(np.full(shape, levels[0]), layout), step, dtype)
-  symbols, quant = trellis.decode_levels(r, shape, levels, layout)
-  return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]
+    k = np.full(shape, levels[0])
+  elif _dq_magnitude(r):
+    k = _dq_magnitude_levels(r, shape, levels, layout, nu)
+  else:
+    symbols, quant = trellis.decode_levels(r, shape, levels, layout, nu)
+    return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]
+  return trellis.values(trellis.grid(k, layout, nu), step, dtype)

@@ -2,28 +2,35 @@
 
 Two scalar quantizers share a grid of step ``delta``: ``Q0`` reconstructs ``2k * delta``
 and ``Q1`` reconstructs ``(2k - sgn(k)) * delta`` (``k`` the coded integer level; both
-have a zero). A 4-state machine picks the quantizer of each entry: states 0 and 1 use
-``Q0``, states 2 and 3 ``Q1``, and ``next = NEXT[state][k & 1]``, from state 0 at the
-start of every chain. Together the two quantizers cover the grid ``j * delta`` twice as
-finely as either alone, while each ``k`` is coded in the alphabet of one of them.
+have a zero). A state machine picks the quantizer of each entry: in VVC's 4 states,
+states 0 and 1 use ``Q0``, states 2 and 3 ``Q1``, and ``next = NEXT[state][k & 1]``, from
+state 0 at the start of every chain. Together the two quantizers cover the grid
+``j * delta`` twice as finely as either alone, while each ``k`` is coded in the alphabet
+of one of them. Larger machines (:data:`MACHINES`, ``2**nu`` states from Ungerboeck's
+one-dimensional trellis codes, as in trellis-coded quantization) get closer to the
+granular gain of a lattice at the same rate; the 4-state one is ``nu = 2``.
 
 The chains are the columns of the coder's walked matrix (:func:`chains`: the geometry of
 :func:`hemp_jax.codec.context_models.walked` and ``valid_mask``), read top to bottom, so
 the decoder knows the state of walked row ``t`` from the rows above it. Entries outside
 the mask are skipped (they do not advance the state).
 
-The state machine is a shift register over two bits: with ``state = 2h + l``, the next
+The 4-state machine is a shift register over two bits: with ``state = 2h + l``, the next
 state has ``h' = l xor (k & 1)`` and ``l' = h``, so the quantizer ``h`` of an entry is the
-xor of the parities one, three, five, ... entries back in its chain.
+xor of the parities one, three, five, ... entries back in its chain; the larger ones are
+the feedback shift registers of their parity-check polynomials (:func:`_machine`).
 
 The encoder chooses the levels by a Viterbi search (:func:`quantize`) minimizing
 ``sum (w - recon)**2 + lam * R(k | quantizer)``, vectorized across the chains (a loop
 over the walked rows). The rate model ``R`` is a table of bits per signed level and
-quantizer (:func:`rate_table`), estimated from the previous assignment and iterated
+quantizer, and per scale context of the magnitude coder where the fit has the leaf's
+geometry (:func:`rate_table`, :func:`weight_contexts`), estimated from the previous
+assignment and iterated
 (:func:`fit_step`), as :func:`hemp_jax.codec.scalar.fit_ecsq` does for one quantizer.
 :func:`fit_error` finds the coarsest step that meets a relative-error target. The coder
 section of a dq record (:func:`encode_levels`, :func:`decode_levels`) codes each level
-with a static table of its quantizer (``FORMAT.md``, "Dq record", "Coder of dq records").
+with a static table of its quantizer (``FORMAT.md``, "Dq record", "Coder of dq records"),
+or the magnitude coder does (:mod:`hemp_jax.codec.magnitude`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ from hemp_jax.codec.wire import FormatError, Reader, pack_bits
 
 __all__ = [
   "NEXT",
+  "POLYNOMIALS",
+  "STATE_BITS",
+  "MACHINES",
+  "DQ_STATE_BITS",
+  "Machine",
   "DQ_SLOPE",
   "DQ_STEP_RATIO",
   "DQ_WINDOW",
@@ -46,6 +58,7 @@ __all__ = [
   "MAX_SPAN",
   "DQ",
   "DQFit",
+  "chain_layout",
   "chains",
   "unchain",
   "states",
@@ -54,6 +67,7 @@ __all__ = [
   "values",
   "level_counts",
   "rate_table",
+  "weight_contexts",
   "quantize",
   "viterbi",
   "fit_step",
@@ -66,19 +80,57 @@ __all__ = [
   "level_values",
 ]
 
-# next state, by state and parity of k
-NEXT = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.uint8)
-# next state by state * 4 + valid * 2 + parity (an invalid entry keeps the state)
-_STEP = np.concatenate([np.repeat(np.arange(4, dtype=np.uint8), 2).reshape(4, 2), NEXT], axis=1)
-_STEP = _STEP.reshape(-1)
-_STATE_ORDER = np.array([0, 2, 1, 3])  # the Viterbi's [g, p] cells (state g + 2p) by state
+# Parity-check polynomials (h0, h1) of Ungerboeck's one-dimensional trellis codes by
+# state bits nu (octal, as tabulated): nu = 2 is the 4-state machine of VVC and NNC.
+POLYNOMIALS = {2: (0o5, 0o2), 3: (0o13, 0o04), 4: (0o23, 0o04), 5: (0o45, 0o10), 6: (0o103, 0o024)}
+STATE_BITS = tuple(POLYNOMIALS)
+
+
+class Machine(NamedTuple):
+  """The state machine of ``2**nu`` states (FORMAT.md, "Dq record")."""
+
+  nu: int
+  next: np.ndarray  # (S, 2) uint8: next state by state and parity of k
+  pred: np.ndarray  # (S, 2) intp: the state before n, by the parity of the level between
+  step: np.ndarray  # (4 S,) uint8: next state by state * 4 + valid * 2 + parity
+
+  @property
+  def shift(self) -> int:
+    """The quantizer of state ``s`` is ``s >> shift``."""
+    return self.nu - 1
+
+
+def _machine(nu: int) -> Machine:
+  """The machine of ``nu`` state bits ``(s_1 .. s_nu)``, state ``sum s_i 2**(nu - i)``:
+  the quantizer is ``s_1``, and a level of parity ``p`` leads to ``s'_i = s_(i+1) xor
+  (h0_i and s_1) xor (h1_i and p)`` (``s_(nu+1) = 0``, ``h_i`` bit ``i`` of ``h``)."""
+  h0, h1 = POLYNOMIALS[nu]
+  size = 1 << nu
+  nxt = np.zeros((size, 2), np.uint8)
+  for s in range(size):
+    for p in (0, 1):
+      bits = [(s >> (nu - i)) & 1 for i in range(1, nu + 1)] + [0]  # s_1 .. s_(nu+1)
+      new = [bits[i] ^ ((h0 >> i) & bits[0]) ^ ((h1 >> i) & p) for i in range(1, nu + 1)]
+      nxt[s, p] = sum(b << (nu - i) for i, b in enumerate(new, 1))
+  pred = np.zeros((size, 2), np.intp)
+  pred[nxt, np.arange(2)] = np.arange(size)[:, None]
+  keep = np.repeat(np.arange(size, dtype=np.uint8), 2).reshape(size, 2)
+  return Machine(nu, nxt, pred, np.concatenate([keep, nxt], axis=1).reshape(-1))
+
+
+MACHINES = {nu: _machine(nu) for nu in STATE_BITS}
+# The trellis of hemp_jax.codec.ptq's dq method: 32 states (granular gain grows with the
+# states, the Viterbi's work with them; experiments/COMPRESS.md).
+DQ_STATE_BITS = 5
+NEXT = MACHINES[2].next  # the 4-state machine: next state by state and parity of k
 # The lagrangian weight of the rate: lam = DQ_SLOPE * delta**2. At high rate the operational
 # distortion-rate curve has slope -2 ln 2 * D (D = mean squared error per weight, falling
 # by 4x per bit), as for ECSQ (scalar.ECSQ_SLOPE = 2 ln 2 / 12 with D = step**2 / 12); the
 # 4-state trellis reaches D ~ 0.8 * (2 delta)**2 / 12 at lam = 0 (about 1 dB below a scalar
-# quantizer of step 2 delta, whose levels it codes), hence 2 ln 2 * 0.8 / 3. A sweep of
-# multiples of it is in experiments/COMPRESS.md.
-DQ_SLOPE = 2 * math.log(2) * 0.8 / 3
+# quantizer of step 2 delta, whose levels it codes), hence 2 ln 2 * 0.8 / 3; with the
+# magnitude coder's contexts in the rate model, 0.75 times that made the smallest files
+# of a sweep (experiments/COMPRESS.md).
+DQ_SLOPE = 0.75 * 2 * math.log(2) * 0.8 / 3
 # delta / the uniform step of equal error, about (the first guess of fit_error)
 DQ_STEP_RATIO = 0.55
 # steps / (DQ_STEP_RATIO * the uniform step) of the curves of a bits-per-param search
@@ -88,6 +140,8 @@ MAX_SPAN = 1 << 16  # kmax - kmin + 1 in a file
 _ITERS = 3  # Viterbi passes of a fit (each re-estimates the rate model)
 _WARM_ITERS = 1  # ... when the rate model comes from a fit at a nearby step
 _RATE_PRIOR = 0.5  # pseudo-count of every level of the rate model
+_CONTEXTS = 16  # scale contexts of the rate model (the magnitude coder's default)
+_CONTEXT_PRIOR = 16.0  # weight of the pooled frequencies in each context's rate model
 _LEVEL_TABLE_BITS = 12  # a probability code per used level and quantizer (about)
 _LEAF_OVERHEAD_BITS = 80  # step, level range, coder header, payload's final word (about)
 _BLOCK = 1 << 16  # entries of the walked matrix whose candidates are computed at once
@@ -95,7 +149,9 @@ _SAMPLE = 1 << 16  # weights of the step search of fit_error, and of the first r
 _SEARCH_ROWS = 64  # length of the chains of the step search
 _ERROR_ROUNDS = 6  # secant steps of fit_error
 _ERROR_SLACK = 0.995  # fit_error stops at an error within this fraction of the target
-_FINAL_FITS = 3  # fits of the whole tensor in fit_error (before halving the step)
+_FINAL_FITS = 3  # secant fits of the whole tensor in fit_error
+_BRACKET_FITS = 4  # then bisection fits, while the best is under _BRACKET_SLACK x the bound
+_BRACKET_SLACK = 0.98
 _BOUND_MARGIN = 1 - 1e-9  # the bound fit_error meets: sums in another order stay within it
 
 
@@ -106,14 +162,18 @@ class DQ:
     step: the grid step ``delta`` (a positive float32 value).
     levels: the integer levels ``k``, the leaf's shape.
     layout: the coder layout whose walked columns are the chains (0 or 1).
+    nu: the state bits of the trellis (:data:`STATE_BITS`; 2: the 4 states of VVC).
   """
 
-  __slots__ = ("step", "levels", "layout")
+  __slots__ = ("step", "levels", "layout", "nu")
 
-  def __init__(self, step: float, levels: np.ndarray, layout: int = 0):
+  def __init__(self, step: float, levels: np.ndarray, layout: int = 0, nu: int = 2):
     self.step = float(np.float32(step))
     self.levels = np.asarray(levels)
     self.layout = int(layout)
+    self.nu = int(nu)
+    if self.nu not in MACHINES:
+      raise ValueError(f"dq state bits must be one of {STATE_BITS}, got {nu}")
     if not (math.isfinite(self.step) and self.step > 0):
       raise ValueError(f"dq step must be a positive finite float32, got {step}")
     if self.levels.dtype.kind not in "iu":
@@ -122,7 +182,7 @@ class DQ:
       raise ValueError(f"dq layout must be 0 or 1, got {layout}")
 
   def __repr__(self) -> str:
-    return f"DQ(step={self.step!r}, levels={self.levels.shape}, layout={self.layout})"
+    return f"DQ(step={self.step!r}, levels={self.levels.shape}, layout={self.layout}, nu={self.nu})"
 
 
 class DQFit(NamedTuple):
@@ -136,14 +196,31 @@ class DQFit(NamedTuple):
   lam: float  # the rate weight it was fitted with
   rate: np.ndarray  # the rate model of its last pass (warm start of a nearby fit)
   layout: int
+  nu: int = 2
 
   @property
   def spec(self) -> DQ:
     """What :func:`hemp_jax.codec.compress` takes for this leaf."""
-    return DQ(self.step, self.levels, self.layout)
+    return DQ(self.step, self.levels, self.layout, self.nu)
 
 
 # ------------------------------------------------------------------------ geometry
+
+
+def chain_layout(shape) -> int:
+  """The layout whose walk gives a leaf of ``shape`` its chains: for a kernel of three or
+  more axes, layout 1 where the first axis is longer than the last (PyTorch/ONNX ``(out,
+  in, kh, kw)``: the output units first, so that a matrix row of the layout is one input
+  position across the output units), else layout 0 (Flax ``(kh, kw, in, out)``); for a
+  matrix, the layout of fewer walked columns (longer chains: each starts in state 0)."""
+  shape = tuple(int(d) for d in shape)
+  lays = context_models.layouts(shape)
+  if len(lays) < 2:
+    return 0
+  if len(shape) >= 3:
+    return int(shape[0] > shape[-1])
+  width = [context_models.segment_rows(rows, cols)[1] * cols for rows, cols in lays]
+  return int(width[1] < width[0])
 
 
 def chains(x: np.ndarray, layout: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +244,7 @@ def unchain(y: np.ndarray, shape, layout: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------- state machine
 
 
-def states(k: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def states(k: np.ndarray, valid: np.ndarray | None = None, nu: int = 2) -> np.ndarray:
   """The state (uint8) before each entry of the chains (columns) of ``k`` ``(T, W)``.
 
   Entries where ``valid`` is False do not advance the state; their value is the state the
@@ -183,26 +260,28 @@ def states(k: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     code |= np.asarray(valid, np.uint8) << 1
   else:
     code |= 2
+  step = MACHINES[nu].step
   out = np.empty(k.shape, np.uint8)
   s = np.zeros(k.shape[1:], np.uint8)
   for t in range(k.shape[0]):
     out[t] = s
-    s = _STEP.take((s << 2) | code[t])
+    s = step.take((s << 2) | code[t])
   return out
 
 
-def reconstruct(k: np.ndarray, st: np.ndarray) -> np.ndarray:
-  """Grid index ``j = 2k - sgn(k) * (state >= 2)`` of each level (int64)."""
+def reconstruct(k: np.ndarray, st: np.ndarray, nu: int = 2) -> np.ndarray:
+  """Grid index ``j = 2k - sgn(k) * q`` of each level (int64), ``q`` the quantizer of its
+  state ``st``."""
   k = np.asarray(k, np.int64)
-  return 2 * k - np.sign(k) * (np.asarray(st) >> 1)
+  return 2 * k - np.sign(k) * (np.asarray(st) >> (nu - 1))
 
 
-def grid(k: np.ndarray, layout: int = 0) -> np.ndarray:
+def grid(k: np.ndarray, layout: int = 0, nu: int = 2) -> np.ndarray:
   """Grid index ``j`` (int64) of every entry of a leaf's levels ``k`` (its chains: the
-  walk of ``layout``)."""
+  walk of ``layout``; the machine of ``nu`` state bits)."""
   k = np.asarray(k)
   y, valid = chains(k, layout)
-  return unchain(reconstruct(y, states(y, valid)), k.shape, layout)
+  return unchain(reconstruct(y, states(y, valid, nu), nu), k.shape, layout)
 
 
 def values(j: np.ndarray, step: float, dtype) -> np.ndarray:
@@ -214,39 +293,54 @@ def values(j: np.ndarray, step: float, dtype) -> np.ndarray:
 # -------------------------------------------------------------------------- quantizer
 
 
-def level_counts(k: np.ndarray, st: np.ndarray, valid: np.ndarray, cap: int) -> np.ndarray:
+def level_counts(
+  k: np.ndarray, st: np.ndarray, valid: np.ndarray, cap: int, ctx=None, groups: int = 1, nu=2
+) -> np.ndarray:
   """Counts ``(2, 2 cap + 1)`` of the signed levels ``-cap .. cap`` (clipped) by quantizer
-  over the valid entries of ``k`` (states ``st``)."""
+  over the valid entries of ``k`` (states ``st`` of the machine of ``nu`` bits); with
+  ``ctx`` (a context ``< groups`` of each entry), ``(groups, 2, 2 cap + 1)`` by context
+  and quantizer."""
   size = 2 * cap + 1
   valid = np.asarray(valid, bool)
   if not valid.all():
     k, st = k[valid], st[valid]
+    ctx = None if ctx is None else ctx[valid]
   idx = np.clip(k, -cap, cap).astype(np.int64).reshape(-1)
-  idx += (st.reshape(-1) >> 1).astype(np.int64) * size + cap
-  return np.bincount(idx, minlength=2 * size).reshape(2, size)
+  idx += (st.reshape(-1) >> (nu - 1)).astype(np.int64) * size + cap
+  if ctx is None:
+    return np.bincount(idx, minlength=2 * size).reshape(2, size)
+  idx += ctx.reshape(-1).astype(np.int64) * (2 * size)
+  return np.bincount(idx, minlength=groups * 2 * size).reshape(groups, 2, size)
 
 
 def rate_table(counts: np.ndarray) -> np.ndarray:
   """Bits (float32, the shape of ``counts``) of each level by quantizer: minus the log2 of
   its frequency in :func:`level_counts`, each level given :data:`_RATE_PRIOR` more (so an
-  unused level costs about ``log2`` of the count, not inf)."""
-  c = counts.astype(np.float64) + _RATE_PRIOR
-  return np.log2(c.sum(axis=1, keepdims=True) / c).astype(np.float32)
+  unused level costs about ``log2`` of the count, not inf). Counts by context
+  ``(G, 2, size)``: each context's counts plus :data:`_CONTEXT_PRIOR` times the
+  frequencies of all contexts together (as the magnitude coder's adaptive tables)."""
+  c = counts.astype(np.float64)
+  if c.ndim == 3:
+    pooled = c.sum(axis=0) + _RATE_PRIOR
+    c = c + _CONTEXT_PRIOR * pooled / pooled.sum(axis=-1, keepdims=True)
+  else:
+    c = c + _RATE_PRIOR
+  return np.log2(c.sum(axis=-1, keepdims=True) / c).astype(np.float32)
 
 
-def _level_bits(rate: np.ndarray, k: np.ndarray, q: int, inside: bool = False) -> np.ndarray:
-  """Bits (float32) of the signed levels ``k`` in quantizer ``q``; beyond the table's
-  range (unless ``inside`` says there is none), its edge plus an Exp-Golomb length of the
-  excess."""
-  cap = (rate.shape[1] - 1) // 2
+def _level_bits(flat: np.ndarray, k: np.ndarray, off, cap: int, inside: bool) -> np.ndarray:
+  """Bits (float32) of the signed levels ``k`` in a quantizer's table ``flat`` (its rows
+  by context, flattened), ``off`` the row offset of each entry plus ``cap`` (or ``cap``
+  alone); beyond the table's range (unless ``inside`` says there is none), its edge plus
+  an Exp-Golomb length of the excess."""
   if inside or int(np.abs(k).max(initial=0)) <= cap:
-    return rate[q].take(k + cap)
+    return flat.take(k + off)
   over = np.abs(k) - cap
   extra = np.where(over > 0, 2 * np.floor(np.log2(np.maximum(over, 1))) + 1, 0)
-  return rate[q].take(np.clip(k, -cap, cap) + cap) + extra.astype(np.float32)
+  return flat.take(np.clip(k, -cap, cap) + off) + extra.astype(np.float32)
 
 
-def _candidates(w: np.ndarray, delta: float, mu: float, rate: np.ndarray, kdtype, inside: bool):
+def _candidates(w: np.ndarray, delta: float, mu: float, tables, off, cap, kdtype, inside: bool):
   """Cost and signed level ``(rows, 2, 2, W)`` of the best level of each quantizer ``q``
   and parity ``p`` (axes 1 and 2) for the weights ``w`` ``(rows, W)``: of the quantizer's
   two grid points around ``|w|`` (one of each parity) and zero. Costs (float32) are in
@@ -277,11 +371,12 @@ def _candidates(w: np.ndarray, delta: float, mu: float, rate: np.ndarray, kdtype
     k_lo = (g + (q - 1) + own) >> 1
     sk_lo = sign * k_lo
     sk_hi = sk_lo + sign
-    c_lo = d_below + own * (d_at - d_below) + mu * _level_bits(rate, sk_lo, q, inside)
-    c_hi = d_next + own * (d_far - d_next) + mu * _level_bits(rate, sk_hi, q, inside)
+    flat = tables[q]
+    c_lo = d_below + own * (d_at - d_below) + mu * _level_bits(flat, sk_lo, off, cap, inside)
+    c_hi = d_next + own * (d_far - d_next) + mu * _level_bits(flat, sk_hi, off, cap, inside)
     lo_odd = k_lo & 1
     c_even = c_lo + lo_odd * (c_hi - c_lo)
-    c_zero = d_zero + mu * rate[q, (rate.shape[1] - 1) // 2]
+    c_zero = d_zero + mu * (flat.take(off) if np.ndim(off) else flat[cap])
     cost[:, q, 0] = np.minimum(c_zero, c_even)
     lev[:, q, 0] = (sk_lo + lo_odd * sign) * (c_zero >= c_even)
     cost[:, q, 1] = c_hi + lo_odd * (c_lo - c_hi)
@@ -289,69 +384,71 @@ def _candidates(w: np.ndarray, delta: float, mu: float, rate: np.ndarray, kdtype
   return cost, lev
 
 
-def viterbi(w, valid, delta: float, lam: float, rate: np.ndarray):
+def viterbi(w, valid, delta: float, lam: float, rate: np.ndarray, ctx=None, nu: int = 2):
   """``(k, states)``: the levels (int32) of least ``sum (w - recon)**2 + lam * bits``
-  over the chains of ``w`` ``(T, W)`` (see :func:`quantize`) and the state before each.
+  over the chains of ``w`` ``(T, W)`` (see :func:`quantize`) and the state before each,
+  for the machine of ``nu`` state bits. ``rate``: bits by quantizer ``(2, size)``, or by
+  context and quantizer ``(G, 2, size)`` with ``ctx`` the context of every entry (uint8
+  ``(T, W)``).
 
-  The path costs of the four states are kept as ``A[g, p]`` = state ``g + 2p``: from
-  state ``2g`` (quantizer ``g``; ``A[0, g]``) a level of parity ``p`` leads to state
-  ``g + 2p``, and from state ``2g + 1`` (``A[1, g]``) one of parity ``1 - p`` does, so
-  each row is two additions and a minimum over ``(2, 2, W)`` arrays.
+  Each state ``n`` has two predecessors, one per parity ``p`` of the level between
+  (:class:`Machine`), both of the quantizer ``q(n)``, so a row is two gathers of the path
+  costs and of the candidates ``cost[q(n), p]``, two additions and a minimum over
+  ``(S, W)`` arrays.
   """
   w = np.asarray(w)
   valid = np.asarray(valid, bool)
   rows, width = w.shape
   full = valid.all(axis=1)
-  cap = (rate.shape[1] - 1) // 2
+  rate = np.asarray(rate, np.float32)
+  rate = rate[None] if rate.ndim == 2 else rate
+  size = rate.shape[-1]
+  cap = (size - 1) // 2
+  if rate.shape[0] == 1:
+    ctx = None
+  tables = [np.ascontiguousarray(rate[:, q]).reshape(-1) for q in (0, 1)]
   kmax = int(np.abs(w).max(initial=0.0) / delta) // 2 + 2
   kdtype = np.int16 if max(cap, kmax) < (1 << 15) - 2 else np.int32
   inside = kmax <= cap
   mu = lam / (delta * delta)
-  rate = np.asarray(rate, np.float32)
-  acc = np.full((2, 2, width), np.inf)
-  acc[0, 0] = 0.0  # state 0
-  pick = np.empty((rows, 2, 2, width), bool)
-  lev = np.empty((rows, 2, 2, width), kdtype)
+  m = MACHINES[nu]
+  n_states = 1 << nu
+  quant = np.arange(n_states) >> m.shift
+  q_in = quant[m.pred[:, 0]]  # the quantizer of the branches into each state
+  cells = [q_in * 2 + p for p in (0, 1)]  # their (quantizer, parity) cells
+  acc = np.full((n_states, width), np.inf)
+  acc[0] = 0.0  # state 0
+  pick = np.empty((rows, (n_states + 7) // 8, width), np.uint8)  # bit s: state s's branch
+  lev = np.empty((rows, 4, width), kdtype)
   block = max(1, _BLOCK // max(1, width))
   for b0 in range(0, rows, block):
-    cost, lev[b0 : b0 + block] = _candidates(w[b0 : b0 + block], delta, mu, rate, kdtype, inside)
+    off = cap if ctx is None else ctx[b0 : b0 + block].astype(np.int32) * size + cap
+    cost, lv = _candidates(w[b0 : b0 + block], delta, mu, tables, off, cap, kdtype, inside)
+    lev[b0 : b0 + block] = lv.reshape(lv.shape[0], 4, width)
+    cost = cost.reshape(cost.shape[0], 4, width)
     for i in range(cost.shape[0]):
       t = b0 + i
       c = cost[i]
-      from_even = acc[0][:, None] + c  # [g, p]: from state 2g
-      from_odd = acc[1][:, None] + c[:, ::-1]  # [g, p]: from state 2g + 1
-      new = np.minimum(from_even, from_odd)
-      np.less(from_odd, from_even, out=pick[t])
+      a0 = acc.take(m.pred[:, 0], axis=0) + c.take(cells[0], axis=0)
+      a1 = acc.take(m.pred[:, 1], axis=0) + c.take(cells[1], axis=0)
+      pick[t] = np.packbits(a1 < a0, axis=0, bitorder="little")
+      new = np.minimum(a0, a1)
       if not full[t]:
         new = np.where(valid[t], new, acc)
-      acc = new  # [g, p] = state g + 2p = 2p + g: acc[m] holds the states 2g + m
-  # per entry and state after it (in state order): the state before it and its level
-  # (invalid entries: the same state, level 0); then back from each chain's best state
-  back = np.empty((rows, 4, width), np.uint8)
-  for b0 in range(0, rows, block):
-    pk = pick[b0 : b0 + block]
-    lv = lev[b0 : b0 + block]
-    lv += pk * (lv[:, :, ::-1] - lv)  # the level of parity p ^ pick
-    pred = pk + np.array([0, 2], np.uint8)[:, None, None]  # [g, p]: state 2g + pick
-    pred = pred.reshape(pk.shape[0], 4, width)[:, _STATE_ORDER]
-    lvl = lv.reshape(pk.shape[0], 4, width)[:, _STATE_ORDER]
-    bad = ~valid[b0 : b0 + block, None, :]
-    if bad.any():
-      pred = np.where(bad, np.arange(4, dtype=np.uint8)[:, None], pred)
-      lvl = np.where(bad, 0, lvl)
-    back[b0 : b0 + block] = pred
-    lev[b0 : b0 + block] = lvl.reshape(lv.shape)
-  back = back.reshape(rows, -1)
-  lev = lev.reshape(rows, -1)
+      acc = new
   st = np.empty((rows, width), np.uint8)
   k = np.empty((rows, width), np.int32)
-  s = np.argmin(acc.reshape(4, width)[_STATE_ORDER], axis=0)
+  s = np.argmin(acc, axis=0)
   cols = np.arange(width)
-  for t in range(rows - 1, -1, -1):
-    idx = s * width + cols
-    st[t] = pred = back[t].take(idx)
-    k[t] = lev[t].take(idx)
-    s = pred.astype(np.intp)
+  for t in range(rows - 1, -1, -1):  # back from each chain's best final state
+    p = ((pick[t][s >> 3, cols] >> (s & 7).astype(np.uint8)) & 1).astype(np.intp)
+    prev = m.pred[s, p]
+    lv = lev[t][q_in[s] * 2 + p, cols]
+    if not full[t]:  # an invalid entry: the same state, level 0
+      prev = np.where(valid[t], prev, s)
+      lv = np.where(valid[t], lv, 0)
+    st[t], k[t] = prev, lv
+    s = prev
   return k, st
 
 
@@ -400,16 +497,17 @@ def _initial_rate(w: np.ndarray, valid: np.ndarray, delta: float, cap: int) -> n
 
 def _resized(rate: np.ndarray, cap: int) -> np.ndarray:
   """A rate model over ``-cap .. cap``: cropped, or widened with its edge levels' bits."""
-  old = (rate.shape[1] - 1) // 2
+  old = (rate.shape[-1] - 1) // 2
   idx = np.clip(np.arange(-cap, cap + 1), -old, old) + old
-  return rate[:, idx]
+  return rate[..., idx]
 
 
 def estimate_bits(counts: np.ndarray, scale: float = 1.0) -> float:
   """Coded size (bits) of levels with the :func:`level_counts` ``counts`` (of a sample:
   ``scale`` times as many levels in the leaf), with static tables per quantizer: their
   empirical conditional entropy, a table code per used level and quantizer, the level
-  range."""
+  range. Counts by context are summed first."""
+  counts = counts.sum(axis=0) if counts.ndim == 3 else counts
   used = counts.sum(axis=0) > 0
   if not used.any():
     return float(_LEAF_OVERHEAD_BITS)
@@ -430,9 +528,10 @@ class _Pass(NamedTuple):
   sqerr: float  # of j * delta in float64
 
 
-def _fit_walked(w, valid, delta: float, lam: float, iters: int, rate) -> _Pass:
+def _fit_walked(w, valid, delta: float, lam: float, iters: int, rate, ctx=None, nu=2) -> _Pass:
   """Viterbi passes over the walked matrix ``w``, each with the rate model of the previous
-  one's levels (the first with ``rate``, or :func:`_initial_rate`)."""
+  one's levels (the first with ``rate``, or :func:`_initial_rate`); by context where
+  ``ctx`` gives one (uint8 ``(T, W)``, below :data:`_CONTEXTS`) to every entry."""
   cap = _cap(w, delta)
   if 2 * cap > MAX_SPAN:
     raise ValueError(
@@ -442,10 +541,10 @@ def _fit_walked(w, valid, delta: float, lam: float, iters: int, rate) -> _Pass:
     )
   rate = _initial_rate(w, valid, delta, cap) if rate is None else _resized(rate, cap)
   for _ in range(max(1, int(iters))):
-    k, st = viterbi(w, valid, delta, lam, rate)
-    counts = level_counts(k, st, valid, cap)
+    k, st = viterbi(w, valid, delta, lam, rate, ctx, nu)
+    counts = level_counts(k, st, valid, cap, ctx, _CONTEXTS, nu)
     rate = rate_table(counts)
-  d = (w - reconstruct(k, st) * delta)[valid]
+  d = (w - reconstruct(k, st, nu) * delta)[valid]
   return _Pass(k, st, counts, rate, float(d @ d))
 
 
@@ -457,6 +556,8 @@ def fit_step(
   layout: int = 0,
   iters: int | None = None,
   rate: np.ndarray | None = None,
+  contexts: bool | np.ndarray = True,
+  nu: int = 2,
 ) -> DQFit:
   """Dependent quantization of ``x`` with the grid step ``step`` (rounded to float32).
 
@@ -469,6 +570,9 @@ def fit_step(
       (default 3, or 2 with ``rate``).
     rate: a rate model to start from (e.g. that of a fit at a nearby step); default the
       levels nearest the weights in each quantizer.
+    contexts: rate models by the magnitude coder's scale context of each weight
+      (:func:`weight_contexts`), or one for all (False); or the contexts themselves.
+    nu: the state bits of the trellis (:data:`STATE_BITS`).
 
   Returns:
     The :class:`DQFit` of the last pass.
@@ -482,8 +586,11 @@ def fit_step(
     iters = _ITERS if rate is None else _WARM_ITERS
   y, valid = chains(x, layout)
   w = y.astype(np.float64)
-  fit = _fit_walked(w, valid, delta, lam, iters, rate)
-  vals = values(reconstruct(fit.k, fit.st), delta, x.dtype)
+  ctx = contexts if isinstance(contexts, np.ndarray) else None
+  if contexts is True:
+    ctx = weight_contexts(w, x.shape, layout, delta)
+  fit = _fit_walked(w, valid, delta, lam, iters, rate, ctx, nu)
+  vals = values(reconstruct(fit.k, fit.st, nu), delta, x.dtype)
   d = (w - vals)[valid]
   return DQFit(
     delta,
@@ -494,7 +601,20 @@ def fit_step(
     lam,
     fit.rate,
     layout,
+    nu,
   )
+
+
+def weight_contexts(w: np.ndarray, shape, layout: int, delta: float) -> np.ndarray:
+  """The scale context (uint8, below :data:`_CONTEXTS`) of every entry of the walked
+  matrix ``w`` of a leaf of ``shape`` in ``layout``, as the magnitude coder would give
+  its levels, from the weights (``|w| / 2 delta`` stand for ``|k|``): a rank-1 model of
+  the local magnitude from row and column scales, relative to its median, so nearly the
+  same at every step."""
+  from hemp_jax.codec import magnitude  # it imports this module
+
+  geometry = context_models.layouts(shape)[layout]
+  return magnitude.scale_contexts(np.abs(w) / (2 * delta), geometry, _CONTEXTS)
 
 
 def _search_sample(w: np.ndarray, valid: np.ndarray):
@@ -518,6 +638,8 @@ def fit_error(
   layout: int = 0,
   rounds: int = _ERROR_ROUNDS,
   slope: float = DQ_SLOPE,
+  contexts: bool = True,
+  nu: int = 2,
 ) -> DQFit:
   """The coarsest step whose dependent quantization of ``x`` has a relative L2 error
   ``||x - q(x)|| / ||x||`` of at most ``max_rel_error``.
@@ -536,6 +658,9 @@ def fit_error(
     layout: the coder layout whose walked columns are the chains.
     rounds: secant steps at most.
     slope: the rate weight of every fit is ``slope * delta**2``.
+    contexts: the fits of the whole tensor with rate models by scale context
+      (:func:`fit_step`; the step search on the sample has one).
+    nu: the state bits of the trellis (:data:`STATE_BITS`).
   """
   x = np.asarray(x)
   target = float(max_rel_error)
@@ -550,11 +675,12 @@ def fit_error(
     step = DQ_STEP_RATIO * math.sqrt(12) * target * rms
   sw, sv, scale = _search_sample(w, valid)
   goal = math.log(target)
+  ctx = weight_contexts(w, x.shape, layout, step) if contexts else False
 
   def tried_at(ls, rate):
     delta = float(np.float32(math.exp(ls)))
     iters = _ITERS if rate is None else _WARM_ITERS
-    f = _fit_walked(sw, sv, delta, slope * delta * delta, iters, rate)
+    f = _fit_walked(sw, sv, delta, slope * delta * delta, iters, rate, nu=nu)
     err = math.sqrt(f.sqerr * scale / energy) if energy > 0 else 0.0
     return math.log(delta), math.log(max(err, 1e-300)), f.rate
 
@@ -576,26 +702,56 @@ def fit_error(
   ls, _, rate = max(good, key=lambda t: t[0]) if good else min(tried, key=lambda t: t[1])
   # the whole tensor: secant steps from the sample's step, the best fit within the bound
   best, full = None, []
-  for i in range(_FINAL_FITS):
+  bound = target * _BOUND_MARGIN
+  for i in range(_FINAL_FITS + _BRACKET_FITS):
     delta = float(np.float32(math.exp(ls)))
     iters = _ITERS - 1 if i == 0 else None
-    fit = fit_step(x, delta, lam=slope * delta * delta, layout=layout, rate=rate, iters=iters)
+    fit = fit_step(
+      x,
+      delta,
+      lam=slope * delta * delta,
+      layout=layout,
+      rate=rate,
+      iters=iters,
+      contexts=ctx,
+      nu=nu,
+    )
     err = _rel(fit, energy)
     full.append((math.log(fit.step), math.log(max(err, 1e-300)), fit.rate))
-    if err <= target * _BOUND_MARGIN and (best is None or fit.step > best.step):
+    if err <= bound and (best is None or fit.step > best.step):
       best = fit
     if best is not None and _rel(best, energy) >= target * _ERROR_SLACK:
       break
-    near = sorted(full, key=lambda t: abs(t[1] - goal))[:2]
-    ls, rate = _secant(near, goal + math.log((1 + _ERROR_SLACK) / 2)), near[0][2]
+    if i + 1 < _FINAL_FITS:
+      near = sorted(full, key=lambda t: abs(t[1] - goal))[:2]
+      ls, rate = _secant(near, goal + math.log((1 + _ERROR_SLACK) / 2)), near[0][2]
+      continue
+    # the secant steps did not land near the bound (the error of small tensors moves in
+    # jumps): bisect between the best fit within it and the nearest step above
+    if best is not None and _rel(best, energy) >= target * _BRACKET_SLACK:
+      break
+    aim = goal + math.log((1 + _ERROR_SLACK) / 2)
+    if best is None:  # every step tried is above the bound: down from the smallest, by
+      # the slope 1 of high rate, aiming a little lower each time
+      low = min(full, key=lambda t: t[0])
+      ls = low[0] + aim - low[1] - 0.01 * (i + 2 - _FINAL_FITS)
+    else:
+      lo = math.log(best.step)
+      above = [t[0] for t in full if t[1] > math.log(bound) and t[0] > lo]
+      # between the best and the nearest step above, or up from the best (slope 1)
+      ls = (lo + min(above)) / 2 if above else lo + aim - math.log(_rel(best, energy))
+    rate = min(full, key=lambda t: abs(t[0] - ls))[2]
   while best is None:  # halve the step until the bound holds
     delta = fit.step / 2
-    fit = fit_step(x, delta, lam=slope * delta * delta, layout=layout, rate=fit.rate)
-    best = fit if _rel(fit, energy) <= target * _BOUND_MARGIN else None
+    lam = slope * delta * delta
+    fit = fit_step(x, delta, lam=lam, layout=layout, rate=fit.rate, contexts=ctx, nu=nu)
+    best = fit if _rel(fit, energy) <= bound else None
   return best
 
 
-def sample_curve(x: np.ndarray, steps, *, layout: int = 0) -> list[tuple[float, float, float]]:
+def sample_curve(
+  x: np.ndarray, steps, *, layout: int = 0, nu: int = 2
+) -> list[tuple[float, float, float]]:
   """``(step, relative error, bits)`` of dependent quantization of ``x`` at each of
   ``steps`` (increasing), estimated on the sample of :func:`fit_error`'s step search,
   each fit from the rate model of the previous one."""
@@ -608,7 +764,7 @@ def sample_curve(x: np.ndarray, steps, *, layout: int = 0) -> list[tuple[float, 
   for step in steps:
     delta = float(np.float32(step))
     iters = _ITERS if rate is None else _WARM_ITERS
-    f = _fit_walked(sw, sv, delta, DQ_SLOPE * delta * delta, iters, rate)
+    f = _fit_walked(sw, sv, delta, DQ_SLOPE * delta * delta, iters, rate, nu=nu)
     rate = f.rate
     err = math.sqrt(f.sqerr * scale / energy) if energy > 0 else 0.0
     out.append((delta, err, estimate_bits(f.counts, scale)))
@@ -648,16 +804,19 @@ def _row_order(h: np.ndarray, valid: np.ndarray):
   return pos[valid], np.stack([n0, n1], axis=1)
 
 
-def encode_levels(symbols: np.ndarray, levels: np.ndarray, layout: int) -> bytes:
+def encode_levels(
+  symbols: np.ndarray, levels: np.ndarray, layout: int, nu: int = 2, st=None
+) -> bytes:
   """The coder section of a dq record (``FORMAT.md``): a leaf's compact symbols (its
   shape; symbol ``s`` is the level ``levels[s]``) coded row by row over the walk of
-  ``layout``, each with the static table of its quantizer."""
+  ``layout``, each with the static table of its quantizer (machine of ``nu`` bits;
+  ``st``: the states of the walk, if known)."""
   from hemp_jax.codec import model_selection  # the table fit of the version-3 coder
 
   a = int(levels.size)
   y, valid = chains(np.asarray(symbols, np.int32), layout)
-  st = states(levels[y], valid)
-  h = (st >> 1).astype(np.int64)
+  st = states(levels[y], valid, nu) if st is None else st
+  h = (st >> (nu - 1)).astype(np.int64)
   counts = np.bincount(h[valid] * a + y[valid], minlength=2 * a).reshape(2, a)
   _, s_index, b, codes = model_selection.best_codes(counts)
   weights = kernel.int_weights(codes, S_VALUES[s_index])
@@ -689,10 +848,10 @@ def parse_tables(reader: Reader, alphabet: int) -> tuple[int, np.ndarray]:
   return s, kernel.read_codes(reader, 2, int(alphabet), s, b)
 
 
-def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
+def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int, nu: int = 2):
   """Decodes a dq coder section (to ``reader.end``): the compact symbol (int32) and the
   quantizer (bool: ``Q1``) of every entry, each of ``shape``. ``levels``: the level of
-  each compact symbol, increasing."""
+  each compact symbol, increasing; ``nu``: the state bits of the machine."""
   shape = tuple(int(d) for d in shape)
   a = int(levels.size)
   s, codes = parse_tables(reader, a)
@@ -700,7 +859,8 @@ def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
   weights = kernel.int_weights(codes, s)
   live = (weights > 0).sum(axis=1)
   detsym = np.argmax(weights > 0, axis=1).astype(np.int32)
-  parity = (levels & 1).astype(bool)
+  parity = (levels & 1).astype(np.uint8)
+  next_state = MACHINES[nu].next.reshape(-1)  # by state * 2 + parity
 
   rows, cols = context_models.layouts(shape)[layout]
   seg_t, seg = context_models.segment_rows(rows, cols)
@@ -715,12 +875,11 @@ def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
       for q in (0, 1)
     ]
     y = np.zeros(valid.shape, np.int32)
-    h = np.zeros(valid.shape[1], bool)  # state = 2h + l of each chain
-    low = np.zeros(valid.shape[1], bool)
+    state = np.zeros(valid.shape[1], np.uint8)  # of each chain
     for t in range(seg_t):
       w = int(widths[t])
       in_q1 = quant[t, :w]
-      in_q1[:] = h[:w]
+      np.right_shift(state[:w], nu - 1, out=in_q1, casting="unsafe")
       row = y[t, :w]
       for q, idx in ((0, (~in_q1).nonzero()[0]), (1, in_q1.nonzero()[0])):
         if not idx.size:
@@ -728,8 +887,7 @@ def decode_levels(reader: Reader, shape, levels: np.ndarray, layout: int):
         if live[q] == 0:
           raise FormatError(f"{reader.what}: a level of quantizer {q}, which has no table")
         row[idx] = detsym[q] if models[q] is None else dec.decode(models[q], idx.size)
-      np.bitwise_xor(low[:w], parity[row], out=h[:w])
-      low[:w] = in_q1
+      state[:w] = next_state.take((state[:w] << 1) | parity.take(row))
     return y
 
   y = kernel.range_decoded(reader, a, run)
