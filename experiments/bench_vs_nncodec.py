@@ -130,6 +130,18 @@ def run_worker(python: str, args: list) -> dict:
       return json.load(f)
 
 
+def _coder_args(args, settings) -> list:
+  """The worker's NNCodec settings: quantizer (``dq``), qp grid and rate weight."""
+  return [
+    "--dq",
+    str(settings["dq"]),
+    "--qp-density",
+    str(args.qp_density),
+    "--lambda-scale",
+    str(settings["lambda_scale"]),
+  ]
+
+
 def nncodec_point(args, name, settings, target, found, tensors) -> dict:
   """One NNCodec bitstream at the qps ``found`` for ``target``, decoded and checked."""
   qps = {t: found[t]["qp"] for t in tensors}
@@ -148,12 +160,7 @@ def nncodec_point(args, name, settings, target, found, tensors) -> dict:
       stem + ".nnr",
       "--decoded",
       stem + ".decoded.npz",
-      "--dq",
-      str(settings["dq"]),
-      "--qp-density",
-      str(args.qp_density),
-      "--lambda-scale",
-      str(settings["lambda_scale"]),
+      *_coder_args(args, settings),
     ],
   )
   if os.path.getsize(stem + ".nnr") != res["bytes"]:
@@ -576,12 +583,7 @@ def main(argv=None) -> int:
         "search",
         "--weights",
         args.weights,
-        "--dq",
-        str(settings["dq"]),
-        "--qp-density",
-        str(args.qp_density),
-        "--lambda-scale",
-        str(settings["lambda_scale"]),
+        *_coder_args(args, settings),
         "--cache",
         args.cache,
         *(a for t in targets for a in ("--target", str(t))),
