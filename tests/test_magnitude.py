@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hemp_jax.codec import magnitude as mg
-from hemp_jax.codec import records
+from hemp_jax.codec import records, trellis
 from hemp_jax.codec.context_models import segment_rows, walked
 from hemp_jax.codec.wire import FormatError, Reader, write_varint, zigzag
 
@@ -108,11 +108,11 @@ def test_dq_states():
   """The state machine of dependent quantization, per column, 0 at each chain start."""
   mag = np.array([[1, 0], [1, 2], [0, 1], [3, 0]])
   valid = np.ones(mag.shape, bool)
-  # column 0: parities 1,1,0 -> states 0, 2, 3, 3 ... DQ_NEXT[0][1]=2, [2][1]=3, [3][0]=3
+  # column 0: parities 1,1,0 -> states 0, 2, 3, 3 ... NEXT[0][1]=2, [2][1]=3, [3][0]=3
   # column 1: parities 0,0,1 -> states 0, 0, 0, 2
-  np.testing.assert_array_equal(mg.dq_states(mag, valid), [[0, 0], [2, 0], [3, 0], [3, 2]])
+  np.testing.assert_array_equal(trellis.states(mag, valid), [[0, 0], [2, 0], [3, 0], [3, 2]])
   valid[1, 0] = False  # an invalid entry leaves the state as it is
-  np.testing.assert_array_equal(mg.dq_states(mag, valid)[:, 0], [0, 2, 2, 1])
+  np.testing.assert_array_equal(trellis.states(mag, valid)[:, 0], [0, 2, 2, 1])
 
 
 def test_dq_context_pays_on_dq_like_levels():
@@ -124,7 +124,7 @@ def test_dq_context_pays_on_dq_like_levels():
   for r in range(rows):
     zero = rng.random(cols) < np.where(state >= 2, 0.05, 0.7)
     x[r] = np.where(zero, 0, rng.integers(1, 6, cols) * rng.choice([-1, 1], cols))
-    state = mg.DQ_NEXT[state, np.abs(x[r]) & 1]
+    state = trellis.NEXT[state, np.abs(x[r]) & 1]
   plain = mg.encode_matrix(x)
   dq = mg.encode_matrix(x, dq=True)
   assert len(dq.payload) < 0.9 * len(plain.payload)

@@ -72,14 +72,12 @@ __all__ = [
   "MIN_BLOCK",
   "SCALE_MIN_BLOCK",
   "SCALE_STEP",
-  "DQ_NEXT",
   "EST_ENTRIES",
   "LEAF_MIN_GAIN",
   "Encoded",
   "Model",
   "schedule",
   "weights",
-  "dq_states",
   "write_model",
   "parse_model",
   "encode",
@@ -108,7 +106,6 @@ DEFAULT_CONTEXTS = 16
 DEFAULT_DIRECT = 8
 DIRECT_CHOICES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # the encoder's search of D
 DEFAULT_BETA_INDEX = 3
-DQ_NEXT = trellis.NEXT  # state x parity -> state
 # Leaves of more entries are scored on leading rows of about this many entries, and coded
 # only where that estimate promises the gain below.
 EST_ENTRIES = 1 << 16
@@ -177,13 +174,6 @@ def weights(counts: np.ndarray, beta: int) -> np.ndarray:
   g = ((glob << 1) + 1) << PRIOR_BITS
   g = np.maximum(g // ((glob.sum(axis=-1, keepdims=True) << 1) + a), 1)
   return kernel.floored((counts << PRIOR_BITS) + beta * g).astype(np.float32)
-
-
-def dq_states(mag: np.ndarray, valid: np.ndarray, nu: int = 2) -> np.ndarray:
-  """Trellis state (uint8) of every entry of a walked matrix of magnitudes: 0 at the top
-  of each column, then the next state by ``|k| & 1`` (the machine of ``nu`` state bits;
-  2: ``DQ_NEXT``) after every valid entry."""
-  return trellis.states(mag, valid, nu)
 
 
 def _state_bits(dq) -> int:
@@ -527,7 +517,7 @@ def _prepared(y, valid, geometry, dq, states=None):
     raise ValueError(f"levels beyond +-{MAX_MAGNITUDE} cannot be coded")
   nu = _state_bits(dq)
   if nu and states is None:
-    states = (dq_states(mag, walk.valid, nu) >> (nu - 1)).astype(np.uint8)
+    states = (trellis.states(mag, walk.valid, nu) >> (nu - 1)).astype(np.uint8)
   return walk, mag, states
 
 
@@ -913,7 +903,7 @@ def _sample(x: np.ndarray, dq: int, st=None):
   if dq:
     y, seg_t, s = walked(x)
     if st is None:
-      st = dq_states(y, valid_mask(rows, cols, seg_t, s), dq)
+      st = trellis.states(y, valid_mask(rows, cols, seg_t, s), dq)
     states = unwalk(st >> (dq - 1), rows, cols, s)[pick].astype(np.uint8)
   return x[pick], states, x.size / (pick.size * cols)
 
