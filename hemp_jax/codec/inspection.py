@@ -153,7 +153,7 @@ def _leaf_report(buf: bytes, e) -> LeafReport:
   rep.levels, rep.used_levels = k, int(used.sum())
   rep.codebook_bytes = r.pos - e.offset
   if n and levels.size >= 2:
-    if e.version >= 3 and r.remaining and r.buf[r.pos] & 3 == records.CODER_MAGNITUDE:
+    if e.version >= 3 and records.magnitude_coded(r):
       head = r.u8("coder model header")
       _magnitude_report(r, rep, f"magnitude/L{head >> 4 & 1}")
       return rep
@@ -177,7 +177,7 @@ def _dq_report(r, e, rep: LeafReport, n: int) -> LeafReport:
   rep.model = f"{name}/L{layout}"
   if levels is not None:
     rep.levels, rep.used_levels = int(levels[-1] - levels[0] + 1), int(levels.size)
-    if levels.size > 1 and r.remaining and r.buf[r.pos] & records.DQ_MAGNITUDE:
+    if levels.size > 1 and records.dq_magnitude_coded(r):
       r.u8("dq coder header")
       _magnitude_report(r, rep, f"{name}-magnitude/L{layout}")
     elif levels.size > 1:

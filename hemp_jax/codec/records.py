@@ -40,6 +40,8 @@ __all__ = [
   "MAX_LEVELS",
   "CODER_MAGNITUDE",
   "DQ_MAGNITUDE",
+  "magnitude_coded",
+  "dq_magnitude_coded",
   "zero_level",
   "dtype_code",
   "is_floating",
@@ -356,6 +358,17 @@ def quantized_record(k, used, levels, compact, max_order: int) -> bytes:
   return bytes(out) + section
 
 
+def magnitude_coded(r: Reader) -> bool:
+  """Whether the version-3 coder section at the reader is the magnitude coder's (its
+  first byte's kind bits are :data:`CODER_MAGNITUDE`)."""
+  return bool(r.remaining and r.buf[r.pos] & 3 == CODER_MAGNITUDE)
+
+
+def dq_magnitude_coded(r: Reader) -> bool:
+  """Whether the dq coder section at the reader is the magnitude coder's (header bit 6)."""
+  return bool(r.remaining and r.buf[r.pos] & DQ_MAGNITUDE)
+
+
 def zero_level(levels: np.ndarray) -> int:
   """The index of the level nearest zero (the first of equals; NaN counts as infinite):
   the magnitude coder codes symbol ``s`` as the signed level ``s - zero_level``."""
@@ -456,7 +469,7 @@ def decode_symbols(r: Reader, shape, levels: np.ndarray, version: int) -> np.nda
   a = levels.size
   if version < 3:
     return legacy.decode_symbols(r, shape, a)
-  if not (r.remaining and r.buf[r.pos] & 3 == CODER_MAGNITUDE):
+  if not magnitude_coded(r):
     return context_models.decode(r, shape, a)
   head = r.u8("coder model header")
   layout = head >> 4 & 1
@@ -584,18 +597,19 @@ def decode_dq_parts(r: Reader, shape, n: int, kind: int = KIND_DQ):
   step, layout, levels, nu = parse_dq_head(r, shape, n, kind)
   if levels is None:
     return trellis.DQ(step, np.zeros(shape, np.int64), layout, nu)
+  return trellis.DQ(step, _dq_levels(r, shape, levels, layout, nu), layout, nu)
+
+
+def _dq_levels(r: Reader, shape, levels: np.ndarray, layout: int, nu: int) -> np.ndarray:
+  """The levels ``k`` (int64, ``shape``) of the rest of a dq body with used ``levels``:
+  one level, or its coder section (the magnitude coder's or the per-quantizer tables)."""
   if levels.size == 1:
     r.expect_end("dq record of one level")
-    return trellis.DQ(step, np.full(shape, levels[0], np.int64), layout, nu)
-  if _dq_magnitude(r):
-    return trellis.DQ(step, _dq_magnitude_levels(r, shape, levels, layout, nu), layout, nu)
+    return np.full(shape, levels[0], np.int64)
+  if dq_magnitude_coded(r):
+    return _dq_magnitude_levels(r, shape, levels, layout, nu)
   symbols, _ = trellis.decode_levels(r, shape, levels, layout, nu)
-  return trellis.DQ(step, levels[symbols], layout, nu)
-
-
-def _dq_magnitude(r: Reader) -> bool:
-  """Whether a dq coder section is the magnitude coder's (header bit 6)."""
-  return bool(r.remaining and r.buf[r.pos] & DQ_MAGNITUDE)
+  return levels[symbols]
 
 
 def _dq_magnitude_levels(r: Reader, shape, levels: np.ndarray, layout: int, nu: int):
@@ -616,12 +630,8 @@ def decode_dq(r: Reader, dtype, shape, n: int, kind: int = KIND_DQ) -> np.ndarra
   step, layout, levels, nu = parse_dq_head(r, shape, n, kind)
   if levels is None:
     return np.zeros(shape, dtype)
-  if levels.size == 1:
-    r.expect_end("dq record of one level")
-    k = np.full(shape, levels[0])
-  elif _dq_magnitude(r):
-    k = _dq_magnitude_levels(r, shape, levels, layout, nu)
-  else:
+  if levels.size > 1 and not dq_magnitude_coded(r):  # the tables' decoder knows the states
     symbols, quant = trellis.decode_levels(r, shape, levels, layout, nu)
     return trellis.level_values(levels, step, dtype)[quant.view(np.uint8), symbols]
+  k = _dq_levels(r, shape, levels, layout, nu)
   return trellis.values(trellis.grid(k, layout, nu), step, dtype)
