@@ -153,10 +153,10 @@ def _ptq(model, seed, args, log):
   _, _, _, pipe = train.build(config)
   ev = Evaluator(graphdef, pipe, cfg.entropy_config(cfg.with_defaults(config)))
   flat = codec.checkpoints.flatten_tree(state.params)
+  nest = lambda flat: codec.checkpoints.unflatten_names(flat, "/")  # noqa: E731
   points = []
   for n in PTQ_LEVELS:
     values, codebooks, _ = codec.ptq.quantize_tree(flat, method="lloyd", num_levels=n)
-    nest = lambda flat: codec.checkpoints.unflatten_names(flat, "/")  # noqa: E731
     blob = codec.compress(nest(values), nest(codebooks))
     decoded = codec.load_into(state.params, codec.decompress(blob))
     points.append(
