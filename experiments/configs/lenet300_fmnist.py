@@ -4,11 +4,12 @@
     hemp-jax train --config experiments/configs/lenet300_fmnist.py --workdir runs/l3 \
         --config.hemp.budget_reference_run=runs/l3-float
 
-The recipe of ``lenet5_fmnist.py`` (HEMP order 3, N = 8 with a zero level + guards refitted every epoch, Adam cosine, the last 8 of
-24 epochs quantization-aware, a 1-point accuracy budget on 5,000 held-out images) on the
-MLP. ``hemp.budget_reference`` is the float model's validation accuracy (the ``none``
-variant, seed 0); ``hemp.budget_reference_run`` holds each epoch against a float run's
-same epoch instead. Variants as in ``_base.py``.
+The recipe of ``lenet5_fmnist.py`` (HEMP order 3, N = 8 with a zero level + guards
+refitted every epoch, Adam cosine, the last 8 of 24 epochs quantization-aware, a 1-point
+accuracy budget on 5,000 held-out images) on the MLP. ``hemp.budget_reference`` is the
+float model's validation accuracy (the ``none`` variant, seed 0);
+``hemp.budget_reference_run`` holds each epoch against a float run's same epoch instead.
+Variants as in ``_base.py``.
 """
 
 import os
