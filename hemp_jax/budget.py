@@ -91,6 +91,7 @@ def budget_update(
   reference: float | None = None,
   decoded: float | None = None,
   max_factor: float = 2.0,
+  margin: float = 0.0,
 ) -> BudgetState:
   """The state after an epoch trained at ``state.strength``.
 
@@ -110,6 +111,9 @@ def budget_update(
       quantization-aware finish the model as trained is continuous, and what it decodes
       to is not yet what the finish will make of it): the strength follows ``accuracy``,
       the smallest model is chosen among those whose ``decoded`` accuracy met the target.
+    margin: points above the target that the strength steers ``accuracy`` to, the output
+      still being chosen against the target: a reserve for what is still to come (a
+      quantization-aware finish loses some of the accuracy the continuous model has).
 
   Returns:
     The new state: next strength, best, trace.
@@ -122,7 +126,8 @@ def budget_update(
   if decoded >= state.target and (best is None or size < best[3]):
     best = record
   limit = math.log(max_factor)
-  step = min(max(gain * (float(accuracy) - state.target) / 0.01, -limit), limit)
+  steer = state.target + float(margin) / 100.0
+  step = min(max(gain * (float(accuracy) - steer) / 0.01, -limit), limit)
   strength = min(max(state.strength * math.exp(step), lo), hi)
   return BudgetState(strength, state.target, best, state.trace + (record,), state.drop)
 

@@ -45,6 +45,9 @@ def test_controller_steps_and_bounds():
   assert up.strength == pytest.approx(math.exp(0.5))
   assert down.strength == pytest.approx(math.exp(-0.5))
   assert up.best is not None and down.best is None  # below the target: not a candidate
+  # A margin steers the strength above the target; the output is still judged on it.
+  held = B.budget_update(s, epoch=1, accuracy=s.target + 0.005, size=1.0, gain=0.5, margin=1.0)
+  assert held.strength == pytest.approx(math.exp(-0.25)) and held.best is not None
   capped = B.budget_update(s, epoch=1, accuracy=1.0, size=1.0, hi=2.0)
   assert capped.strength == 2.0
   for bad in (dict(strength=0.0), dict(reference=1.5), dict(drop=-1.0)):

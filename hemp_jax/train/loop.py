@@ -462,6 +462,8 @@ class _Budget(NamedTuple):
   curve: tuple  # per-epoch references (a float run's), or ()
   gain: float
   path: str  # the smallest decoded model within the budget so far
+  reserve: float  # points held back before the finish (config.hemp.budget_reserve)
+  finish_epoch: int  # the epoch after which the params are the decoded model (the finish)
 
 
 def _reference_curve(workdir: str) -> tuple:
@@ -515,7 +517,18 @@ def _budget_start(
   if resumed.rows and "strength" in resumed.rows[-1]:
     strength = optax.tree_utils.tree_get(resumed.state.opt_state, "strength")
     state = state._replace(strength=float(strength))
-  return _Budget(state, reference, curve, h.budget_gain, os.path.join(workdir, "budget-best.hemp"))
+  cfg = run.config
+  # hemp()'s finish: the last qat_epochs (config.regularizer_kwargs); none: no reserve.
+  finish_epoch = cfg.num_epochs - cfg.qat_epochs if cfg.qat_epochs else 0
+  return _Budget(
+    state,
+    reference,
+    curve,
+    h.budget_gain,
+    os.path.join(workdir, "budget-best.hemp"),
+    float(h.budget_reserve),
+    finish_epoch,
+  )
 
 
 def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, main: bool):
@@ -523,8 +536,9 @@ def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, mai
   within the budget is kept (``budget-best.hemp``), the strength moves for the next epoch.
 
   The strength follows the validation accuracy of the model as trained (continuous
-  before the quantization-aware finish, the decoded model in it); a candidate for the
-  output is judged on its decoded validation accuracy and its file size.
+  before the quantization-aware finish, steered ``reserve`` points above the target;
+  the decoded model in it); a candidate for the output is judged on its decoded
+  validation accuracy and its file size.
   """
   b = control.state
   reference = control.curve[index] if index < len(control.curve) else control.reference
@@ -544,6 +558,9 @@ def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, mai
     budget_target=target,
     budget_size=size if math.isfinite(size) else None,
   )
+  margin = control.reserve if index + 1 < control.finish_epoch else 0.0
+  if margin:
+    row["budget_reserve"] = margin
   b = budget_lib.budget_update(
     b,
     epoch=index + 1,
@@ -552,6 +569,7 @@ def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, mai
     size=size,
     gain=control.gain,
     reference=reference,
+    margin=margin,
   )
   opt_state = budget_lib.set_strength(state.opt_state, b.strength)
   return control._replace(state=b), state._replace(opt_state=opt_state)
