@@ -135,42 +135,58 @@ def _train(model, method, seed, args, log):
   _record(args.results, model, method, seed, workdir)
 
 
-def _ptq(model, seed, args, log):
-  """PTQ of the float model at each N: decoded validation/test accuracy and file bytes."""
+def _ptq_spec(model, smoke: bool) -> str:
+  return os.path.join(ROOT, CONFIG[model]) + (":none,smoke" if smoke else ":none")
+
+
+def _ptq_quantizer(model, seed, runs, spec):
+  """The float model of ``seed`` and ``blob(n)``: its PTQ file at N levels (deterministic:
+  the manifest re-makes the chosen ones), with the evaluator of its splits."""
   from hemp_jax import codec, train
   from hemp_jax.train import config as cfg
   from hemp_jax.train.evaluate import Evaluator
 
-  dst = os.path.join(args.results, f"{model}-ptq", f"seed{seed}", "summary.json")
-  if os.path.exists(dst):
-    return
-  float_dir = _workdir(args.runs, model, "float", seed)
-  config = cfg.load_config(
-    os.path.join(ROOT, CONFIG[model]) + (":none,smoke" if args.smoke else ":none")
-  )
+  config = cfg.load_config(spec)
   config.seed = seed
-  graphdef, state = train.load_final_state(config, float_dir)
+  graphdef, state = train.load_final_state(config, _workdir(runs, model, "float", seed))
   _, _, _, pipe = train.build(config)
   ev = Evaluator(graphdef, pipe, cfg.entropy_config(cfg.with_defaults(config)))
   flat = codec.checkpoints.flatten_tree(state.params)
   nest = lambda flat: codec.checkpoints.unflatten_names(flat, "/")  # noqa: E731
+
+  def blob(n):
+    values, codebooks, _ = codec.ptq.quantize_tree(flat, method="lloyd", num_levels=n)
+    return codec.compress(nest(values), nest(codebooks))
+
+  return state, ev, blob
+
+
+def _ptq(model, seed, args, log):
+  """PTQ of the float model at each N: decoded validation/test accuracy and file bytes."""
+  from hemp_jax import codec
+
+  dst = os.path.join(args.results, f"{model}-ptq", f"seed{seed}", "summary.json")
+  if os.path.exists(dst):
+    return
+  spec = _ptq_spec(model, args.smoke)
+  state, ev, blob = _ptq_quantizer(model, seed, args.runs, spec)
   points = []
   for n in PTQ_LEVELS:
-    values, codebooks, _ = codec.ptq.quantize_tree(flat, method="lloyd", num_levels=n)
-    blob = codec.compress(nest(values), nest(codebooks))
-    decoded = codec.load_into(state.params, codec.decompress(blob))
+    data = blob(n)
+    decoded = codec.load_into(state.params, codec.decompress(data))
     points.append(
       {
         "num_levels": n,
-        "file_bytes": len(blob),
+        "file_bytes": len(data),
         "validation_accuracy_decoded": ev.accuracy(decoded, state.model_state, "validation"),
         "test_accuracy_decoded": ev.accuracy(decoded, state.model_state),
       }
     )
     log(f"{model} ptq seed {seed} N={n}: {points[-1]}")
   os.makedirs(os.path.dirname(dst), exist_ok=True)
+  summary = {"model": model, "method": "ptq", "seed": seed, "smoke": args.smoke, "points": points}
   with open(dst, "w") as f:
-    json.dump({"model": model, "method": "ptq", "seed": seed, "points": points}, f, indent=1)
+    json.dump(summary, f, indent=1)
 
 
 def run(args) -> int:
@@ -239,6 +255,9 @@ def candidates(results, model) -> list[dict]:
           "float_test": [floats[s]["test_accuracy"] for s in ss],
           "float_validation": [floats[s]["validation_accuracy"] for s in ss],
           "float32_bytes": 4 * floats[ss[0]]["num_params"],
+          "ptq": {"num_levels": int(name[1:]), "smoke": runs[ss[0]].get("smoke", False)}
+          if method == "ptq"
+          else None,
         }
       )
   return rows
@@ -274,28 +293,42 @@ def report(args) -> list:
   if args.manifest:
     _manifest(chosen, args.manifest, args.runs, args.min_seeds)
   return chosen
-  return 0
+
+
+# The manifest's method names: HEMP entries say "hemp", those held by the budget "budget".
+MANIFEST_METHOD = {m: m.replace("hemp", "hemp-budget") for m in METHODS if m.startswith("hemp")}
 
 
 def _manifest(chosen, out_dir, runs, min_seeds=3):
-  """Copies the chosen training-run files (3 seeds) and writes ``fashion_mnist.json``."""
+  """Copies the chosen files (a training run's ``model.hemp``; PTQ's re-made from the float
+  model, checked to have the recorded size) and writes ``fashion_mnist.json``."""
   entries = []
   for r in chosen:
-    if r["method"] == "ptq" or len(r["seeds"]) < min_seeds:
-      continue  # PTQ files are re-made from the float model, not kept
+    if len(r["seeds"]) < min_seeds:
+      continue
     files, shas = [], []
-    for s in r["seeds"]:
-      src = os.path.join(_workdir(runs, r["model"], r["method"], s), "model.hemp")
+    for s, size in zip(r["seeds"], r["bytes"]):
       dst = os.path.join(out_dir, "fashion_mnist", r["candidate"], f"seed{s}.hemp")
       os.makedirs(os.path.dirname(dst), exist_ok=True)
-      shutil.copyfile(src, dst)
+      if r["ptq"] is None:
+        shutil.copyfile(os.path.join(_workdir(runs, r["model"], r["method"], s), "model.hemp"), dst)
+      else:
+        spec = _ptq_spec(r["model"], r["ptq"]["smoke"])
+        data = _ptq_quantizer(r["model"], s, runs, spec)[2](r["ptq"]["num_levels"])
+        if len(data) != size:
+          raise SystemExit(f"{dst}: re-made PTQ file has {len(data)} B, the run recorded {size}")
+        with open(dst, "wb") as f:
+          f.write(data)
       with open(dst, "rb") as f:
-        shas.append(hashlib.sha256(f.read()).hexdigest())
+        data = f.read()
+      if len(data) != size:
+        raise SystemExit(f"{dst}: {len(data)} B, the run recorded {size}")
+      shas.append(hashlib.sha256(data).hexdigest())
       files.append(os.path.relpath(dst, ROOT))
     entries.append(
       {
         "model": r["model"],
-        "method": r["method"],
+        "method": MANIFEST_METHOD.get(r["method"], r["method"]),
         "candidate": r["candidate"],
         "config": CONFIG[r["model"]],
         "files": files,
@@ -304,6 +337,7 @@ def _manifest(chosen, out_dir, runs, min_seeds=3):
         "float_accuracy": r["float_test"],
         "decoded_accuracy": r["test"],
         "validation_accuracy_decoded": r["validation"],
+        "float_validation_accuracy": r["float_validation"],
         "file_bytes": r["bytes"],
         "float32_bytes": r["float32_bytes"],
       }
