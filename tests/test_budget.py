@@ -45,9 +45,12 @@ def test_controller_steps_and_bounds():
   assert up.strength == pytest.approx(math.exp(0.5))
   assert down.strength == pytest.approx(math.exp(-0.5))
   assert up.best is not None and down.best is None  # below the target: not a candidate
-  # A margin steers the strength above the target; the output is still judged on it.
+  # A margin holds the accuracy that far above the target: the strength steers there,
+  # and a model below it is not a candidate.
   held = B.budget_update(s, epoch=1, accuracy=s.target + 0.005, size=1.0, gain=0.5, margin=1.0)
-  assert held.strength == pytest.approx(math.exp(-0.25)) and held.best is not None
+  assert held.strength == pytest.approx(math.exp(-0.25)) and held.best is None
+  above = B.budget_update(s, epoch=1, accuracy=s.target + 0.011, size=1.0, margin=1.0)
+  assert above.best is not None and above.strength > 1.0
   capped = B.budget_update(s, epoch=1, accuracy=1.0, size=1.0, hi=2.0)
   assert capped.strength == 2.0
   for bad in (dict(strength=0.0), dict(reference=1.5), dict(drop=-1.0)):

@@ -462,8 +462,8 @@ class _Budget(NamedTuple):
   curve: tuple  # per-epoch references (a float run's), or ()
   gain: float
   path: str  # the smallest decoded model within the budget so far
-  reserve: float  # points held back before the finish (config.hemp.budget_reserve)
-  finish_epoch: int  # the epoch after which the params are the decoded model (the finish)
+  margin: float  # standard errors of the validation accuracy (config.hemp.budget_margin)
+  images: int  # the validation images
 
 
 def _reference_curve(workdir: str) -> tuple:
@@ -517,17 +517,14 @@ def _budget_start(
   if resumed.rows and "strength" in resumed.rows[-1]:
     strength = optax.tree_utils.tree_get(resumed.state.opt_state, "strength")
     state = state._replace(strength=float(strength))
-  cfg = run.config
-  # hemp()'s finish: the last qat_epochs (config.regularizer_kwargs); none: no reserve.
-  finish_epoch = cfg.num_epochs - cfg.qat_epochs if cfg.qat_epochs else 0
   return _Budget(
     state,
     reference,
     curve,
     h.budget_gain,
     os.path.join(workdir, "budget-best.hemp"),
-    float(h.budget_reserve),
-    finish_epoch,
+    float(h.budget_margin),
+    int(run.config.validation_size),
   )
 
 
@@ -535,17 +532,19 @@ def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, mai
   """After epoch ``index``: the row gets the budget's columns, the smallest decoded model
   within the budget is kept (``budget-best.hemp``), the strength moves for the next epoch.
 
-  The strength follows the validation accuracy of the model as trained (continuous
-  before the quantization-aware finish, steered ``reserve`` points above the target;
-  the decoded model in it); a candidate for the output is judged on its decoded
-  validation accuracy and its file size.
+  The accuracy is held ``control.margin`` standard errors of the validation accuracy
+  above the target. The strength follows the validation accuracy of the model as
+  trained (continuous before the quantization-aware finish, the decoded model in it); a
+  candidate for the output is judged on its decoded validation accuracy and its file size.
   """
   b = control.state
   reference = control.curve[index] if index < len(control.curve) else control.reference
   target = reference - b.drop / 100.0
+  t = min(max(target, 0.0), 1.0)
+  margin = 100.0 * control.margin * math.sqrt(t * (1.0 - t) / control.images)  # points
   decoded = row["validation_accuracy_quantized"]
   size = math.inf
-  if decoded >= target:
+  if decoded >= target + margin / 100.0:
     blob_bytes = model_file_bytes(state, codebooks)
     size = float(len(blob_bytes))
     if b.best is None or size < b.best[3]:
@@ -557,10 +556,8 @@ def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, mai
     budget_reference=reference,
     budget_target=target,
     budget_size=size if math.isfinite(size) else None,
+    budget_margin=margin,
   )
-  margin = control.reserve if index + 1 < control.finish_epoch else 0.0
-  if margin:
-    row["budget_reserve"] = margin
   b = budget_lib.budget_update(
     b,
     epoch=index + 1,
@@ -732,6 +729,7 @@ def train_and_evaluate(
       "points": config.hemp.budget,
       "reference": rows[-1].get("budget_reference", control.reference),
       "target": rows[-1].get("budget_target", control.state.target),
+      "margin": rows[-1].get("budget_margin"),  # points above the target it was held to
       "met": best is not None,
       "epoch": None if best is None else best[0],
     }
