@@ -85,6 +85,8 @@ for _n in (2, 3, 4, 8):
     True,
   )
 PTQ_LEVELS = (2, 3, 4, 6, 8, 12, 16)
+# The methods a user would pick instead of HEMP (with every qat-N<n>): the (a)-(d).
+ALTERNATIVES = ("ptq", "dc", "paper")
 
 
 def _workdir(runs, model, method, seed):
@@ -290,6 +292,15 @@ def report(args) -> list:
       if ok and (r["method"] not in best or bm < _ms(best[r["method"]]["bytes"])[0]):
         best[r["method"]] = r
     chosen += list(best.values())
+    mean_bytes = {m: _ms(r["bytes"])[0] for m, r in best.items()}
+    ours = {m: b for m, b in mean_bytes.items() if m.startswith("hemp")}
+    others = {m: b for m, b in mean_bytes.items() if m in ALTERNATIVES or m.startswith("qat")}
+    if ours and others:
+      h, a = min(ours, key=ours.get), min(others, key=others.get)
+      print(
+        f"\nbest HEMP within 1 pp: {best[h]['candidate']} {ours[h]:,.0f} B; best alternative "
+        f"(a)-(d): {best[a]['candidate']} {others[a]:,.0f} B; ratio {ours[h] / others[a]:.3f}"
+      )
   if args.manifest:
     _manifest(chosen, args.manifest, args.runs, args.min_seeds)
   return chosen
