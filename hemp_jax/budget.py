@@ -45,7 +45,7 @@ class BudgetState(NamedTuple):
 
   Attributes:
     strength: the strength for the next epoch.
-    target: the validation accuracy to hold (``reference - drop``).
+    target: the validation accuracy the output must reach (``reference - drop``).
     best: ``(epoch, strength, decoded accuracy, size)`` of the smallest model that met
       the target so far, or None.
     trace: one ``(epoch, strength, decoded accuracy, size)`` per reported epoch.
@@ -106,7 +106,10 @@ def budget_update(
       far above the target must not throw the strength to where the network dies.
     reference: a reference that moves with training: the float model's accuracy after
       the same epoch, for a run trained from scratch (early epochs of any run are less
-      accurate than its last); the target becomes ``reference - drop`` from this epoch.
+      accurate than its last): the strength steers to ``reference - drop`` this epoch.
+      The output is still judged against ``state.target`` (the float model's final
+      accuracy minus the drop: an early epoch held against a weaker reference would
+      otherwise win with an accuracy the finished float model beats by more).
     decoded: the decoded model's accuracy when it is not ``accuracy`` (before a
       quantization-aware finish the model as trained is continuous, and what it decodes
       to is not yet what the finish will make of it): the strength follows ``accuracy``,
@@ -120,16 +123,14 @@ def budget_update(
   Returns:
     The new state: next strength, best, trace.
   """
-  if reference is not None:
-    state = state._replace(target=float(reference) - state.drop / 100.0)
   decoded = float(accuracy if decoded is None else decoded)
   record = (int(epoch), state.strength, decoded, float(size))
   best = state.best
-  held = state.target + float(margin) / 100.0
-  if decoded >= held and (best is None or size < best[3]):
+  if decoded >= state.target + float(margin) / 100.0 and (best is None or size < best[3]):
     best = record
+  steer = state.target if reference is None else float(reference) - state.drop / 100.0
   limit = math.log(max_factor)
-  step = min(max(gain * (float(accuracy) - held) / 0.01, -limit), limit)
+  step = min(max(gain * (float(accuracy) - steer - float(margin) / 100.0) / 0.01, -limit), limit)
   strength = min(max(state.strength * math.exp(step), lo), hi)
   return BudgetState(strength, state.target, best, state.trace + (record,), state.drop)
 

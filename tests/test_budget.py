@@ -74,12 +74,16 @@ def test_strength_reaches_the_optax_state():
   assert hj.codebooks_of(state, params)["w"].shape == (6,)
 
 
-def test_moving_reference_sets_the_target_of_each_epoch():
-  """A run from scratch is held against the float run's accuracy after the same epoch."""
+def test_moving_reference_steers_each_epoch_and_the_output_meets_the_final_target():
+  """A run from scratch is steered against the float run's accuracy after the same epoch;
+  the output must meet the target of the float model's final accuracy."""
   s = B.budget_init(1.0, reference=0.9, drop=1.0)
   s = B.budget_update(s, epoch=1, accuracy=0.80, size=5.0, reference=0.805)
-  assert s.target == pytest.approx(0.795)
-  assert s.strength == pytest.approx(math.exp(0.5 * 0.5))  # 0.5 points above the target
-  assert s.best == (1, 1.0, 0.80, 5.0)
-  s = B.budget_update(s, epoch=2, accuracy=0.84, size=4.0, reference=0.86)
-  assert s.target == pytest.approx(0.85) and s.best[0] == 1  # below this epoch's target
+  assert s.target == pytest.approx(0.89)
+  assert s.strength == pytest.approx(math.exp(0.5 * 0.5))  # 0.5 points above 0.795
+  assert s.best is None  # below the final target
+  s = B.budget_update(s, epoch=2, accuracy=0.885, size=4.0, reference=0.88, margin=0.2)
+  assert s.strength == pytest.approx(math.exp(0.25 + 0.5 * 1.3))  # 1.3 points above 0.872
+  assert s.best is None  # 0.885 < 0.89 + 0.002
+  s = B.budget_update(s, epoch=3, accuracy=0.893, size=3.0, reference=0.9, margin=0.2)
+  assert s.best == (3, s.trace[-1][1], 0.893, 3.0) and s.target == pytest.approx(0.89)

@@ -501,7 +501,6 @@ def _budget_start(
   for r in resumed.rows:  # a resumed run: the trace, the best and the strength go on
     if "strength" in r:
       state = state._replace(
-        target=r["budget_target"],
         trace=state.trace
         + (
           (
@@ -532,19 +531,21 @@ def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, mai
   """After epoch ``index``: the row gets the budget's columns, the smallest decoded model
   within the budget is kept (``budget-best.hemp``), the strength moves for the next epoch.
 
-  The accuracy is held ``control.margin`` standard errors of the validation accuracy
-  above the target. The strength follows the validation accuracy of the model as
-  trained (continuous before the quantization-aware finish, the decoded model in it); a
-  candidate for the output is judged on its decoded validation accuracy and its file size.
+  The strength steers the validation accuracy of the model as trained (continuous
+  before the quantization-aware finish, the decoded model in it) to this epoch's target
+  (``budget_target``: a float run's same epoch, or the fixed reference, minus the drop)
+  plus ``control.margin`` standard errors of the validation accuracy; a candidate for the
+  output must reach the output's target (the final reference minus the drop) plus that
+  margin with its decoded validation accuracy, and the smallest file wins.
   """
   b = control.state
   reference = control.curve[index] if index < len(control.curve) else control.reference
-  target = reference - b.drop / 100.0
-  t = min(max(target, 0.0), 1.0)
+  target = reference - b.drop / 100.0  # this epoch's, which the strength steers to
+  t = min(max(b.target, 0.0), 1.0)  # the output's (the final reference's)
   margin = 100.0 * control.margin * math.sqrt(t * (1.0 - t) / control.images)  # points
   decoded = row["validation_accuracy_quantized"]
   size = math.inf
-  if decoded >= target + margin / 100.0:
+  if decoded >= b.target + margin / 100.0:
     blob_bytes = model_file_bytes(state, codebooks)
     size = float(len(blob_bytes))
     if b.best is None or size < b.best[3]:
@@ -728,7 +729,7 @@ def train_and_evaluate(
     budget = {
       "points": config.hemp.budget,
       "reference": rows[-1].get("budget_reference", control.reference),
-      "target": rows[-1].get("budget_target", control.state.target),
+      "target": control.state.target,  # the output's: the final reference minus the drop
       "margin": rows[-1].get("budget_margin"),  # points above the target it was held to
       "met": best is not None,
       "epoch": None if best is None else best[0],
