@@ -11,7 +11,8 @@ fine-tuning methods start from it (``init_checkpoint``), the from-scratch HEMP r
 their accuracy budget against its validation accuracy after the same epoch. The methods:
 
 * ``hemp`` — the config's recipe with a 1-point budget (order 3); ``hemp-o1`` the same at
-  order 1 (the paper's claim: order 3 beats order 1 at matched accuracy);
+  order 1 (the paper's claim: order 3 beats order 1 at matched accuracy); ``hemp-m0``
+  the budget without its margin (held at the target itself: smaller files, less safety);
 * ``hemp-prune`` — the same with loss-sensitivity pruning (90%, an exact zero level);
   ``prune`` — that pruning and the quantization-aware finish without the entropy term;
 * ``ptq`` — post-training quantization of the float model (Lloyd levels, N = 2..16);
@@ -53,6 +54,7 @@ _PRUNE = {"pruning.sparsity": 0.9, "pruning.min_size": 1000}
 METHODS = {
   "hemp": ("", {}, False),
   "hemp-o1": ("", {"hemp.order": 1}, False),
+  "hemp-m0": ("", {"hemp.budget_margin": 0.0}, False),
   "hemp-prune": ("prune_sens", dict(_PRUNE), False),
   "prune": ("prune_sens", dict(_PRUNE, **{"hemp.strength": 0.0, "hemp.budget": None}), False),
   "dc": (
