@@ -321,7 +321,9 @@ def _manifest(chosen, out_dir, runs, min_seeds=3):
       continue
     files, shas = [], []
     for s, size in zip(r["seeds"], r["bytes"]):
-      dst = os.path.join(out_dir, "fashion_mnist", r["candidate"], f"seed{s}.hemp")
+      dst = os.path.join(
+        out_dir, "fashion_mnist", f"{r['model']}-{r['candidate']}", f"seed{s}.hemp"
+      )
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       if r["ptq"] is None:
         shutil.copyfile(os.path.join(_workdir(runs, r["model"], r["method"], s), "model.hemp"), dst)

@@ -60,7 +60,8 @@ def test_frontier_plumbing_on_smoke_configs(tmp_path, capsys):
   )
   assert all("budget" in e["method"] for e in entries if "hemp" in e["method"])
   for e in entries:
-    path = man / "fashion_mnist" / e["candidate"] / "seed0.hemp"
+    path = man / "fashion_mnist" / f"{e['model']}-{e['candidate']}" / "seed0.hemp"
+    assert e["files"][0].endswith(f"{e['model']}-{e['candidate']}/seed0.hemp")
     decoded = hj.decompress(path.read_bytes())
     params = decoded.get("params", decoded)  # PTQ's: the params alone (no model state)
     assert np.isfinite(np.asarray(params["fc2"]["kernel"])).all()
