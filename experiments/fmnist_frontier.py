@@ -1,7 +1,7 @@
 """The full-scale frontier on Fashion-MNIST: HEMP beside the methods a user would pick instead.
 
     python experiments/fmnist_frontier.py run --runs /work/runs/fm --models lenet5 --seeds 0 1 2
-    python experiments/fmnist_frontier.py report [--manifest experiments/frontier]
+    python experiments/fmnist_frontier.py report [--manifest experiments/frontier] [--plot P.png]
 
 Every point is a ``hemp-jax train`` work directory (resumable: a point whose
 ``summary.json`` exists is done; an interrupted one resumes from its checkpoint), except
@@ -267,10 +267,26 @@ def candidates(results, model) -> list[dict]:
   return rows
 
 
+def plot(rows, path, min_seeds=3, within=5.0) -> str:
+  """The rate-accuracy plot of every method (``frontier.plot``: decoded test accuracy
+  against file bytes, mean +- std over the seeds, the float models' mean and the 1-point
+  band), settings with ``min_seeds`` seeds that decode within ``within`` points of float."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import frontier
+
+  points = []
+  for r in rows:
+    (am, asd), (bm, bsd), (fm, _) = _ms(r["test"]), _ms(r["bytes"]), _ms(r["float_test"])
+    if am >= fm - within / 100:
+      points.append(dict(r, float_mean=fm, acc_mean=am, acc_std=asd, bytes_mean=bm, bytes_std=bsd))
+  return frontier.plot(points, path, min_seeds)
+
+
 def report(args) -> list:
-  chosen = []
+  chosen, every = [], []
   for model in args.models:
     rows = candidates(args.results, model)
+    every += rows
     print(f"\n{model}: decoded accuracy (test; validation) and file, mean ± std over seeds")
     print(
       "| method | seeds | test % | validation % | float test % | file B | × float32 | in 1 pp (val) |"
@@ -305,6 +321,8 @@ def report(args) -> list:
       )
   if args.manifest:
     _manifest(chosen, args.manifest, args.runs, args.min_seeds)
+  if args.plot:
+    print(plot(every, args.plot, args.min_seeds))
   return chosen
 
 
@@ -377,6 +395,7 @@ def main(argv=None) -> int:
     else:
       s.add_argument("--manifest", default=None, help="e.g. experiments/frontier")
       s.add_argument("--min-seeds", type=int, default=3, help="seeds a manifest entry needs")
+      s.add_argument("--plot", default=None, help="PNG of every method's rate and accuracy")
   args = p.parse_args(argv)
   if args.cmd == "run":
     return run(args)

@@ -47,9 +47,15 @@ def test_frontier_plumbing_on_smoke_configs(tmp_path, capsys):
   # The report: a row per method (and PTQ level); a manifest of 1-seed entries decodes.
   chosen = fr.report(
     fr.argparse.Namespace(
-      models=["lenet5"], results=str(res), runs=str(runs), manifest=str(man), min_seeds=1
+      models=["lenet5"],
+      results=str(res),
+      runs=str(runs),
+      manifest=str(man),
+      min_seeds=1,
+      plot=str(tmp_path / "frontier.png"),
     )
   )
+  assert (tmp_path / "frontier.png").stat().st_size > 1000
   out = capsys.readouterr().out
   assert "| hemp | 1 |" in out and "| ptq-N2 | 1 |" in out
   entries = json.load(open(man / "fashion_mnist.json"))
