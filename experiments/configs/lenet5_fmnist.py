@@ -10,10 +10,11 @@ exact zero, + guards), refitted on the weights after every epoch of the entropy 
 on the full data set, and an accuracy budget instead of a fixed strength:
 ``hemp.budget`` = 1 point of validation accuracy below the float model's
 (``hemp.budget_reference``: LeNet-5's float validation accuracy on this split, the mean
-of 3 seeds of the ``none`` variant; ``--config.hemp.budget_reference_run=W`` holds each
-epoch against a float run's same epoch instead). The strength starts at
-``hemp.strength`` and moves after every epoch; ``model.hemp`` is the smallest decoded
-model that met the budget on validation. 5,000 training images (fixed, stratified) are
+of 3 seeds of the ``none`` variant; ``--config.hemp.budget_reference_run=W`` steers each
+epoch against a float run's same epoch and judges the output against its last). The
+strength starts at ``hemp.strength`` and moves after every epoch; ``model.hemp`` is the
+smallest decoded model that met the budget on validation, one standard error above it
+(``hemp.budget_margin``). 5,000 training images (fixed, stratified) are
 held out for it and reported as ``validation_accuracy*`` beside the test accuracy.
 Variants as in ``_base.py`` (``none`` is the float model; ``smoke`` runs the plumbing on
 the offline MNIST-5k split with 500 validation images).
