@@ -144,17 +144,14 @@ def _ptq_spec(model, smoke: bool) -> str:
 
 
 def _ptq_quantizer(model, seed, runs, spec):
-  """The float model of ``seed`` and ``blob(n)``: its PTQ file at N levels (deterministic:
-  the manifest re-makes the chosen ones), with the evaluator of its splits."""
+  """The config and state of the float model of ``seed``, and ``blob(n)``: its PTQ file at
+  N levels (deterministic: the manifest re-makes the chosen ones)."""
   from hemp_jax import codec, train
   from hemp_jax.train import config as cfg
-  from hemp_jax.train.evaluate import Evaluator
 
   config = cfg.load_config(spec)
   config.seed = seed
   graphdef, state = train.load_final_state(config, _workdir(runs, model, "float", seed))
-  _, _, _, pipe = train.build(config)
-  ev = Evaluator(graphdef, pipe, cfg.entropy_config(cfg.with_defaults(config)))
   flat = codec.checkpoints.flatten_tree(state.params)
   nest = lambda flat: codec.checkpoints.unflatten_names(flat, "/")  # noqa: E731
 
@@ -162,18 +159,23 @@ def _ptq_quantizer(model, seed, runs, spec):
     values, codebooks, _ = codec.ptq.quantize_tree(flat, method="lloyd", num_levels=n)
     return codec.compress(nest(values), nest(codebooks))
 
-  return state, ev, blob
+  return config, graphdef, state, blob
 
 
 def _ptq(model, seed, args, log):
   """PTQ of the float model at each N: decoded validation/test accuracy and file bytes."""
-  from hemp_jax import codec
+  from hemp_jax import codec, train
+  from hemp_jax.train import config as cfg
+  from hemp_jax.train.evaluate import Evaluator
 
   dst = os.path.join(args.results, f"{model}-ptq", f"seed{seed}", "summary.json")
   if os.path.exists(dst):
     return
-  spec = _ptq_spec(model, args.smoke)
-  state, ev, blob = _ptq_quantizer(model, seed, args.runs, spec)
+  config, graphdef, state, blob = _ptq_quantizer(
+    model, seed, args.runs, _ptq_spec(model, args.smoke)
+  )
+  _, _, _, pipe = train.build(config)
+  ev = Evaluator(graphdef, pipe, cfg.entropy_config(cfg.with_defaults(config)))
   points = []
   for n in PTQ_LEVELS:
     data = blob(n)
@@ -345,13 +347,11 @@ def _manifest(chosen, out_dir, runs, min_seeds=3):
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       if r["ptq"] is None:
         shutil.copyfile(os.path.join(_workdir(runs, r["model"], r["method"], s), "model.hemp"), dst)
-      else:
+      else:  # re-made: checked against the recorded size below
         spec = _ptq_spec(r["model"], r["ptq"]["smoke"])
-        data = _ptq_quantizer(r["model"], s, runs, spec)[2](r["ptq"]["num_levels"])
-        if len(data) != size:
-          raise SystemExit(f"{dst}: re-made PTQ file has {len(data)} B, the run recorded {size}")
+        blob = _ptq_quantizer(r["model"], s, runs, spec)[-1]
         with open(dst, "wb") as f:
-          f.write(data)
+          f.write(blob(r["ptq"]["num_levels"]))
       with open(dst, "rb") as f:
         data = f.read()
       if len(data) != size:

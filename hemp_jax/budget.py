@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from hemp_jax import regularizer as reg
 
-__all__ = ["BudgetState", "budget_init", "budget_update", "set_strength", "STATIC_ARGS"]
+__all__ = ["BudgetState", "budget_init", "budget_update", "meets", "set_strength", "STATIC_ARGS"]
 
 #: Every argument of :func:`hemp_jax.add_entropy_grad` but ``strength``: the
 #: ``static_args`` of ``optax.inject_hyperparams`` so that only the strength is injected.
@@ -77,6 +77,12 @@ def budget_init(strength: float, *, reference: float, drop: float) -> BudgetStat
   if not drop >= 0:
     raise ValueError(f"drop must be >= 0 points, got {drop}")
   return BudgetState(float(strength), float(reference) - float(drop) / 100.0, drop=float(drop))
+
+
+def meets(state: BudgetState, accuracy: float, margin: float = 0.0) -> bool:
+  """Whether a model of validation ``accuracy`` can be the output: at least ``margin``
+  points above ``state.target``."""
+  return float(accuracy) >= state.target + float(margin) / 100.0
 
 
 def budget_update(
@@ -126,7 +132,7 @@ def budget_update(
   decoded = float(accuracy if decoded is None else decoded)
   record = (int(epoch), state.strength, decoded, float(size))
   best = state.best
-  if decoded >= state.target + float(margin) / 100.0 and (best is None or size < best[3]):
+  if meets(state, decoded, margin) and (best is None or size < best[3]):
     best = record
   steer = state.target if reference is None else float(reference) - state.drop / 100.0
   limit = math.log(max_factor)

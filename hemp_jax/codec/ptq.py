@@ -32,11 +32,11 @@ Methods (each a one-parameter family per tensor, from fine to coarse):
   slightly more error than Lloyd-Max, a lower coded rate, never more than N levels.
 - ``dq``: dependent (trellis-coded) quantization (:mod:`hemp_jax.codec.trellis`): two
   quantizers on a grid of step ``delta`` chosen per weight by a state machine driven by
-  the parities of the levels (2 ** ``trellis.DQ_STATE_BITS`` states), the levels chosen by a Viterbi search for the least
-  squared error plus ``lam`` times their coded bits; the family runs over ``delta``
-  (each member fitted on the tensor itself, not on its sorted values). The leaf is
-  stored as a dq record (step, levels), not with a codebook. Constant tensors get one
-  exact level, as with the other methods.
+  the parities of the levels (2 ** ``trellis.DQ_STATE_BITS`` states), the levels chosen
+  by a Viterbi search for the least squared error plus ``lam`` times their coded bits;
+  the family runs over ``delta`` (each member fitted on the tensor itself, not on its
+  sorted values). The leaf is stored as a dq record (step, levels), not with a codebook.
+  Constant tensors get one exact level, as with the other methods.
 
 Targets: ``step`` (uniform/ecsq/dq), ``num_levels`` (lloyd, the default with a level count:
 the N levels of least squared error; uniform: N grid levels with the step and clipping

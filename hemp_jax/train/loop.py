@@ -462,8 +462,7 @@ class _Budget(NamedTuple):
   curve: tuple  # per-epoch references (a float run's), or ()
   gain: float
   path: str  # the smallest decoded model within the budget so far
-  margin: float  # standard errors of the validation accuracy (config.hemp.budget_margin)
-  images: int  # the validation images
+  margin: float  # points above the output's target (config.hemp.budget_margin, in points)
 
 
 def _reference_curve(workdir: str) -> tuple:
@@ -516,15 +515,11 @@ def _budget_start(
   if resumed.rows and "strength" in resumed.rows[-1]:
     strength = optax.tree_utils.tree_get(resumed.state.opt_state, "strength")
     state = state._replace(strength=float(strength))
-  return _Budget(
-    state,
-    reference,
-    curve,
-    h.budget_gain,
-    os.path.join(workdir, "budget-best.hemp"),
-    float(h.budget_margin),
-    int(run.config.validation_size),
-  )
+  # budget_margin standard errors of the validation accuracy at the output's target
+  t = min(max(state.target, 0.0), 1.0)
+  margin = 100.0 * h.budget_margin * math.sqrt(t * (1.0 - t) / run.config.validation_size)
+  path = os.path.join(workdir, "budget-best.hemp")
+  return _Budget(state, reference, curve, h.budget_gain, path, margin)
 
 
 def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, main: bool):
@@ -534,18 +529,17 @@ def _budget_epoch(control: _Budget, index: int, row: dict, state, codebooks, mai
   The strength steers the validation accuracy of the model as trained (continuous
   before the quantization-aware finish, the decoded model in it) to this epoch's target
   (``budget_target``: a float run's same epoch, or the fixed reference, minus the drop)
-  plus ``control.margin`` standard errors of the validation accuracy; a candidate for the
-  output must reach the output's target (the final reference minus the drop) plus that
-  margin with its decoded validation accuracy, and the smallest file wins.
+  plus ``control.margin`` points; a candidate for the output must reach the output's
+  target (the final reference minus the drop) plus that margin with its decoded
+  validation accuracy, and the smallest file wins.
   """
   b = control.state
   reference = control.curve[index] if index < len(control.curve) else control.reference
   target = reference - b.drop / 100.0  # this epoch's, which the strength steers to
-  t = min(max(b.target, 0.0), 1.0)  # the output's (the final reference's)
-  margin = 100.0 * control.margin * math.sqrt(t * (1.0 - t) / control.images)  # points
+  margin = control.margin
   decoded = row["validation_accuracy_quantized"]
   size = math.inf
-  if decoded >= b.target + margin / 100.0:
+  if budget_lib.meets(b, decoded, margin):
     blob_bytes = model_file_bytes(state, codebooks)
     size = float(len(blob_bytes))
     if b.best is None or size < b.best[3]:
@@ -730,7 +724,7 @@ def train_and_evaluate(
       "points": config.hemp.budget,
       "reference": rows[-1].get("budget_reference", control.reference),
       "target": control.state.target,  # the output's: the final reference minus the drop
-      "margin": rows[-1].get("budget_margin"),  # points above the target it was held to
+      "margin": control.margin,  # points above the target it was held to
       "met": best is not None,
       "epoch": None if best is None else best[0],
     }
