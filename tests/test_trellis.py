@@ -477,7 +477,7 @@ def test_dq_kind_is_refused_by_files_of_versions_1_2():
 def test_kind_3_records_name_a_larger_trellis(nu):
   """The state bits of a kind-3 record are 3 .. 6; anything else is a FormatError."""
   x = _laplace((20, 8))
-  body = records.dq_body(x, trellis.fit_step(x, 0.01, nu=3).spec)
+  body = records.dq_body(x.shape, trellis.fit_step(x, 0.01, nu=3).spec)
   assert body[0] == 3
   records.decode_dq(Reader(body), x.dtype, x.shape, x.size, records.KIND_TRELLIS)
   with pytest.raises(FormatError, match="state bits"):

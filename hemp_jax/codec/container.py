@@ -268,7 +268,7 @@ def compress(params, codebooks=None, *, max_order: int = MAX_ORDER, **quantizer_
     if cb is None:
       kind, body = KIND_FLOAT, records.float_body(arr)
     elif isinstance(cb, trellis.DQ):
-      kind, body = records.dq_kind(cb), records.dq_body(arr, cb, leaf_name(comps))
+      kind, body = records.dq_kind(cb), records.dq_body(arr.shape, cb, leaf_name(comps))
     else:
       name = leaf_name(comps)
       kind, body = records.KIND_QUANTIZED, records.quantized_body(arr, cb, int(max_order), name)
@@ -569,7 +569,7 @@ def reencode(
         body = records.float_body(records.decode_float(r, e.dtype, e.shape, n))
       elif e.kind in DQ_KINDS:
         spec = records.decode_dq_parts(r, e.shape, n, e.kind)
-        body = records.dq_body(np.zeros(e.shape, e.dtype), spec)
+        body = records.dq_body(e.shape, spec)
       else:
         parts = records.decode_quantized_parts(r, e.dtype, e.shape, n, e.version)
         body = records.quantized_record(*parts, int(max_order))

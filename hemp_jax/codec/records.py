@@ -512,16 +512,18 @@ def dq_kind(spec: trellis.DQ) -> int:
   return KIND_DQ if spec.nu == 2 else KIND_TRELLIS
 
 
-def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
-  """Body of a dependent-quantized leaf ``x`` (its dtype and shape) with the levels and
-  step of ``spec``: it decodes to :func:`trellis.values` of their reconstruction. A leaf
-  of kind 3 (:func:`dq_kind`) starts with the state bits of its trellis."""
+def dq_body(shape: tuple[int, ...], spec: trellis.DQ, name: str = "") -> bytes:
+  """Body of a dependent-quantized leaf of ``shape`` with the levels and step of ``spec``:
+  it decodes to :func:`trellis.values` of their reconstruction (in the leaf's dtype, which
+  the leaf table holds). A leaf of kind 3 (:func:`dq_kind`) starts with the state bits of
+  its trellis."""
+  shape = tuple(shape)
   k = np.asarray(spec.levels)
-  if k.shape != x.shape:
-    raise ValueError(f"leaf {name!r}: dq levels of shape {k.shape} for a leaf of shape {x.shape}")
+  if k.shape != shape:
+    raise ValueError(f"leaf {name!r}: dq levels of shape {k.shape} for a leaf of shape {shape}")
   out = bytearray([spec.nu] if spec.nu != 2 else [])
   out += np.float32(spec.step).astype("<f4").tobytes()
-  if x.size == 0:
+  if k.size == 0:
     return bytes(out)
   k = k.astype(np.int64).reshape(-1)
   lo, hi = int(k.min()), int(k.max())
@@ -537,12 +539,12 @@ def dq_body(x: np.ndarray, spec: trellis.DQ, name: str = "") -> bytes:
   levels = np.flatnonzero(used) + lo
   section = b""
   if levels.size > 1:
-    compact = (np.cumsum(used) - 1).astype(np.int32)[k - lo].reshape(x.shape)
-    y, valid = trellis.chains(k.reshape(x.shape), spec.layout)
+    compact = (np.cumsum(used) - 1).astype(np.int32)[k - lo].reshape(shape)
+    y, valid = trellis.chains(k.reshape(shape), spec.layout)
     st = trellis.states(y, valid, spec.nu)  # the states of the walk, for both coders
     section = trellis.encode_levels(compact, levels, spec.layout, spec.nu, st)
     size = len(bitmap + section)
-    mag = _magnitude_section(k.reshape(x.shape), [spec.layout], spec.nu, size, st)
+    mag = _magnitude_section(k.reshape(shape), [spec.layout], spec.nu, size, st)
     if mag is not None:  # levels checked against the range alone: no bitmap
       partial, bitmap, section = False, b"", bytes([DQ_MAGNITUDE]) + mag[1]
   write_varint(out, (hi - lo) << 2 | spec.layout << 1 | int(partial))
