@@ -51,47 +51,35 @@ CONFIG = {
 FINE_TUNE_EPOCHS = 10
 
 # method -> (variant tokens, overrides, starts from float)
-_PRUNE = {"pruning.sparsity": 0.9, "pruning.min_size": 1000}
+_PRUNE = {"pruning.min_size": 1000}
+_NO_ENTROPY = {"hemp.strength": 0.0, "hemp.budget": None}
+# fine-tuned from float, quantization-aware after the first epoch
+_FINE_TUNE = {"num_epochs": FINE_TUNE_EPOCHS, "qat_epochs": FINE_TUNE_EPOCHS - 1}
 METHODS = {
   "hemp": ("", {}, False),
   "hemp-o1": ("", {"hemp.order": 1}, False),
   "hemp-m0": ("", {"hemp.budget_margin": 0.0}, False),
-  "hemp-prune": ("prune_sens", dict(_PRUNE), False),
-  "prune": ("prune_sens", dict(_PRUNE, **{"hemp.strength": 0.0, "hemp.budget": None}), False),
-  # 70%: a sparsity the 1-point budget can hold (90% costs LeNet-300-100 1.2 points alone)
-  "hemp-prune70": ("prune_sens", dict(_PRUNE, **{"pruning.sparsity": 0.7}), False),
-  "prune70": (
-    "prune_sens",
-    dict(_PRUNE, **{"pruning.sparsity": 0.7, "hemp.strength": 0.0, "hemp.budget": None}),
-    False,
-  ),
-  "dc": (
-    "prune",
-    dict(
-      _PRUNE,
-      **{
-        "hemp.strength": 0.0,
-        "hemp.budget": None,
-        "quantizer.num_levels": 16,
-        "num_epochs": FINE_TUNE_EPOCHS,
-        "qat_epochs": FINE_TUNE_EPOCHS - 1,
-        "pruning.end_epoch": 3.0,
-      },
-    ),
-    True,
-  ),
-  "paper": ("paper", {"num_epochs": FINE_TUNE_EPOCHS}, True),
 }
+# 70%: a sparsity the 1-point budget can hold (90% costs LeNet-300-100 1.2 points alone)
+for _name, _sparsity in (("prune", 0.9), ("prune70", 0.7)):
+  _p = dict(_PRUNE, **{"pruning.sparsity": _sparsity})
+  METHODS[f"hemp-{_name}"] = ("prune_sens", _p, False)
+  METHODS[_name] = ("prune_sens", dict(_p, **_NO_ENTROPY), False)
+METHODS["dc"] = (
+  "prune",
+  dict(
+    _PRUNE,
+    **_NO_ENTROPY,
+    **_FINE_TUNE,
+    **{"pruning.sparsity": 0.9, "quantizer.num_levels": 16, "pruning.end_epoch": 3.0},
+  ),
+  True,
+)
+METHODS["paper"] = ("paper", {"num_epochs": FINE_TUNE_EPOCHS}, True)
 for _n in (2, 3, 4, 8):
   METHODS[f"qat-N{_n}"] = (
     "",
-    {
-      "hemp.strength": 0.0,
-      "hemp.budget": None,
-      "quantizer.num_levels": _n,
-      "num_epochs": FINE_TUNE_EPOCHS,
-      "qat_epochs": FINE_TUNE_EPOCHS - 1,
-    },
+    dict(_NO_ENTROPY, **_FINE_TUNE, **{"quantizer.num_levels": _n}),
     True,
   )
 PTQ_LEVELS = (2, 3, 4, 6, 8, 12, 16)

@@ -462,7 +462,7 @@ class _Budget(NamedTuple):
   curve: tuple  # per-epoch references (a float run's), or ()
   gain: float
   path: str  # the smallest decoded model within the budget so far
-  margin: float  # points above the output's target (config.hemp.budget_margin, in points)
+  margin: float  # points above the output's target (hemp.budget_margin standard errors)
 
 
 def _reference_curve(workdir: str) -> tuple:
